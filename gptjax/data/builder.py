@@ -1,0 +1,114 @@
+"""A tfds builder that materialises a source's documents as array_record.
+
+Each source spec (with its cap and validation fraction) becomes one builder
+config, named `<slug>-<fingerprint>`, e.g. `english-3f2a9c0d1e4b5a67`:
+
+  <data_dir>/gptjax_documents/<slug>-<fingerprint>/1.0.0/
+      gptjax_documents-train.array_record-00000-of-00001
+      gptjax_documents-validation.array_record-00000-of-00001
+
+so different sources, caps or directories never share a cache, and a source
+is prepared once and reused by every later run. Features: `doc_id` and
+`text`, both strings. Read back with random access, without TensorFlow:
+
+  ds = prepare_documents("english", config)["train"]   # a Sequence
+  ds[0] -> {'doc_id': b'...', 'text': b'...'}
+
+data_dir is `config.data.tfds_dir`, or `<cache_dir>/tfds` where cache_dir
+defaults to `$GPTJAX_CACHE` or `~/.cache/gptjax` (see `default_cache_dir`).
+"""
+
+import os
+import re
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import tensorflow_datasets as tfds
+from etils import epath
+from tensorflow_datasets.core.utils import py_utils as tfds_py_utils
+
+from gptjax.data import sources
+
+VERSION = "1.0.0"
+
+
+def default_cache_dir() -> Path:
+  """$GPTJAX_CACHE, else ~/.cache/gptjax: prepared data and token streams."""
+  return Path(os.environ.get("GPTJAX_CACHE", "~/.cache/gptjax")).expanduser()
+
+
+def tfds_data_dir(config, cache_dir: str | os.PathLike | None = None) -> Path:
+  """Where documents are prepared: config.data.tfds_dir or <cache_dir>/tfds."""
+  if config.data.get("tfds_dir"):
+    return Path(config.data.tfds_dir).expanduser()
+  return Path(cache_dir or default_cache_dir()) / "tfds"
+
+
+def config_name(spec: str, config) -> str:
+  """A tfds config name unique to the source spec, cap and split fraction."""
+  slug = re.sub(r"[^a-zA-Z0-9]+", "_", spec).strip("_")[:40] or "source"
+  return f"{slug}-{sources.source_fingerprint(spec, config)}"
+
+
+class GptjaxDocuments(tfds.core.GeneratorBasedBuilder):
+  """Documents (doc_id, text) of one gptjax source, split train/validation."""
+
+  VERSION = tfds.core.Version(VERSION)
+
+  @tfds_py_utils.classproperty
+  @classmethod
+  def code_path(cls) -> epath.Path:
+    """This file. (tfds's own lookup, for builders inside a package, imports
+    `importlib_resources`, which tfds does not install.)"""
+    return epath.Path(__file__)
+
+  def __init__(self, *, split_documents: Callable[[str], Iterable[sources.Doc]],
+               **kwargs):
+    """`split_documents(split)` yields that split's documents when preparing."""
+    self._split_documents = split_documents
+    super().__init__(**kwargs)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return self.dataset_info_from_configs(
+        features=tfds.features.FeaturesDict({
+            "doc_id": tfds.features.Text(),
+            "text": tfds.features.Text(),
+        }),
+        description=__doc__,
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # Nothing to download: the documents are local.
+    return {split: self._generate_examples(split) for split in sources.SPLITS}
+
+  def _generate_examples(self, split: str):
+    for doc_id, text in self._split_documents(split):
+      yield doc_id, {"doc_id": doc_id, "text": text}
+
+
+def documents_builder(spec: str, config,
+                      cache_dir: str | os.PathLike | None = None
+                      ) -> GptjaxDocuments:
+  """The (not yet prepared) builder for source `spec` under `config`."""
+  builder_config = tfds.core.BuilderConfig(
+      name=config_name(spec, config), version=VERSION, release_notes={},
+      description=f"gptjax source {spec!r}")
+  return GptjaxDocuments(
+      split_documents=lambda split: sources.iter_split(spec, config, split),
+      config=builder_config,
+      data_dir=str(tfds_data_dir(config, cache_dir)),
+      file_format="array_record")
+
+
+def prepare_documents(spec: str, config,
+                      cache_dir: str | os.PathLike | None = None
+                      ) -> dict[str, Sequence]:
+  """{split: random-access documents} of `spec`, preparing them if needed."""
+  builder = documents_builder(spec, config, cache_dir)
+  builder.download_and_prepare(file_format="array_record")
+  return {split: builder.as_data_source(split) for split in sources.SPLITS}
+
+
+def decode_text(value) -> str:
+  """A Text feature as read back from array_record (bytes) -> str."""
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
