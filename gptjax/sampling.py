@@ -1,0 +1,235 @@
+"""KV-cache generation: greedy, temperature, top-k, top-p. One sampler for all.
+
+Chat, evaluation and PPO rollouts all call `generate`. Prompts of different
+lengths are left-padded into one batch; each row gets its own position ids
+and a mask, so a row computes exactly what it would compute alone.
+
+`generate` is one jitted program: prefill the prompt into the cache, then a
+`lax.while_loop` that samples one token per step and stops when every row has
+emitted EOS or `max_new_tokens` is reached. `stream` runs the same two
+functions step by step from Python, for a chat that prints as it goes.
+
+Returned log-probs are those of the *model's* distribution (temperature 1,
+no truncation) for the chosen tokens: what PPO's ratio and KL need.
+"""
+
+import dataclasses
+import functools
+from typing import Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gptjax import model as model_lib
+
+PROMPT_BUCKET = 16  # prompt lengths are padded up to a multiple: fewer compilations
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+  temperature: float = 1.0   # 0 means greedy
+  top_k: int = 0             # 0 = off
+  top_p: float = 1.0         # 1 = off
+
+  def validate(self):
+    if self.temperature < 0 or self.top_k < 0 or not 0.0 < self.top_p <= 1.0:
+      raise ValueError(f"Invalid sampling params {self}: need temperature >= 0, "
+                       "top_k >= 0, 0 < top_p <= 1")
+    return self
+
+
+GREEDY = SamplingParams(temperature=0.0)
+
+
+@dataclasses.dataclass
+class Generation:
+  tokens: np.ndarray     # [B, N] int32, pad after EOS
+  logprobs: np.ndarray   # [B, N] float32, model log-prob of each token (0 where masked)
+  mask: np.ndarray       # [B, N] bool, True for generated tokens up to and including EOS
+  prompt_tokens: np.ndarray  # [B, P] int32, left-padded prompts
+  prompt_mask: np.ndarray    # [B, P] bool
+
+  def texts(self, tokenizer, strip_eos: bool = True) -> list[str]:
+    out = []
+    for row, m in zip(self.tokens, self.mask):
+      ids = [int(t) for t in row[m]]
+      if strip_eos and ids and ids[-1] == tokenizer.eos_id:
+        ids = ids[:-1]
+      out.append(tokenizer.decode(ids))
+    return out
+
+
+def filter_logits(logits, temperature, top_k, top_p):
+  """Scaled and truncated logits [B, V]; removed tokens get -inf.
+
+  top-k keeps the k largest; top-p keeps the smallest set of tokens whose
+  probability mass reaches p (the most likely token is always kept).
+  Temperature, k and p may be traced values: one compilation serves all.
+  """
+  logits = logits / jnp.maximum(temperature, 1e-6)
+  V = logits.shape[-1]
+  sorted_desc = jnp.sort(logits, axis=-1)[:, ::-1]                       # [B, V]
+  k = jnp.where(top_k > 0, jnp.minimum(top_k, V), V)
+  kth = jnp.take_along_axis(sorted_desc, jnp.full((logits.shape[0], 1), k - 1), axis=-1)
+  logits = jnp.where(logits < kth, -jnp.inf, logits)
+  probs = jax.nn.softmax(jnp.sort(logits, axis=-1)[:, ::-1], axis=-1)   # desc order
+  mass_before = jnp.cumsum(probs, axis=-1) - probs
+  keep_sorted = mass_before < top_p                                       # [B, V]
+  n_keep = jnp.maximum(keep_sorted.sum(-1, keepdims=True), 1)
+  cutoff = jnp.take_along_axis(jnp.sort(logits, axis=-1)[:, ::-1], n_keep - 1, axis=-1)
+  return jnp.where(logits < cutoff, -jnp.inf, logits)
+
+
+def sample_token(rng, logits, params_tuple):
+  """Chooses one token per row from logits [B, V]. Returns (token [B], logprob [B])."""
+  temperature, top_k, top_p = params_tuple
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  greedy = jnp.argmax(logits, axis=-1)
+  sampled = jax.random.categorical(rng, filter_logits(logits, temperature, top_k, top_p))
+  token = jnp.where(temperature <= 0.0, greedy, sampled)
+  return token, jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, length: int):
+  """Left-pads token lists to `length`. Returns tokens [B, L] int32, mask [B, L] bool."""
+  tokens = np.full((len(prompts), length), pad_id, np.int32)
+  mask = np.zeros((len(prompts), length), bool)
+  for i, p in enumerate(prompts):
+    if len(p):
+      tokens[i, length - len(p):] = p
+      mask[i, length - len(p):] = True
+  return tokens, mask
+
+
+def _prefill(model, params, tokens, mask, cache):
+  """Runs the prompt through the model, filling the cache. Returns (last logits, cache, next pos)."""
+  positions = jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)            # [B, P]
+  logits, mut = model.apply({"params": params, "cache": cache}, tokens, positions, mask,
+                            decode=True, mutable=["cache"])
+  return logits[:, -1], mut["cache"], positions[:, -1] + mask.any(-1)
+
+
+def _decode_one(model, params, token, position, cache):
+  """Feeds one token per row [B] at `position` [B]. Returns (logits [B, V], cache)."""
+  logits, mut = model.apply({"params": params, "cache": cache}, token[:, None],
+                            position[:, None], jnp.ones_like(token[:, None], jnp.bool_),
+                            decode=True, mutable=["cache"])
+  return logits[:, 0], mut["cache"]
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens"))
+def _generate(model, params, tokens, mask, rng, sampling, eos_id, pad_id, max_new_tokens):
+  B = tokens.shape[0]
+  logits, cache, pos = _prefill(model, params, tokens, mask, model_lib.init_cache(model, B))
+  out_tok = jnp.full((B, max_new_tokens), pad_id, jnp.int32)
+  out_lp = jnp.zeros((B, max_new_tokens), jnp.float32)
+  out_mask = jnp.zeros((B, max_new_tokens), jnp.bool_)
+
+  def cond(c):
+    i, _, _, _, done, *_ = c
+    return (i < max_new_tokens) & ~done.all()
+
+  def body(c):
+    i, logits, cache, pos, done, out_tok, out_lp, out_mask = c
+    tok, lp = sample_token(jax.random.fold_in(rng, i), logits, sampling)
+    live = ~done
+    out_tok = out_tok.at[:, i].set(jnp.where(live, tok, pad_id))
+    out_lp = out_lp.at[:, i].set(jnp.where(live, lp, 0.0))
+    out_mask = out_mask.at[:, i].set(live)
+    done = done | (tok == eos_id)
+    logits, cache = _decode_one(model, params, tok, pos, cache)
+    return i + 1, logits, cache, pos + 1, done, out_tok, out_lp, out_mask
+
+  init = (jnp.array(0), logits, cache, pos, jnp.zeros((B,), jnp.bool_), out_tok, out_lp,
+          out_mask)
+  _, _, _, _, _, out_tok, out_lp, out_mask = jax.lax.while_loop(cond, body, init)
+  return out_tok, out_lp, out_mask
+
+
+def prepare_prompts(prompts: Sequence[Sequence[int]], max_new_tokens: int, max_len: int,
+                    pad_id: int, truncate: str = "error"):
+  """Checks lengths and left-pads to a bucketed length.
+
+  truncate='error' raises if prompt + max_new_tokens exceeds the context;
+  truncate='left' keeps the most recent tokens of a too-long prompt.
+  """
+  if max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
+  if not prompts:
+    raise ValueError("generate() needs at least one prompt")
+  budget = max_len - max_new_tokens
+  if budget < 1:
+    raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the "
+                     f"context of {max_len} tokens")
+  longest = max(len(p) for p in prompts)
+  if longest > budget:
+    if truncate == "left":
+      prompts = [list(p)[-budget:] for p in prompts]
+    elif truncate == "error":
+      raise ValueError(f"A prompt of {longest} tokens plus max_new_tokens={max_new_tokens} "
+                       f"exceeds the context of {max_len} tokens; shorten it, lower "
+                       "max_new_tokens, or pass truncate='left'")
+    else:
+      raise ValueError(f"truncate={truncate!r}; allowed: 'error', 'left'")
+  longest = max(max(len(p) for p in prompts), 1)
+  length = min(-(-longest // PROMPT_BUCKET) * PROMPT_BUCKET, budget)
+  return left_pad(prompts, pad_id, length)
+
+
+def generate(model, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
+             rng, eos_id: int, pad_id: int, sampling: SamplingParams = SamplingParams(),
+             truncate: str = "error") -> Generation:
+  """Generates continuations of token-id prompts (see module docstring)."""
+  sampling.validate()
+  tokens, mask = prepare_prompts(prompts, max_new_tokens, model.cfg.max_len, pad_id, truncate)
+  s = (jnp.float32(sampling.temperature), jnp.int32(sampling.top_k), jnp.float32(sampling.top_p))
+  out = _generate(model, params, jnp.asarray(tokens), jnp.asarray(mask), rng, s,
+                  jnp.int32(eos_id), jnp.int32(pad_id), max_new_tokens)
+  out_tok, out_lp, out_mask = jax.device_get(out)
+  return Generation(np.asarray(out_tok), np.asarray(out_lp), np.asarray(out_mask), tokens, mask)
+
+
+_prefill_jit = jax.jit(_prefill, static_argnames=("model",))
+_decode_one_jit = jax.jit(_decode_one, static_argnames=("model",))
+_sample_jit = jax.jit(sample_token)
+
+
+def stream(model, params, prompt: Sequence[int], *, max_new_tokens: int, rng, eos_id: int,
+           pad_id: int, sampling: SamplingParams = SamplingParams(),
+           truncate: str = "left") -> Iterator[int]:
+  """Yields generated token ids one at a time (batch of one), stopping after EOS."""
+  sampling.validate()
+  tokens, mask = prepare_prompts([prompt], max_new_tokens, model.cfg.max_len, pad_id, truncate)
+  s = (jnp.float32(sampling.temperature), jnp.int32(sampling.top_k), jnp.float32(sampling.top_p))
+  logits, cache, pos = _prefill_jit(model, params, jnp.asarray(tokens), jnp.asarray(mask),
+                                    model_lib.init_cache(model, 1))
+  for i in range(max_new_tokens):
+    tok, _ = _sample_jit(jax.random.fold_in(rng, i), logits, s)
+    t = int(tok[0])
+    yield t
+    if t == eos_id:
+      return
+    logits, cache = _decode_one_jit(model, params, tok, pos, cache)
+    pos = pos + 1
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens"))
+def recompute_generate(model, params, prompts, max_new_tokens: int):
+  """Greedy decoding WITHOUT the cache: a full forward pass every step.
+
+  prompts [B, P] int32 (equal lengths). The buffer [B, P + N] is filled left to
+  right; causality makes the right-hand padding invisible to position i, so
+  the logits read at i are those of the prefix alone. This is the baseline of
+  the decode benchmark and an independent check of `generate`.
+  Returns tokens [B, N].
+  """
+  B, P = prompts.shape
+  buf = jnp.zeros((B, P + max_new_tokens), jnp.int32).at[:, :P].set(prompts)
+
+  def body(i, buf):
+    logits = model.apply({"params": params}, buf)                       # [B, L, V]
+    nxt = jnp.argmax(jax.lax.dynamic_index_in_dim(logits, P + i - 1, 1, False), -1)
+    return jax.lax.dynamic_update_slice(buf, nxt[:, None].astype(jnp.int32), (0, P + i))
+
+  return jax.lax.fori_loop(0, max_new_tokens, body, buf)[:, P:]

@@ -1,0 +1,322 @@
+"""The one train loop, shared by pretraining, SFT and reward-model training.
+
+An experiment describes *what* to train as a `Task` (model, loss, data);
+`run` does the rest: mesh, sharded state, optimizer, jitted step, periodic
+evaluation, metrics, checkpoints and exact resume.
+
+Exact resume rests on three facts: the batch of step s is a pure function of
+(seed, s); the step's PRNG key is fold_in(state.rng, s); and the checkpoint
+holds params, optimizer state, step and key. A resumed run therefore replays
+precisely what an uninterrupted run would have done.
+"""
+
+import dataclasses
+import functools
+import math
+import os
+import time
+from typing import Any, Callable, Iterable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import struct
+
+from gptjax import checkpoint as ckpt_lib
+from gptjax import metrics as metrics_lib
+from gptjax import sharding
+
+
+@struct.dataclass
+class TrainState:
+  step: jax.Array       # [] int32: optimizer steps taken
+  params: Any
+  opt_state: Any
+  rng: jax.Array        # base PRNG key; step s uses fold_in(rng, s)
+
+
+@dataclasses.dataclass
+class Task:
+  """What to train. Batches are host numpy dicts of the *global* batch.
+
+  loss_fn(params, batch, rng, train) -> (total, weight, metric_totals)
+  init_params(rng) -> params (unboxed); default: model.init on `example_batch`.
+  eval_sets: name -> zero-arg callable yielding evaluation batches.
+  on_eval(params, step) -> dict of extra scalars to log (e.g. samples printed).
+  """
+  name: str
+  model: nn.Module
+  loss_fn: Callable
+  train_batch: Callable[[int], dict]
+  example_batch: dict
+  tokens_per_step: int
+  flops_per_token: float = 0.0
+  eval_sets: dict[str, Callable[[], Iterable[dict]]] = dataclasses.field(default_factory=dict)
+  init_params: Callable | None = None
+  on_eval: Callable | None = None
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+# ----------------------------------------------------------------------------
+# Optimizer
+
+def learning_rate_schedule(t: ml_collections.ConfigDict) -> optax.Schedule:
+  """Linear warmup to `lr`, then cosine decay to lr * min_lr_ratio at `steps`."""
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=t.lr, warmup_steps=max(t.warmup_steps, 1),
+      decay_steps=max(t.steps, t.warmup_steps + 1), end_value=t.lr * t.min_lr_ratio)
+
+
+def make_optimizer(t: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """AdamW with global-norm clipping; no weight decay on biases and LayerNorms."""
+  decay_mask = lambda params: jax.tree_util.tree_map(lambda x: x.ndim >= 2, params)
+  return optax.chain(
+      optax.clip_by_global_norm(t.clip_norm),
+      optax.adamw(learning_rate_schedule(t), b1=t.b1, b2=t.b2,
+                  weight_decay=t.weight_decay, mask=decay_mask))
+
+
+# ----------------------------------------------------------------------------
+# Steps (module level, jitted once in `run`)
+
+def _split_microbatches(batch: dict, n: int) -> dict:
+  return jax.tree_util.tree_map(lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:]), batch)
+
+
+def train_step(state: TrainState, batch: dict, *, loss_fn: Callable,
+               tx: optax.GradientTransformation, grad_accum: int = 1):
+  """One optimizer step over `grad_accum` micro-batches. Returns (state, metrics)."""
+  rng = jax.random.fold_in(state.rng, state.step)
+  grad_fn = jax.value_and_grad(lambda p, b, r: _totals(loss_fn(p, b, r, True)), has_aux=True)
+
+  if grad_accum == 1:
+    (total, (weight, extra)), grads = grad_fn(state.params, batch, rng)
+  else:
+    def accumulate(carry, xs):
+      mb, i = xs
+      (t, (w, e)), g = grad_fn(state.params, mb, jax.random.fold_in(rng, i))
+      return jax.tree_util.tree_map(jnp.add, carry, (g, t, w, e)), None
+    micro = _split_microbatches(batch, grad_accum)                # [A, B/A, ...]
+    first = jax.tree_util.tree_map(lambda x: x[0], micro)
+    (t0, (w0, e0)), g0 = jax.eval_shape(grad_fn, state.params, first, rng)
+    carry = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), (g0, t0, w0, e0))
+    (grads, total, weight, extra), _ = jax.lax.scan(
+        accumulate, carry, (micro, jnp.arange(grad_accum)))
+
+  weight = jnp.maximum(weight, 1e-9)
+  grads = jax.tree_util.tree_map(lambda g: g / weight, grads)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {"loss": total / weight, "grad_norm": optax.global_norm(grads)}
+  metrics.update({k: v / weight for k, v in extra.items()})
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def _totals(out):
+  total, weight, extra = out
+  return total, (weight, extra)
+
+
+def eval_step(params, batch: dict, *, loss_fn: Callable):
+  """Returns (total, weight, metric_totals) for one evaluation batch."""
+  return loss_fn(params, batch, jax.random.PRNGKey(0), False)
+
+
+# ----------------------------------------------------------------------------
+# State creation with shardings
+
+def _init_fns(task: Task, tx, seed: int):
+  """(boxed_init, init): boxed keeps logical axis names for computing shardings."""
+  def boxed_init(rng):
+    params_rng, state_rng = jax.random.split(rng)
+    params = task.model.init(params_rng, **_model_inputs(task.example_batch))["params"]
+    return TrainState(step=jnp.array(0, jnp.int32), params=params,
+                      opt_state=tx.init(params), rng=state_rng)
+
+  def init(rng):
+    params_rng, state_rng = jax.random.split(rng)
+    if task.init_params is not None:
+      params = task.init_params(params_rng)
+    else:
+      params = nn.meta.unbox(
+          task.model.init(params_rng, **_model_inputs(task.example_batch))["params"])
+    return TrainState(step=jnp.array(0, jnp.int32), params=params,
+                      opt_state=tx.init(params), rng=state_rng)
+  return boxed_init, init
+
+
+def _model_inputs(batch: dict) -> dict:
+  return {"tokens": jnp.asarray(batch["tokens"][:1])}
+
+
+def state_shardings(task: Task, tx, mesh, seed: int = 0):
+  """NamedShardings for every leaf of the TrainState, from the logical names."""
+  boxed_init, _ = _init_fns(task, tx, seed)
+  abstract = jax.eval_shape(boxed_init, jax.random.PRNGKey(seed))
+  return sharding.logical_sharding(nn.get_partition_spec(abstract), mesh)
+
+
+def create_state(task: Task, tx, mesh, seed: int):
+  """A freshly initialised TrainState, laid out on `mesh`."""
+  _, init = _init_fns(task, tx, seed)
+  shardings = state_shardings(task, tx, mesh, seed)
+  with mesh, nn.logical_axis_rules(sharding.RULES):
+    return jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(seed)), shardings
+
+
+def abstract_state(task: Task, tx, mesh, seed: int = 0):
+  """ShapeDtypeStructs with shardings: the target that a checkpoint restores into."""
+  _, init = _init_fns(task, tx, seed)
+  shapes = jax.eval_shape(init, jax.random.PRNGKey(seed))
+  shardings = state_shardings(task, tx, mesh, seed)
+  return jax.tree_util.tree_map(
+      lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+
+
+# ----------------------------------------------------------------------------
+# The loop
+
+def prepare_workdir(workdir: str) -> str:
+  """Creates workdir and checks it is writable, with a message naming it."""
+  workdir = os.path.abspath(workdir)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f".write_test_{os.getpid()}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise PermissionError(f"Cannot write to workdir {workdir}: {e.strerror}. "
+                          "Choose another --workdir or fix its permissions.") from e
+  return workdir
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, task: Task,
+        mesh=None, log: Callable[[str], None] = print) -> tuple[TrainState, dict]:
+  """Trains `task` to config.train.steps, resuming from workdir if possible.
+
+  Returns the final state and a summary {'last_train': ..., 'last_eval': ...}.
+  """
+  t = config.train
+  workdir = prepare_workdir(workdir)
+  mesh = sharding.make_mesh(config.mesh) if mesh is None else mesh
+  sharding.check_divisible(t.batch_size, mesh)
+  if t.batch_size % (t.grad_accum * mesh.shape["data"] * mesh.shape["fsdp"]):
+    raise ValueError(f"config.train.batch_size={t.batch_size} must be divisible by "
+                     f"grad_accum x data x fsdp = {t.grad_accum} x "
+                     f"{mesh.shape['data'] * mesh.shape['fsdp']}")
+  tx = make_optimizer(t)
+  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                       keep=t.keep_checkpoints)
+
+  if checkpointer.latest_step() is not None:
+    state, meta = checkpointer.restore(abstract_state(task, tx, mesh, config.seed))
+    shardings = state_shardings(task, tx, mesh, config.seed)
+    log(f"[{task.name}] resumed from {checkpointer.directory} at step {int(state.step)}")
+  else:
+    state, shardings = create_state(task, tx, mesh, config.seed)
+    n = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
+    log(f"[{task.name}] new run: {n:,} parameters, mesh {dict(mesh.shape)}")
+
+  batch_shard = lambda b: sharding.shard_batch(b, mesh)
+  step_fn = jax.jit(
+      functools.partial(train_step, loss_fn=task.loss_fn, tx=tx, grad_accum=t.grad_accum),
+      out_shardings=(shardings, None), donate_argnums=(0,))
+  eval_fn = jax.jit(functools.partial(eval_step, loss_fn=task.loss_fn))
+
+  writer = metrics_lib.MetricsWriter(workdir)
+  peak = (metrics_lib.measure_matmul_peak(state_dtype(state), devices=mesh.devices.flat)
+          if t.get("measure_peak", True) else None)
+  progress = metrics_lib.Progress(t.steps, int(state.step), task.tokens_per_step,
+                                  task.flops_per_token, peak)
+  summary: dict = {"peak_flops": peak}
+  step = int(state.step)
+  last_good = step
+
+  def save(s):
+    checkpointer.save(s, state, {"data_position": s})
+
+  try:
+    with mesh, nn.logical_axis_rules(sharding.RULES):
+      while step < t.steps:
+        state, m = step_fn(state, batch_shard(task.train_batch(step)))
+        step += 1
+        is_last = step == t.steps
+        if step % t.log_every == 0 or step % t.ckpt_every == 0 or is_last:
+          m = _check_finite(jax.device_get(m), step, checkpointer.directory, last_good)
+          if step % t.log_every == 0 or is_last:
+            rates = progress.rates(step)
+            m.update(rates, lr=float(learning_rate_schedule(t)(step - 1)))
+            writer.write(step, "train", **m)
+            log(f"[{task.name}] " + metrics_lib.Progress.line(step, t.steps, m["loss"], rates))
+            summary["last_train"] = m
+        if (step % t.eval_every == 0 or is_last) and task.eval_sets:
+          summary["last_eval"] = evaluate(eval_fn, state.params, task, batch_shard)
+          if task.on_eval is not None:
+            summary["last_eval"].update(task.on_eval(state.params, step) or {})
+          writer.write(step, "eval", **summary["last_eval"])
+          log(f"[{task.name}] eval @ {step}: " + "  ".join(
+              f"{k} {v:.4f}" for k, v in summary["last_eval"].items() if isinstance(v, float)))
+        if step % t.ckpt_every == 0 or is_last:
+          save(step)
+          last_good = step
+  except KeyboardInterrupt:
+    # `state` is the result of the last completed step: consistent and safe to save.
+    if step > last_good and params_finite(state.params):
+      log(f"[{task.name}] interrupted at step {step}: saving a checkpoint before exiting ...")
+      save(step)
+    checkpointer.close()
+    writer.close()
+    log(f"[{task.name}] interrupted; checkpoints in {checkpointer.directory} "
+        f"(latest step {checkpointer.latest_step()}). Rerun the same command to resume.")
+    raise
+  finally:
+    writer.flush()
+  checkpointer.close()
+  writer.close()
+  summary["steps"] = step
+  return state, summary
+
+
+def params_finite(params) -> bool:
+  return all(bool(jnp.isfinite(x).all()) for x in jax.tree_util.tree_leaves(params))
+
+
+def state_dtype(state: TrainState):
+  return jax.tree_util.tree_leaves(state.params)[0].dtype
+
+
+def evaluate(eval_fn, params, task: Task, shard: Callable) -> dict:
+  """Mean loss (and perplexity, other metrics) per evaluation set."""
+  out = {}
+  for name, batches in task.eval_sets.items():
+    total, weight, extra = 0.0, 0.0, {}
+    for batch in batches():
+      t_, w_, e_ = jax.device_get(eval_fn(params, shard(batch)))
+      total, weight = total + float(t_), weight + float(w_)
+      for k, v in e_.items():
+        extra[k] = extra.get(k, 0.0) + float(v)
+    if weight == 0:
+      continue
+    loss = total / weight
+    out[f"{name}/loss"] = loss
+    out[f"{name}/perplexity"] = math.exp(min(loss, 50.0))
+    out.update({f"{name}/{k}": v / weight for k, v in extra.items()})
+  return out
+
+
+def _check_finite(m: dict, step: int, ckpt_dir: str, last_good: int) -> dict:
+  m = {k: float(np.asarray(v)) for k, v in m.items()}
+  bad = [k for k in ("loss", "grad_norm") if k in m and not math.isfinite(m[k])]
+  if bad:
+    raise NonFiniteLossError(
+        f"Non-finite {' and '.join(bad)} at step {step} ({', '.join(f'{k}={m[k]}' for k in bad)}). "
+        f"The run stopped without saving; the last good checkpoint is step {last_good} in "
+        f"{ckpt_dir}. Lower config.train.lr or check the data.")
+  return m
