@@ -48,20 +48,20 @@ def data_config(preset: str) -> ml_collections.ConfigDict:
 
 def train_config(preset: str) -> ml_collections.ConfigDict:
   t = ml_collections.ConfigDict()
-  t.steps = {"tiny": 300, "small": 4000, "base": 100_000}[preset]
+  t.steps = {"tiny": 300, "small": 800, "base": 100_000}[preset]  # small: ~1 h on 2 CPU cores
   t.batch_size = {"tiny": 16, "small": 16, "base": 512}[preset]   # global, sequences
   t.grad_accum = 1             # micro-batches per optimizer step
   t.lr = {"tiny": 3e-3, "small": 1e-3, "base": 6e-4}[preset]
   t.min_lr_ratio = 0.1         # cosine decays to lr * min_lr_ratio
-  t.warmup_steps = {"tiny": 30, "small": 200, "base": 2000}[preset]
+  t.warmup_steps = {"tiny": 30, "small": 80, "base": 2000}[preset]
   t.weight_decay = 0.1
   t.b1 = 0.9
   t.b2 = 0.95
   t.clip_norm = 1.0
-  t.log_every = {"tiny": 25, "small": 50, "base": 100}[preset]
-  t.eval_every = {"tiny": 100, "small": 500, "base": 2000}[preset]
+  t.log_every = {"tiny": 25, "small": 20, "base": 100}[preset]
+  t.eval_every = {"tiny": 100, "small": 200, "base": 2000}[preset]
   t.eval_batches = {"tiny": 4, "small": 8, "base": 32}[preset]
-  t.ckpt_every = {"tiny": 100, "small": 500, "base": 2000}[preset]
+  t.ckpt_every = {"tiny": 100, "small": 100, "base": 2000}[preset]
   t.keep_checkpoints = 3
   t.sample_tokens = {"tiny": 32, "small": 96, "base": 128}[preset]
   return t

@@ -10,19 +10,10 @@ checkpoints/. Rerunning the same command resumes from the last checkpoint;
 Ctrl-C saves one before exiting.
 """
 
-import os
-
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-import jax
-import numpy as np
-
-from configs import pretrain as pretrain_configs
-from gptjax import config as config_lib
-from gptjax import losses, model as model_lib, sampling, sharding, train
-from gptjax.data.pipeline import Pipeline
-from gptjax.tokenizer import Tokenizer, load_or_train_tokenizer
+from gptjax import pretraining
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/pretrain.py:tiny", "Config file and preset, e.g. configs/pretrain.py:small.")
@@ -31,80 +22,11 @@ _CACHE_DIR = flags.DEFINE_string("cache_dir", None,
                                  "Prepared datasets and token streams (default ~/.cache/gptjax).")
 
 
-def validate(config) -> None:
-  config_lib.check_fields(config, pretrain_configs.get_config(config.preset))
-  model_lib.TransformerConfig.from_config(config.model)
-  config_lib.validate_train(config.train)
-
-
-def build_model(config) -> model_lib.Transformer:
-  return model_lib.Transformer(model_lib.TransformerConfig.from_config(config.model))
-
-
-def matmul_params(params) -> int:
-  """Parameters that take part in matmuls: all but the position embeddings."""
-  return model_lib.count_params(params) - params["trunk"]["wpe"].size
-
-
-def sample_texts(model, params, tokenizer: Tokenizer, prompts, max_new_tokens: int,
-                 seed: int = 0, sampling_params=sampling.SamplingParams(top_p=0.9)) -> list[str]:
-  """Continuations of text prompts (bos + prompt), for eval-time samples."""
-  ids = [[tokenizer.bos_id] + tokenizer.encode(p) for p in prompts]
-  out = sampling.generate(model, params, ids, max_new_tokens=max_new_tokens,
-                          rng=jax.random.PRNGKey(seed), eos_id=tokenizer.eos_id,
-                          pad_id=tokenizer.pad_id, sampling=sampling_params, truncate="left")
-  return [p + t for p, t in zip(prompts, out.texts(tokenizer))]
-
-
-def build_task(config, pipeline: Pipeline, tokenizer: Tokenizer, log=print) -> train.Task:
-  """The pretraining Task: next-token loss on mixture batches, eval per source."""
-  model = build_model(config)
-  t = config.train
-  example = pipeline.train_batch(0, t.batch_size)
-  abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0), example["tokens"][:1])
-  n_matmul = matmul_params(model_lib.nn.meta.unbox(abstract["params"]))
-  flops = model_lib.flops_per_token(model.cfg, n_matmul, pipeline.seq_len)
-
-  def on_eval(params, step):
-    texts = sample_texts(model, params, tokenizer, list(config.sample_prompts),
-                         t.sample_tokens, seed=step)
-    for text in texts:
-      log(f"  sample> {text!r}")
-    return {}
-
-  drop_source = lambda b: {k: v for k, v in b.items() if k != "source"}
-  return train.Task(
-      name="pretrain", model=model, loss_fn=losses.lm_loss_fn(model),
-      train_batch=lambda step: drop_source(pipeline.train_batch(step, t.batch_size)),
-      example_batch=drop_source(example),
-      tokens_per_step=t.batch_size * pipeline.seq_len, flops_per_token=flops,
-      eval_sets={s: (lambda s=s: map(drop_source, pipeline.eval_batches(
-          s, t.batch_size, t.eval_batches))) for s in pipeline.sources},
-      on_eval=on_eval)
-
-
-def run(config, workdir: str, cache_dir: str | None = None, log=print):
-  """Tokenizer -> data -> train. Returns (state, summary, tokenizer, pipeline)."""
-  validate(config)
-  sharding.maybe_initialize_distributed()
-  workdir = train.prepare_workdir(workdir)
-  config_lib.save(config, workdir)
-  tokenizer = load_or_train_tokenizer(config, workdir)
-  pipeline = Pipeline(config, tokenizer, cache_dir)
-  for s in pipeline.sources:
-    log(f"[data] {s}: {pipeline.num_tokens(s, 'train'):,} train / "
-        f"{pipeline.num_tokens(s, 'validation'):,} validation tokens")
-  task = build_task(config, pipeline, tokenizer, log)
-  state, summary = train.run(config, workdir, task, log=log)
-  summary["unigram_entropy"] = pipeline.unigram_entropy()
-  return state, summary, tokenizer, pipeline
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
-  _, summary, _, _ = run(_CONFIG.value, _WORKDIR.value, _CACHE_DIR.value)
+  _, summary, _, _ = pretraining.run(_CONFIG.value, _WORKDIR.value, _CACHE_DIR.value)
   ev = summary.get("last_eval", {})
   print(f"done: {summary['steps']} steps; unigram entropy {summary['unigram_entropy']:.3f} nats; "
         + "  ".join(f"{k} {v:.3f}" for k, v in ev.items() if k.endswith("/loss")))

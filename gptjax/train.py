@@ -166,7 +166,7 @@ def create_state(task: Task, tx, mesh, seed: int):
   """A freshly initialised TrainState, laid out on `mesh`."""
   _, init = _init_fns(task, tx, seed)
   shardings = state_shardings(task, tx, mesh, seed)
-  with mesh, nn.logical_axis_rules(sharding.RULES):
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
     return jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(seed)), shardings
 
 
@@ -243,7 +243,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task,
     checkpointer.save(s, state, {"data_position": s})
 
   try:
-    with mesh, nn.logical_axis_rules(sharding.RULES):
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
       while step < t.steps:
         state, m = step_fn(state, batch_shard(task.train_batch(step)))
         step += 1
