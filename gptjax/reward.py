@@ -1,0 +1,68 @@
+"""Scalar heads on the Transformer trunk: the reward model and the value model.
+
+Both are `ScalarHeadModel`: the trunk of `gptjax.model` followed by a linear
+head D -> 1 at every position, giving values [B, T]. The reward model reads
+the value at each row's final real token; the value model (PPO's critic)
+uses every position.
+
+Initialised from a language model's trunk (SFT, as InstructGPT did), so the
+parameter tree is {'trunk': <LM trunk>, 'head': {'w', 'b'}}; the LM's tied
+embedding lives in the trunk and is reused as is.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from gptjax import model as model_lib
+
+
+class ScalarHeadModel(nn.Module):
+  """tokens [B, T] -> float32 scalars [B, T] (one per position)."""
+  cfg: model_lib.TransformerConfig
+
+  @nn.compact
+  def __call__(self, tokens, positions=None, token_mask=None, *, decode=False,
+               deterministic=True):
+    h = model_lib.Trunk(self.cfg, name="trunk")(tokens, positions, token_mask, decode=decode,
+                                               deterministic=deterministic)   # [B, T, D]
+    w = self.param("head_w", nn.with_logical_partitioning(
+        nn.initializers.normal(1.0 / (self.cfg.d_model + 1) ** 0.5), ("embed",)),
+        (self.cfg.d_model,), jnp.float32)
+    b = self.param("head_b", nn.with_logical_partitioning(nn.initializers.zeros, (None,)),
+                   (), jnp.float32)
+    return jnp.einsum("btd,d->bt", h.astype(jnp.float32), w) + b            # [B, T]
+
+
+def final_index(token_mask) -> jax.Array:
+  """Index of each row's last real token. token_mask [B, T] -> [B] int32."""
+  T = token_mask.shape[-1]
+  positions = jnp.arange(T)
+  return jnp.max(jnp.where(token_mask, positions, -1), axis=-1).astype(jnp.int32)
+
+
+def final_score(values, token_mask) -> jax.Array:
+  """values [B, T] read at each row's last real token -> [B]."""
+  return jnp.take_along_axis(values, final_index(token_mask)[:, None], axis=-1)[:, 0]
+
+
+def score(model: ScalarHeadModel, params, tokens, token_mask, positions=None) -> jax.Array:
+  """Reward-model score of each sequence [B] (padding anywhere is ignored)."""
+  values = model.apply({"params": params}, tokens, positions, token_mask)
+  return final_score(values, token_mask)
+
+
+def from_lm_params(lm_params, head_params) -> dict:
+  """Reward/value params from a language model's params and a fresh head."""
+  return {"trunk": lm_params["trunk"], **head_params}
+
+
+def init_head(model: ScalarHeadModel, rng) -> dict:
+  """A freshly initialised head {'head_w', 'head_b'} (the trunk is discarded)."""
+  params = nn.meta.unbox(model.init(rng, jnp.zeros((1, 1), jnp.int32))["params"])
+  return {k: v for k, v in params.items() if k != "trunk"}
+
+
+def shift_bias(params, offset) -> dict:
+  """Adds `offset` to the head bias (used to centre SFT samples at mean 0)."""
+  return {**params, "head_b": params["head_b"] + offset}

@@ -1,0 +1,252 @@
+"""The RLHF mathematics against independent computations (plain Python loops)."""
+
+import itertools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+from gptjax import losses, model as model_lib, ppo_math, reward
+
+
+def log_sigmoid(x):
+  return -math.log1p(math.exp(-x))
+
+
+# ---------------------------------------------------------------- ranking loss
+
+@pytest.mark.parametrize("rewards,ranking", [
+    ([1.0, 0.5, -0.2], [0, 1, 2]),
+    ([0.3, -1.0, 2.0], [2, 0, 1]),
+    ([0.1, 0.4, -0.3, 0.9], [3, 1, 0, 2]),
+    ([2.0, -2.0, 0.0, 1.0], [1, 2, 3, 0]),
+])
+def test_ranking_loss_equals_hand_computation(rewards, ranking):
+  K = len(rewards)
+  pairs = [(ranking[i], ranking[j]) for i in range(K) for j in range(i + 1, K)]
+  expected = -sum(log_sigmoid(rewards[b] - rewards[w]) for b, w in pairs) / math.comb(K, 2)
+  expected_acc = sum(rewards[b] > rewards[w] for b, w in pairs) / math.comb(K, 2)
+  total, weight, extra = losses.ranking_loss(jnp.array([rewards]), jnp.array([ranking]))
+  assert float(total) == pytest.approx(expected, rel=1e-5)
+  assert float(weight) == 1.0
+  assert float(extra["accuracy"]) == pytest.approx(expected_acc)
+
+
+def test_ranking_loss_invariant_to_storage_order():
+  rng = np.random.default_rng(0)
+  rewards = rng.normal(size=(5, 6))
+  ranking = np.stack([rng.permutation(6) for _ in range(5)])
+  base = float(losses.ranking_loss(jnp.array(rewards), jnp.array(ranking))[0])
+  for _ in range(3):  # store the K responses in another order, relabel the ranking
+    perm = rng.permutation(6)             # new slot s holds old response perm[s]
+    inverse = np.argsort(perm)
+    shuffled = rewards[:, perm]
+    new_ranking = inverse[ranking]
+    got = float(losses.ranking_loss(jnp.array(shuffled), jnp.array(new_ranking))[0])
+    assert got == pytest.approx(base, rel=1e-6)
+
+
+def test_grouped_batch_equals_loop_over_pairs():
+  rng = np.random.default_rng(1)
+  B, K = 4, 5
+  rewards = rng.normal(size=(B, K))
+  ranking = np.stack([rng.permutation(K) for _ in range(B)])
+  total = float(losses.ranking_loss(jnp.array(rewards), jnp.array(ranking))[0])
+  loop = 0.0
+  for b in range(B):
+    for i, j in itertools.combinations(range(K), 2):
+      better, worse = ranking[b, i], ranking[b, j]
+      loop += -log_sigmoid(rewards[b, better] - rewards[b, worse]) / math.comb(K, 2)
+  assert total == pytest.approx(loop, rel=1e-5)
+
+
+# ---------------------------------------------------------------- reward model
+
+@pytest.fixture(scope="module")
+def rm():
+  cfg = model_lib.TransformerConfig(vocab_size=50, max_len=16, n_layer=2, n_head=2,
+                                    d_model=16, d_ff=32)
+  model = reward.ScalarHeadModel(cfg)
+  params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))["params"])
+  return model, params
+
+
+def test_padding_never_changes_a_score(rm):
+  model, params = rm
+  seq = jnp.array([[5, 9, 3, 7, 11]])
+  alone = reward.score(model, params, seq, jnp.ones_like(seq, bool))
+  # right padding
+  right = jnp.array([[5, 9, 3, 7, 11, 0, 0, 0]])
+  right_mask = jnp.array([[1, 1, 1, 1, 1, 0, 0, 0]], bool)
+  # left padding with explicit positions
+  left = jnp.array([[0, 0, 0, 5, 9, 3, 7, 11]])
+  left_mask = right_mask[:, ::-1]
+  left_pos = jnp.maximum(jnp.cumsum(left_mask, -1) - 1, 0)
+  np.testing.assert_allclose(reward.score(model, params, right, right_mask), alone, atol=1e-5)
+  np.testing.assert_allclose(reward.score(model, params, left, left_mask, left_pos), alone,
+                             atol=1e-5)
+  # and different pad ids do not matter either
+  right2 = right.at[:, 5:].set(42)
+  np.testing.assert_allclose(reward.score(model, params, right2, right_mask), alone, atol=1e-5)
+
+
+def test_reward_loss_fn_groups_k_responses(rm):
+  model, params = rm
+  rng = np.random.default_rng(0)
+  B, K, T = 2, 3, 6
+  tokens = rng.integers(1, 50, (B, K, T))
+  mask = np.ones((B, K, T), bool)
+  mask[0, 1, 4:] = False
+  ranking = np.array([[2, 0, 1], [0, 1, 2]])
+  total, weight, _ = losses.reward_loss_fn(model)(params, {
+      "tokens": jnp.array(tokens), "token_mask": jnp.array(mask), "ranking": jnp.array(ranking)},
+      None, False)
+  scores = np.array([[float(reward.score(model, params, jnp.array(tokens[b, k:k + 1]),
+                                          jnp.array(mask[b, k:k + 1]))[0]) for k in range(K)]
+                     for b in range(B)])
+  expected = float(losses.ranking_loss(jnp.array(scores), jnp.array(ranking))[0])
+  assert float(total) == pytest.approx(expected, rel=1e-5)
+  assert float(weight) == B
+
+
+def test_shift_bias_centres_scores(rm):
+  model, params = rm
+  tokens = jnp.array(np.random.default_rng(0).integers(1, 50, (8, 6)))
+  mask = jnp.ones_like(tokens, bool)
+  s = reward.score(model, params, tokens, mask)
+  shifted = reward.shift_bias(params, -s.mean())
+  assert abs(float(reward.score(model, shifted, tokens, mask).mean())) < 1e-5
+
+
+# ---------------------------------------------------------------- GAE
+
+def gae_loop(rewards, values, mask, gamma, lam):
+  B, N = rewards.shape
+  adv = np.zeros((B, N))
+  for b in range(B):
+    idx = [t for t in range(N) if mask[b, t]]
+    last = 0.0
+    for pos, t in enumerate(reversed(idx)):
+      nxt = idx[len(idx) - pos] if pos > 0 else None
+      v_next = values[b, nxt] if nxt is not None else 0.0
+      delta = rewards[b, t] + gamma * v_next - values[b, t]
+      last = delta + gamma * lam * last
+      adv[b, t] = last
+  return adv, (adv + values) * mask
+
+
+@pytest.mark.parametrize("gamma,lam", [(1.0, 0.95), (0.99, 0.9), (1.0, 1.0)])
+def test_gae_equals_plain_loop(gamma, lam):
+  rng = np.random.default_rng(0)
+  B, N = 5, 9
+  rewards, values = rng.normal(size=(B, N)), rng.normal(size=(B, N))
+  lengths = np.array([9, 1, 4, 0, 6])
+  mask = np.arange(N)[None] < lengths[:, None]
+  rewards = rewards * mask  # padding carries no reward
+  adv, ret = ppo_math.gae(jnp.array(rewards), jnp.array(values), jnp.array(mask), gamma, lam)
+  exp_adv, exp_ret = gae_loop(rewards, values, mask, gamma, lam)
+  np.testing.assert_allclose(adv, exp_adv, atol=1e-5)
+  np.testing.assert_allclose(ret, exp_ret, atol=1e-5)
+  assert np.all(np.asarray(adv)[~mask] == 0) and np.all(np.asarray(ret)[~mask] == 0)
+
+
+def test_padding_never_reaches_rewards_or_advantages():
+  rng = np.random.default_rng(2)
+  B, N = 3, 7
+  mask = np.arange(N)[None] < np.array([[7], [3], [5]])
+  logp, ref = rng.normal(size=(B, N)), rng.normal(size=(B, N))
+  values = rng.normal(size=(B, N))
+  garbage = ~mask
+  r1, _ = ppo_math.per_token_rewards(jnp.ones(B), jnp.array(logp), jnp.array(ref),
+                                     jnp.array(mask), 0.1)
+  logp2, ref2, values2 = logp.copy(), ref.copy(), values.copy()
+  logp2[garbage], ref2[garbage], values2[garbage] = 1e3, -1e3, 1e3
+  r2, _ = ppo_math.per_token_rewards(jnp.ones(B), jnp.array(logp2), jnp.array(ref2),
+                                     jnp.array(mask), 0.1)
+  np.testing.assert_allclose(r1, r2)
+  a1, _ = ppo_math.gae(r1, jnp.array(values), jnp.array(mask))
+  a2, _ = ppo_math.gae(r2, jnp.array(values2), jnp.array(mask))
+  np.testing.assert_allclose(a1, a2, atol=1e-5)
+  w1 = ppo_math.whiten(a1, jnp.array(mask))
+  w2 = ppo_math.whiten(a2, jnp.array(mask))
+  np.testing.assert_allclose(w1, w2, atol=1e-5)
+  loss1, _ = ppo_math.policy_loss(jnp.array(logp), jnp.array(logp), w1, jnp.array(mask))
+  loss2, _ = ppo_math.policy_loss(jnp.array(logp2), jnp.array(logp2), w2, jnp.array(mask))
+  assert float(loss1) == pytest.approx(float(loss2), abs=1e-6)
+
+
+def test_per_token_rewards_formula_and_zero_kl_when_equal():
+  logp = jnp.array([[-1.0, -2.0, -0.5, 0.0]])
+  ref = jnp.array([[-1.5, -1.0, -0.5, 0.0]])
+  mask = jnp.array([[True, True, True, False]])
+  r, kl = ppo_math.per_token_rewards(jnp.array([2.0]), logp, ref, mask, beta=0.1)
+  np.testing.assert_allclose(r, [[-0.05, 0.1, 2.0, 0.0]], atol=1e-6)
+  r_same, kl_same = ppo_math.per_token_rewards(jnp.array([0.0]), logp, logp, mask, 0.1)
+  assert float(jnp.abs(kl_same).max()) == 0.0 and float(jnp.abs(r_same).max()) == 0.0
+
+
+def test_truncation_penalty_replaces_score():
+  s = ppo_math.final_scores(jnp.array([1.0, 2.0]), jnp.array([True, False]), -3.0)
+  np.testing.assert_allclose(s, [1.0, -3.0])
+  np.testing.assert_allclose(ppo_math.final_scores(jnp.array([1.0, 2.0]),
+                                                   jnp.array([True, False]), None), [1.0, 2.0])
+
+
+# ---------------------------------------------------------------- PPO losses
+
+def test_policy_loss_ratio_one_and_clipping():
+  rng = np.random.default_rng(3)
+  logp = jnp.array(rng.normal(size=(4, 6)))
+  adv = jnp.array(rng.normal(size=(4, 6)))
+  mask = jnp.ones((4, 6), bool)
+  loss, stats = ppo_math.policy_loss(logp, logp, adv, mask)
+  assert float(stats["ratio"]) == pytest.approx(1.0)
+  assert float(stats["clip_frac"]) == 0.0 and float(stats["approx_kl"]) == pytest.approx(0.0)
+  assert float(loss) == pytest.approx(-float(adv.mean()), rel=1e-5)
+  # a big positive step on a positive advantage is clipped at 1 + eps
+  l2, s2 = ppo_math.policy_loss(jnp.array([[1.0]]), jnp.array([[0.0]]), jnp.array([[1.0]]),
+                                jnp.array([[True]]))
+  assert float(l2) == pytest.approx(-1.2) and float(s2["clip_frac"]) == 1.0
+
+
+def test_value_loss_clipped_against_hand_values():
+  v, v_old, ret = jnp.array([[1.0, 0.0]]), jnp.array([[0.0, 0.0]]), jnp.array([[2.0, 0.1]])
+  got = ppo_math.value_loss(v, v_old, ret, jnp.array([[True, True]]), clip_eps=0.2)
+  # first: max((1-2)^2, (0.2-2)^2) = 3.24; second: max(0.01, 0.01) = 0.01
+  assert float(got) == pytest.approx(0.5 * (3.24 + 0.01) / 2)
+
+
+def test_whiten_masked_statistics():
+  x = jnp.array([[1.0, 2.0, 3.0, 100.0]])
+  mask = jnp.array([[True, True, True, False]])
+  w = np.asarray(ppo_math.whiten(x, mask))
+  assert w[0, 3] == 0.0
+  assert w[0, :3].mean() == pytest.approx(0.0, abs=1e-6)
+  assert w[0, :3].std() == pytest.approx(1.0, abs=1e-3)
+
+
+def test_explained_variance():
+  ret = jnp.array([[1.0, 2.0, 3.0]])
+  mask = jnp.ones((1, 3), bool)
+  assert float(ppo_math.explained_variance(ret, ret, mask)) == pytest.approx(1.0)
+  assert float(ppo_math.explained_variance(jnp.full((1, 3), 2.0), ret, mask)) == pytest.approx(0.0)
+
+
+def test_adaptive_kl_controller_formula():
+  c = ppo_math.AdaptiveKL(beta=0.1, target=6.0, horizon=10000)
+  assert c.update(kl=9.0, n_samples=256) == pytest.approx(0.1 * (1 + 0.2 * 256 / 10000))
+  b = c.beta
+  assert c.update(kl=5.7, n_samples=100) == pytest.approx(b * (1 + (5.7 / 6 - 1) * 100 / 10000))
+  assert c.update(kl=0.0, n_samples=1000) == pytest.approx(
+      b * (1 + (5.7 / 6 - 1) * 100 / 10000) * (1 - 0.2 * 1000 / 10000))
+  assert ppo_math.kl_controller("fixed", 0.3).update(100.0, 10) == 0.3
+  with pytest.raises(ValueError, match="kl_controller"):
+    ppo_math.kl_controller("pid", 0.1)
+
+
+def test_entropy_of_uniform():
+  logits = jnp.zeros((2, 3, 8))
+  assert float(ppo_math.entropy(logits, jnp.ones((2, 3), bool))) == pytest.approx(math.log(8))
