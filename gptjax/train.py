@@ -113,7 +113,7 @@ def train_step(state: TrainState, batch: dict, *, loss_fn: Callable,
   grads = jax.tree_util.tree_map(lambda g: g / weight, grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = {"loss": total / weight, "grad_norm": optax.global_norm(grads)}
+  metrics = {"loss": total / weight, "grad_norm": optax.tree.norm(grads)}
   metrics.update({k: v / weight for k, v in extra.items()})
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
@@ -320,3 +320,27 @@ def _check_finite(m: dict, step: int, ckpt_dir: str, last_good: int) -> dict:
         f"The run stopped without saving; the last good checkpoint is step {last_good} in "
         f"{ckpt_dir}. Lower config.train.lr or check the data.")
   return m
+
+
+def restore_params(workdir: str, config: ml_collections.ConfigDict, model: nn.Module,
+                   example_batch: dict, step: int | None = None):
+  """Params of `model` from the latest (or `step`) checkpoint of a run's workdir.
+
+  A checkpoint holds the whole TrainState, so the optimizer's structure is
+  rebuilt from the run's own `config.train` to restore into; only the params
+  are returned (with the step). Raises FileNotFoundError / CheckpointError
+  naming the directory.
+  """
+  ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
+  if not os.path.isdir(ckpt_dir) or not any(d.isdigit() for d in os.listdir(ckpt_dir)):
+    raise FileNotFoundError(f"No checkpoint in {ckpt_dir}: train that stage first.")
+  shell = Task(name="restore", model=model, loss_fn=None, train_batch=None,
+               example_batch=example_batch, tokens_per_step=0)
+  tx = make_optimizer(config.train)
+  mesh = sharding.make_mesh(config.mesh)
+  checkpointer = ckpt_lib.Checkpointer(ckpt_dir, keep=config.train.keep_checkpoints)
+  try:
+    state, _ = checkpointer.restore(abstract_state(shell, tx, mesh, config.seed), step)
+  finally:
+    checkpointer.close()
+  return state.params, int(state.step)
