@@ -9,11 +9,23 @@ Presets:
   tiny   ~100k params, seconds per hundred steps: tests, CI, laptops.
   small  ~14M params, a useful CPU research run in an hour.
   base   GPT-2 small (124M), for accelerators.
+
+The synthetic world (gptjax.tasks.world) is a third source, off by default.
+SFT, the reward model and RLHF need a pretrained model that read it (its
+facts must come from pretraining), so add `+world` to the preset:
+
+  python -m experiments.pretrain --config=configs/pretrain.py:tiny+world \
+      --workdir=/tmp/pretrain_tiny_world
+
+which sets data.mixture to WORLD_MIXTURE. Any other weights work too:
+  --config.data.mixture="{'english': 0.45, 'code': 0.25, 'world': 0.3}"
 """
 
 import ml_collections
 
 PRESETS = ("tiny", "small", "base")
+DEFAULT_MIXTURE = {"english": 0.7, "code": 0.3}
+WORLD_MIXTURE = {"english": 0.45, "code": 0.25, "world": 0.3}   # the `+world` presets
 
 
 def model_config(preset: str) -> ml_collections.ConfigDict:
@@ -36,13 +48,20 @@ def data_config(preset: str) -> ml_collections.ConfigDict:
   d = ml_collections.ConfigDict()
   # Source names: 'english' (embedded prose), 'code' (the running
   # interpreter's standard library), 'dir:<path>' (any local folder of
-  # text/code files), 'tfds:<name>' (a tfds catalog dataset, needs internet).
-  d.mixture = {"english": 0.7, "code": 0.3}
+  # text/code files), 'tfds:<name>' (a tfds catalog dataset, needs internet),
+  # 'world' (the synthetic world's facts; the `+world` presets add it).
+  d.mixture = dict(DEFAULT_MIXTURE)
   # Cap on characters read per source (0 = everything); keeps tiny runs fast.
   d.max_chars = {"tiny": 400_000, "small": 0, "base": 0}[preset]
   d.val_fraction = 0.05        # of documents, chosen by a hash of their id
   d.tfds_dir = ""              # '' = <cache_dir>/tfds (default ~/.cache/gptjax/tfds)
   d.tokenizer_chars = {"tiny": 300_000, "small": 6_000_000, "base": 20_000_000}[preset]
+  # The 'world' source: one pass writes every known fact in 13 templates
+  # (~560k characters for 240 entities); SFT and evaluation rebuild the same
+  # world from these fields of the pretraining run's config.json.
+  d.world_seed = 0
+  d.world_entities = 240       # known entities (plus 30 unknown, 30 held out)
+  d.world_passes = {"tiny": 1, "small": 4, "base": 20}[preset]
   return d
 
 
@@ -77,13 +96,18 @@ def mesh_config() -> ml_collections.ConfigDict:
 
 
 def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
-  if preset not in PRESETS:
-    raise ValueError(f"Unknown preset {preset!r}; choose one of {PRESETS}.")
+  """`preset` is one of PRESETS, optionally with `+world` (e.g. 'tiny+world')."""
+  preset, plus, extra = preset.partition("+")
+  if preset not in PRESETS or (plus and extra != "world"):
+    raise ValueError(f"Unknown preset {preset + plus + extra!r}; choose one of {PRESETS}, "
+                     "optionally with '+world' (e.g. 'tiny+world').")
   c = ml_collections.ConfigDict()
   c.preset = preset
   c.seed = 0
   c.model = model_config(preset)
   c.data = data_config(preset)
+  if extra == "world":
+    c.data.mixture = dict(WORLD_MIXTURE)
   c.train = train_config(preset)
   c.mesh = mesh_config()
   c.sample_prompts = ["The ", "def ", "import "]

@@ -21,7 +21,9 @@ Reserved ids, the same for every vocabulary size:
 The role tokens are *control* symbols: `encode` never produces them from
 text (typing "<|user|>" gives ordinary pieces), so a user cannot forge a
 turn, and `decode` drops them, as it drops pad, bos and eos. Use
-`encode_chat` to build a conversation and `id_to_piece` to see tokens.
+`encode_chat` to build a conversation (`encode_chat_truncated` to fit it in
+a context, dropping the oldest turns but keeping the system message),
+`decode_chat` to read one back, and `id_to_piece` to see tokens.
 """
 
 import hashlib
@@ -157,6 +159,54 @@ class Tokenizer:
     if add_generation_prompt:
       ids.append(self.assistant_id)
     return ids
+
+  def encode_chat_truncated(self, messages: Sequence[dict[str, str]], max_tokens: int,
+                            add_generation_prompt: bool = True) -> list[int]:
+    """`encode_chat` of the most recent turns that fit in `max_tokens`.
+
+    The rule of a chat with a finite context: drop the oldest turns, keep
+    the system message. Messages are dropped from the front of the history
+    (after the system message), and a kept history never starts with an
+    assistant turn.
+
+    Raises:
+      ValueError: if the system message and the last message alone do not fit.
+    """
+    system = [m for m in messages[:1] if m["role"] == "system"]
+    turns = list(messages[len(system):])
+    while True:
+      ids = self.encode_chat(system + turns, add_generation_prompt)
+      if len(ids) <= max_tokens:
+        return ids
+      if len(turns) <= 1:
+        raise ValueError(
+            f"The {'system message and the ' if system else ''}last message take "
+            f"{len(ids)} tokens, more than the {max_tokens} that fit in the "
+            "context; shorten them (or lower max_new_tokens).")
+      turns = turns[1:]
+      while len(turns) > 1 and turns[0]["role"] == "assistant":
+        turns = turns[1:]
+
+  def decode_chat(self, ids: Sequence[int]) -> list[dict[str, str]]:
+    """The messages of an `encode_chat` sequence: its inverse.
+
+    A turn that is still open (no `<|end_turn|>` yet, e.g. after the
+    generation prompt) is returned with the text so far.
+    """
+    roles = {v: k for k, v in self.role_ids.items()}
+    messages, role, content = [], None, []
+    for i in ids:
+      i = int(i)
+      if i in roles:
+        role, content = roles[i], []
+      elif i == self.end_turn_id and role is not None:
+        messages.append({"role": role, "content": self.decode(content)})
+        role = None
+      elif role is not None:
+        content.append(i)
+    if role is not None:
+      messages.append({"role": role, "content": self.decode(content)})
+    return messages
 
 
 # ----------------------------------------------------------------------------

@@ -17,9 +17,13 @@ Sources are named by a *spec* string, as in `config.data.mixture`:
   tfds:<name>    a tfds catalog dataset (needs internet the first time); the
                  text feature is `config.data.tfds_text_key` (default 'text').
 
-More named sources are added with one line, e.g. the synthetic world:
+  world          the synthetic world's known facts in many templates
+                 (gptjax.tasks.world), `config.data.world_passes` passes over
+                 the world of seed `config.data.world_seed`.
 
-  register_source("world", world_documents)   # fn(config) -> Iterable[Doc]
+More named sources are added with one line:
+
+  register_source("name", documents)   # fn(config) -> Iterable[Doc]
 
 `iter_split(spec, config, split)` is the one entry point the rest of gptjax
 uses: the documents of one split, capped at `config.data.max_chars`.
@@ -34,6 +38,8 @@ import sys
 import sysconfig
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
+
+from gptjax.tasks import world as world_lib
 
 Doc = tuple[str, str]                      # (doc_id, text)
 SPLITS = ("train", "validation")
@@ -322,7 +328,35 @@ def _code_fingerprint(config) -> str:
   return f"{sys.version}\n{stdlib_dir()}"
 
 
+def world_config(config) -> dict:
+  """The world options of `config.data`, with their defaults."""
+  d = config.data
+  return {"seed": int(d.get("world_seed", 0)),
+          "n_entities": int(d.get("world_entities", 240)),
+          "passes": int(d.get("world_passes", 1))}
+
+
+def world_documents(config) -> Iterator[Doc]:
+  """`passes` passes over the known facts of the configured world.
+
+  Each pass writes every known entity in every template, freshly shuffled;
+  unknown and held-out entities never appear (see gptjax.tasks.world).
+  """
+  w = world_config(config)
+  world = world_lib.make_world(w["seed"], n_entities=w["n_entities"])
+  per_pass = sum(1 for _ in world_lib.world_documents(world, seed=w["seed"]))
+  yield from world_lib.world_documents(world, seed=w["seed"],
+                                       n_docs=w["passes"] * per_pass)
+
+
+def _world_fingerprint(config) -> str:
+  """The world options and the generator's source: a template edit rebuilds."""
+  code = Path(world_lib.__file__).read_bytes()
+  return f"{sorted(world_config(config).items())}\n{hashlib.sha256(code).hexdigest()}"
+
+
 register_source("english", english_documents, fingerprint=_english_fingerprint)
+register_source("world", world_documents, fingerprint=_world_fingerprint)
 register_source("code", code_documents, split_of=code_split,
                 fingerprint=_code_fingerprint)
 

@@ -1,0 +1,74 @@
+"""SFT config: supervised fine-tuning of a pretrained model on demonstrations.
+
+Run (after pretraining with the world in the mixture, see configs/pretrain.py):
+  python -m experiments.pretrain --config=configs/pretrain.py:tiny+world --workdir=/tmp/pt_tiny
+  python -m experiments.sft --config=configs/sft.py:tiny --pretrained=/tmp/pt_tiny \
+      --workdir=/tmp/sft_tiny
+
+The model's shape, the tokenizer and the synthetic world come from the
+pretrained run (its config.json and tokenizer.model); this config holds only
+what SFT itself decides: demonstrations, optimisation and evaluation.
+
+Presets: tiny (tests, minutes on a CPU), small (CPU research run), base.
+"""
+
+import ml_collections
+
+from configs import pretrain as pretrain_configs
+
+PRESETS = pretrain_configs.PRESETS
+
+
+def sft_config(preset: str) -> ml_collections.ConfigDict:
+  """The demonstrations (InstructGPT's SFT set had ~13k)."""
+  s = ml_collections.ConfigDict()
+  s.n_demos = 10_000           # spread evenly over the task families
+  s.demo_seed = 0
+  s.system_prompt = ""         # '' = no system message in the demonstrations
+  s.n_heldout = {"tiny": 256, "small": 512, "base": 2048}[preset]  # held-out SFT loss
+  return s
+
+
+def train_config(preset: str) -> ml_collections.ConfigDict:
+  """The pretraining train section with fine-tuning values."""
+  t = pretrain_configs.train_config(preset)
+  t.steps = {"tiny": 600, "small": 400, "base": 2000}[preset]
+  t.lr = {"tiny": 1e-3, "small": 3e-4, "base": 3e-5}[preset]
+  t.warmup_steps = {"tiny": 30, "small": 20, "base": 100}[preset]
+  t.weight_decay = 0.0
+  t.log_every = {"tiny": 50, "small": 20, "base": 50}[preset]
+  t.eval_every = {"tiny": 300, "small": 200, "base": 500}[preset]
+  t.eval_batches = {"tiny": 4, "small": 8, "base": 16}[preset]
+  t.ckpt_every = {"tiny": 300, "small": 100, "base": 500}[preset]
+  t.measure_peak = preset != "tiny"     # the MFU denominator; seconds on a CPU
+  del t.sample_tokens
+  return t
+
+
+def eval_config(preset: str) -> ml_collections.ConfigDict:
+  """Gold-score evaluation on held-out prompts, before and after SFT."""
+  e = ml_collections.ConfigDict()
+  e.n_per_family = {"tiny": 16, "small": 50, "base": 200}[preset]
+  e.seed = 1                   # which held-out prompts
+  e.few_shot_k = {"tiny": 1, "small": 3, "base": 5}[preset]
+  e.max_new_tokens = {"tiny": 24, "small": 64, "base": 96}[preset]
+  e.batch_size = {"tiny": 32, "small": 32, "base": 64}[preset]
+  # Degeneration (Holtzman et al. 2020): greedy vs nucleus on the same prompts.
+  e.n_degeneration = {"tiny": 32, "small": 64, "base": 200}[preset]
+  e.degeneration_tokens = {"tiny": 32, "small": 96, "base": 128}[preset]
+  e.top_p = 0.9
+  return e
+
+
+def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
+  if preset not in PRESETS:
+    raise ValueError(f"Unknown preset {preset!r}; choose one of {PRESETS}.")
+  c = ml_collections.ConfigDict()
+  c.preset = preset
+  c.seed = 0
+  c.pretrained = ""            # pretraining workdir (or --pretrained)
+  c.sft = sft_config(preset)
+  c.train = train_config(preset)
+  c.eval = eval_config(preset)
+  c.mesh = pretrain_configs.mesh_config()
+  return c

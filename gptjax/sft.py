@@ -1,0 +1,275 @@
+"""Supervised fine-tuning as a composition: pretrained run -> demonstrations -> Task.
+
+Mirrors `gptjax.pretraining`: `experiments/sft.py` is its command line.
+
+Data. Each demonstration (`gptjax.tasks.instructions.make_mixture`) becomes a
+conversation in the chat template,
+
+  <s> [<|system|> sys <|end_turn|>] <|user|> prompt <|end_turn|> <|assistant|> response <|end_turn|>
+
+with loss on the assistant's tokens only: the response and its closing
+<|end_turn|>, which is how the model learns to stop. Conversations are packed
+whole into rows of T+1 tokens (never split; longer ones are dropped), position
+ids restart at every conversation, so a row computes what chat will see.
+Batch `step` is a pure function of (seed, step), as in pretraining.
+
+Warm start. The pretrained run's config.json gives the model shape, the
+optimizer (needed to read its TrainState checkpoint) and the world; its
+params become the SFT Task's `init_params`.
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+from typing import Sequence
+
+import ml_collections
+import numpy as np
+
+from configs import sft as sft_configs
+from gptjax import config as config_lib
+from gptjax import evaluation, losses, metrics as metrics_lib, pretraining, sharding, train
+from gptjax.data import sources
+from gptjax.tasks import instructions, world as world_lib
+from gptjax.tokenizer import Tokenizer
+
+
+# ----------------------------------------------------------------------------
+# Demonstrations -> token rows.
+
+def chat_messages(prompt: str, system: str = "") -> list[dict[str, str]]:
+  """The conversation that asks `prompt`, with an optional system message."""
+  system_turn = [{"role": "system", "content": system}] if system else []
+  return system_turn + [{"role": "user", "content": prompt}]
+
+
+def render(tokenizer: Tokenizer, prompt: str, response: str,
+           system: str = "") -> tuple[list[int], list[int]]:
+  """(ids, mask): one conversation; mask is 1 on the assistant's tokens.
+
+  ids == tokenizer.encode_chat(messages + [assistant turn]); the mask covers
+  the response and its <|end_turn|>, not <|assistant|> (that is the prompt).
+  """
+  head = tokenizer.encode_chat(chat_messages(prompt, system), add_generation_prompt=True)
+  answer = tokenizer.encode(response) + [tokenizer.end_turn_id]
+  return head + answer, [0] * len(head) + [1] * len(answer)
+
+
+@dataclasses.dataclass
+class PackedRows:
+  ids: np.ndarray        # [N, T+1] int32, pad_id after the last conversation
+  mask: np.ndarray       # [N, T+1] float32, 1 on assistant tokens
+  positions: np.ndarray  # [N, T+1] int32, restarting at each conversation
+  n_conversations: int
+  n_dropped: int         # conversations longer than T+1 tokens
+
+  def batch(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Model inputs of the given rows: next-token targets, mask on targets."""
+    ids, mask, pos = self.ids[rows], self.mask[rows], self.positions[rows]
+    return {"tokens": ids[:, :-1], "targets": ids[:, 1:],       # [B, T] each
+            "loss_mask": mask[:, 1:], "positions": pos[:, :-1]}
+
+
+def pack(conversations: Sequence[tuple[list[int], list[int]]], length: int,
+         pad_id: int) -> PackedRows:
+  """Greedily packs whole conversations, in order, into rows of `length` tokens."""
+  rows, row = [], []
+  dropped = 0
+  for ids, mask in conversations:
+    if len(ids) > length:
+      dropped += 1
+      continue
+    if sum(len(c[0]) for c in row) + len(ids) > length:
+      rows.append(row)
+      row = []
+    row.append((ids, mask))
+  if row:
+    rows.append(row)
+  out_ids = np.full((len(rows), length), pad_id, np.int32)
+  out_mask = np.zeros((len(rows), length), np.float32)
+  out_pos = np.zeros((len(rows), length), np.int32)
+  for r, convs in enumerate(rows):
+    start = 0
+    for ids, mask in convs:
+      end = start + len(ids)
+      out_ids[r, start:end] = ids
+      out_mask[r, start:end] = mask
+      out_pos[r, start:end] = np.arange(len(ids))
+      start = end
+  return PackedRows(out_ids, out_mask, out_pos, len(conversations) - dropped, dropped)
+
+
+def demonstration_rows(examples: Sequence[instructions.Example], tokenizer: Tokenizer,
+                       seq_len: int, system: str = "") -> PackedRows:
+  """Packed rows of T+1 = seq_len+1 tokens from instruction examples."""
+  convs = [render(tokenizer, e.prompt, e.response, system) for e in examples]
+  return pack(convs, seq_len + 1, tokenizer.pad_id)
+
+
+def batch_rows(step: int, batch_size: int, n_rows: int, seed: int) -> np.ndarray:
+  """Row indices of batch `step`: epochs of seeded permutations, [B]."""
+  flat = np.arange(step * batch_size, (step + 1) * batch_size)
+  epochs, offsets = flat // n_rows, flat % n_rows
+  out = np.empty(batch_size, np.int64)
+  for e in np.unique(epochs):
+    perm = np.random.default_rng((seed, int(e))).permutation(n_rows)
+    out[epochs == e] = perm[offsets[epochs == e]]
+  return out
+
+
+# ----------------------------------------------------------------------------
+# Loading a run's params.
+
+@dataclasses.dataclass
+class LoadedRun:
+  config: ml_collections.ConfigDict   # the run's config.json
+  model: object
+  params: object
+  tokenizer: Tokenizer
+  step: int
+  workdir: str = ""
+
+
+def load_run(workdir: str, step: int | None = None) -> LoadedRun:
+  """Config, tokenizer and params of a pretrain or SFT workdir (latest checkpoint).
+
+  Raises:
+    FileNotFoundError: naming what is missing (config, tokenizer, checkpoint).
+  """
+  workdir = os.path.abspath(workdir)
+  for name in ("config.json", "tokenizer.model"):
+    if not os.path.exists(os.path.join(workdir, name)):
+      raise FileNotFoundError(f"{workdir} has no {name}: is it a gptjax run's --workdir?")
+  config = config_lib.load(os.path.join(workdir, "config.json"))
+  model = pretraining.build_model(config)
+  params, step = train.restore_params(
+      workdir, config, model, {"tokens": np.zeros((1, config.model.max_len), np.int32)}, step)
+  return LoadedRun(config, model, params,
+                   Tokenizer.load(os.path.join(workdir, "tokenizer.model")), step, workdir)
+
+
+def world_of(config) -> world_lib.World:
+  """The synthetic world a run was pretrained on (from its data section)."""
+  w = sources.world_config(config)
+  return world_lib.make_world(w["seed"], n_entities=w["n_entities"])
+
+
+# ----------------------------------------------------------------------------
+# The Task.
+
+def validate(config) -> None:
+  config_lib.check_fields(config, sft_configs.get_config(config.preset))
+  config_lib.validate_train(config.train)
+  config_lib.require(config.sft.n_demos > 0, "sft.n_demos", config.sft.n_demos, "> 0")
+  config_lib.require(config.eval.n_per_family > 0, "eval.n_per_family",
+                     config.eval.n_per_family, "> 0")
+
+
+def resolve(config, pretrained: LoadedRun, pretrained_dir: str) -> ml_collections.ConfigDict:
+  """The SFT config plus the pretrained run's model and data sections, so the
+  SFT workdir describes itself (chat and later stages load it alone)."""
+  out = ml_collections.ConfigDict(config.to_dict())
+  out.pretrained = os.path.abspath(pretrained_dir)
+  out.model = ml_collections.ConfigDict(pretrained.config.model.to_dict())
+  out.data = ml_collections.ConfigDict(pretrained.config.data.to_dict())
+  return out
+
+
+def build_task(config, model, rows: PackedRows, heldout: PackedRows, init_params,
+               sample=None, log=print) -> train.Task:
+  """Next-token loss on assistant tokens, warm-started from `init_params`."""
+  t = config.train
+  seq_len = rows.ids.shape[1] - 1
+  example = rows.batch(np.arange(1))
+
+  def eval_batches():
+    for start in range(0, min(len(heldout.ids), t.eval_batches * t.batch_size), t.batch_size):
+      idx = np.arange(start, start + t.batch_size) % len(heldout.ids)
+      yield heldout.batch(idx)
+
+  def on_eval(params, step):
+    if sample is not None:
+      for line in sample(params, step):
+        log(f"  sample> {line}")
+    return {}
+
+  return train.Task(
+      name="sft", model=model, loss_fn=losses.lm_loss_fn(model),
+      train_batch=lambda step: rows.batch(batch_rows(step, t.batch_size, len(rows.ids),
+                                                     config.seed)),
+      example_batch=example, tokens_per_step=t.batch_size * seq_len,
+      eval_sets={"heldout": eval_batches},
+      init_params=lambda rng: init_params, on_eval=on_eval)
+
+
+def _write_json(path: str, obj) -> None:
+  tmp = f"{path}.{os.getpid()}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def run(config, workdir: str, pretrained_dir: str | None = None, log=print):
+  """Pretrained run -> eval -> SFT -> eval. Returns (state, summary, report).
+
+  Writes into `workdir`: config.json (resolved), tokenizer.model (the
+  pretrained run's), checkpoints/, metrics.jsonl and eval.json.
+  """
+  validate(config)
+  pretrained_dir = pretrained_dir or config.pretrained
+  if not pretrained_dir:
+    raise ValueError("SFT needs a pretrained run: pass --pretrained=<pretrain workdir> "
+                     "or set config.pretrained.")
+  sharding.maybe_initialize_distributed()
+  workdir = train.prepare_workdir(workdir)
+  base = load_run(pretrained_dir)
+  log(f"[sft] pretrained {base.config.preset} run {pretrained_dir} at step {base.step}")
+  config = resolve(config, base, pretrained_dir)
+  config_lib.save(config, workdir)
+  shutil.copyfile(os.path.join(pretrained_dir, "tokenizer.model"),
+                  os.path.join(workdir, "tokenizer.model"))
+  tokenizer, world, seq_len = base.tokenizer, world_of(config), config.model.max_len
+
+  s = config.sft
+  train_examples = instructions.make_mixture(world, s.n_demos, s.demo_seed, "train")
+  heldout_examples = instructions.make_mixture(world, s.n_heldout, s.demo_seed, "heldout")
+  rows = demonstration_rows(train_examples, tokenizer, seq_len, s.system_prompt)
+  heldout = demonstration_rows(heldout_examples, tokenizer, seq_len, s.system_prompt)
+  n_target = int(rows.mask.sum())
+  log(f"[sft] {rows.n_conversations:,} demonstrations in {len(rows.ids):,} rows of "
+      f"{seq_len + 1} tokens ({n_target:,} assistant tokens); {rows.n_dropped} longer "
+      "than the context dropped")
+
+  evaluator = evaluation.Evaluator(base.model, tokenizer, world, config.eval,
+                                   system=s.system_prompt)
+  writer = metrics_lib.MetricsWriter(workdir, tensorboard=False)
+  before_path = os.path.join(workdir, "eval_pretrained.json")
+  if os.path.exists(before_path):           # resumed run: evaluated already
+    with open(before_path) as f:
+      before = json.load(f)
+  else:
+    log("[sft] evaluating the pretrained model ...")
+    before = evaluator.evaluate(base.params, modes=("zero_shot", "few_shot", "chat"),
+                                degeneration_mode="zero_shot")
+    _write_json(before_path, before)
+    writer.write(0, "gold_pretrained", **evaluation.flat_scores(before))
+  log(evaluation.format_table({"pretrained": before}))
+
+  sample_prompts = [e.prompt for e in heldout_examples[:2]]
+  task = build_task(config, base.model, rows, heldout, base.params,
+                    sample=lambda p, step: evaluator.chat_samples(p, sample_prompts), log=log)
+  state, summary = train.run(config, workdir, task, log=log)
+
+  log("[sft] evaluating the SFT model ...")
+  after = evaluator.evaluate(state.params, modes=("chat",), degeneration_mode="chat")
+  writer.write(summary["steps"], "gold_sft", **evaluation.flat_scores(after))
+  writer.close()
+  report = {"pretrained": before, "sft": after,
+            "table": evaluation.family_table(before, after),
+            "data": {"demonstrations": rows.n_conversations, "dropped": rows.n_dropped,
+                     "rows": int(len(rows.ids)), "assistant_tokens": n_target},
+            "steps": summary["steps"], "last_eval": summary.get("last_eval", {})}
+  _write_json(os.path.join(workdir, "eval.json"), report)
+  log(evaluation.format_table({"pretrained": before, "sft": after}))
+  return state, summary, report
