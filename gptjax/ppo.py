@@ -20,7 +20,6 @@ and its value estimate is the critic's output at P + j - 1.
 import dataclasses
 import functools
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp

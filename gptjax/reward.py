@@ -29,7 +29,7 @@ class ScalarHeadModel(nn.Module):
     w = self.param("head_w", nn.with_logical_partitioning(
         nn.initializers.normal(1.0 / (self.cfg.d_model + 1) ** 0.5), ("embed",)),
         (self.cfg.d_model,), jnp.float32)
-    b = self.param("head_b", nn.with_logical_partitioning(nn.initializers.zeros, (None,)),
+    b = self.param("head_b", nn.with_logical_partitioning(nn.initializers.zeros, ()),
                    (), jnp.float32)
     return jnp.einsum("btd,d->bt", h.astype(jnp.float32), w) + b            # [B, T]
 

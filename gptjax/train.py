@@ -14,7 +14,6 @@ import dataclasses
 import functools
 import math
 import os
-import time
 from typing import Any, Callable, Iterable
 
 import flax.linen as nn

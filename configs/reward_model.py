@@ -1,0 +1,80 @@
+"""Reward-model config: comparisons from the SFT policy, ranking loss, evaluation.
+
+Run (after SFT):
+  python -m experiments.reward_model --config=configs/reward_model.py:tiny \
+      --sft=runs/sft_tiny --workdir=runs/rm_tiny
+  python -m experiments.reward_model --config=configs/reward_model.py:small \
+      --config.comparisons.k=9 --sft=runs/sft_small --workdir=runs/rm_small_k9
+
+The reward model is the SFT model's trunk with a scalar head (InstructGPT).
+`rm.init_from` names another pretrain/SFT workdir to start from instead, e.g.
+a smaller model than the policy (same tokenizer and context length).
+"""
+
+import ml_collections
+
+from configs import pretrain as pretrain_configs
+
+PRESETS = pretrain_configs.PRESETS
+
+
+def comparisons_config(preset: str) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.k = 4                      # responses ranked per prompt (InstructGPT: 4 to 9)
+  c.n_prompts = {"tiny": 1024, "small": 2000, "base": 20000}[preset]
+  c.n_heldout = {"tiny": 96, "small": 300, "base": 2000}[preset]
+  c.labeler_agreement = 0.73   # target pairwise agreement with the gold order
+  c.labeler_noise = -1.0       # < 0: calibrate to labeler_agreement on the samples
+  c.max_new_tokens = {"tiny": 24, "small": 48, "base": 96}[preset]
+  c.sample_batch = {"tiny": 64, "small": 64, "base": 256}[preset]
+  c.seed = 0
+  return c
+
+
+def rm_config(preset: str) -> ml_collections.ConfigDict:
+  r = ml_collections.ConfigDict()
+  r.init_from = ""             # '' = the SFT workdir (--sft)
+  # Passes over the training prompts. InstructGPT used 1 (more overfits at
+  # scale); the tiny model sees few informative pairs and needs a few.
+  r.epochs = {"tiny": 4.0, "small": 1.0, "base": 1.0}[preset]
+  return r
+
+
+def train_config(preset: str) -> ml_collections.ConfigDict:
+  t = pretrain_configs.train_config(preset)
+  t.steps = 1                  # derived from rm.epochs at run time
+  t.batch_size = {"tiny": 16, "small": 16, "base": 64}[preset]   # prompts (x K sequences)
+  t.lr = {"tiny": 1e-3, "small": 1e-4, "base": 9e-6}[preset]
+  t.warmup_steps = {"tiny": 5, "small": 10, "base": 50}[preset]
+  t.weight_decay = 0.0
+  t.log_every = {"tiny": 5, "small": 10, "base": 20}[preset]
+  t.eval_every = {"tiny": 1000, "small": 1000, "base": 1000}[preset]
+  t.eval_batches = 1           # unused: the held-out set is evaluated whole
+  t.ckpt_every = {"tiny": 1000, "small": 1000, "base": 1000}[preset]
+  t.measure_peak = False
+  del t.sample_tokens
+  return t
+
+
+def eval_config(preset: str) -> ml_collections.ConfigDict:
+  e = ml_collections.ConfigDict()
+  # Data-scaling curve: extra reward models trained on these fractions of the
+  # training comparisons (the full set is the main model). [] to skip.
+  e.data_fractions = {"tiny": [0.25, 0.5], "small": [0.125, 0.25, 0.5], "base": [0.25, 0.5]}[preset]
+  e.calibration_bins = 10
+  return e
+
+
+def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
+  if preset not in PRESETS:
+    raise ValueError(f"Unknown preset {preset!r}; choose one of {PRESETS}.")
+  c = ml_collections.ConfigDict()
+  c.preset = preset
+  c.seed = 0
+  c.sft = ""                   # SFT workdir (or --sft)
+  c.comparisons = comparisons_config(preset)
+  c.rm = rm_config(preset)
+  c.train = train_config(preset)
+  c.eval = eval_config(preset)
+  c.mesh = pretrain_configs.mesh_config()
+  return c

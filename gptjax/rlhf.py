@@ -1,0 +1,383 @@
+"""RLHF as a composition: SFT policy + reward model -> PPO -> evaluation.
+
+`experiments/rlhf.py` is its command line. The loop per iteration is in
+`gptjax.ppo`; this module owns state, resume, metrics and evaluation.
+
+Workdir layout:
+  config.json, tokenizer.model
+  checkpoints/        policy, critic (and reward model) TrainStates; meta has
+                      the iteration and the KL controller's beta
+  metrics.jsonl, tb/  one 'ppo' record per iteration
+  eval.json           win rate vs SFT, gold per family, hallucination / decline
+                      rates, alignment tax (pretraining loss, few-shot accuracy)
+  curves.png, overoptimization.png
+  rounds/<r>/         iterated RLHF: fresh comparisons and the retrained RM
+"""
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from configs import rlhf as rlhf_configs
+from gptjax import checkpoint as ckpt_lib
+from gptjax import comparisons as comp_lib
+from gptjax import config as config_lib
+from gptjax import evaluation, losses, metrics as metrics_lib, ppo, ppo_math, reward
+from gptjax import reward_modeling, sft as sft_lib, sharding, train
+from gptjax.data.pipeline import Pipeline
+from gptjax.tasks import instructions, oracle
+
+
+def validate(config) -> None:
+  config_lib.check_fields(config, rlhf_configs.get_config(config.preset))
+  p = config.ppo
+  for name in ("iterations", "rollout_batch", "max_new_tokens", "epochs", "minibatches",
+               "rounds"):
+    config_lib.require(isinstance(p[name], int) and p[name] > 0, f"ppo.{name}", p[name],
+                       "a positive integer")
+  config_lib.require(p.rollout_batch % p.minibatches == 0, "ppo.minibatches", p.minibatches,
+                     f"a divisor of ppo.rollout_batch={p.rollout_batch}")
+  config_lib.require(p.kl_controller in ("fixed", "adaptive"), "ppo.kl_controller",
+                     p.kl_controller, "'fixed', 'adaptive'")
+  config_lib.require(p.value_init in ("reward_model", "policy"), "ppo.value_init",
+                     p.value_init, "'reward_model', 'policy'")
+  config_lib.require(p.beta >= 0, "ppo.beta", p.beta, ">= 0")
+  config_lib.require(p.ptx_coef >= 0, "ppo.ptx_coef", p.ptx_coef, ">= 0")
+  config_lib.require(p.iterations % p.rounds == 0, "ppo.rounds", p.rounds,
+                     f"a divisor of ppo.iterations={p.iterations}")
+  config_lib.require(0 < p.lam <= 1 and 0 < p.gamma <= 1, "ppo.gamma/lam",
+                     (p.gamma, p.lam), "(0, 1]")
+
+
+def optimizer(config, lr: float):
+  t = ml_collections.ConfigDict(config.train.to_dict())
+  t.lr = lr
+  t.steps = config.ppo.iterations * config.ppo.epochs * config.ppo.minibatches
+  return train.make_optimizer(t)
+
+
+@dataclasses.dataclass
+class Models:
+  policy: object
+  value: object
+  reward: object
+  tokenizer: object
+  world: object
+  sft_config: ml_collections.ConfigDict
+  rm_config: ml_collections.ConfigDict
+  rm_dir: str
+  ref_params: object = None   # the frozen SFT policy (the KL reference)
+
+
+def fresh_state(config, models: Models, sft_params, value_params, rm_params, tx_p, tx_v) -> dict:
+  # Copies: the train steps donate their state, and the reference policy and
+  # the reward model must not share buffers with what is donated.
+  copy = lambda tree: jax.tree_util.tree_map(jnp.array, tree)
+  policy_params, value_params = copy(sft_params), copy(value_params)
+  return {
+      "policy": train.TrainState(step=jnp.array(0, jnp.int32), params=policy_params,
+                                 opt_state=tx_p.init(policy_params),
+                                 rng=jax.random.PRNGKey(config.seed)),
+      "value": train.TrainState(step=jnp.array(0, jnp.int32), params=value_params,
+                                opt_state=tx_v.init(value_params),
+                                rng=jax.random.PRNGKey(config.seed + 1)),
+      "rm": copy(rm_params),
+  }
+
+
+def initial_value_params(config, models: Models, sft_params, rm_params):
+  if config.ppo.value_init == "reward_model":
+    return rm_params
+  head = reward.init_head(models.value, jax.random.PRNGKey(config.seed + 1))
+  return reward.from_lm_params(sft_params, head)
+
+
+def prompts_for(config, models: Models, iteration: int) -> tuple[list, list[str]]:
+  """The iteration's training prompts (chat template), a pure function of the iteration."""
+  examples = instructions.make_mixture(models.world, config.ppo.rollout_batch,
+                                       seed=config.ppo.seed * 100_003 + iteration, split="train")
+  prompts = [e.prompt for e in examples]
+  return [comp_lib.chat_prompt_ids(models.tokenizer, p) for p in prompts], prompts
+
+
+def run(config, workdir: str, sft_dir: str | None = None, rm_dir: str | None = None,
+        log=print) -> dict:
+  """PPO from the SFT policy against the reward model; returns eval.json's dict."""
+  validate(config)
+  sft_dir = os.path.abspath(sft_dir or config.sft)
+  rm_dir = os.path.abspath(rm_dir or config.reward_model)
+  sharding.maybe_initialize_distributed()
+  workdir = train.prepare_workdir(workdir)
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.sft, config.reward_model = sft_dir, rm_dir
+  config_lib.save(config, workdir)
+
+  sft = sft_lib.load_run(sft_dir)
+  rm_model, rm_params, rm_config = reward_modeling.load_reward_model(rm_dir)
+  shutil.copyfile(os.path.join(sft_dir, "tokenizer.model"), os.path.join(workdir, "tokenizer.model"))
+  value_model = rm_model if config.ppo.value_init == "reward_model" else \
+      reward.ScalarHeadModel(sft.model.cfg)
+  models = Models(sft.model, value_model, rm_model, sft.tokenizer, sft_lib.world_of(sft.config),
+                  sft.config, rm_config, rm_dir, ref_params=sft.params)
+  p = config.ppo
+  tx_p, tx_v = optimizer(config, p.policy_lr), optimizer(config, p.value_lr)
+  mesh = sharding.make_mesh(config.mesh)
+  replicated = NamedSharding(mesh, P())
+  make = lambda: fresh_state(config, models, sft.params, initial_value_params(
+      config, models, sft.params, rm_params), rm_params, tx_p, tx_v)
+
+  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                       keep=config.train.keep_checkpoints)
+  kl_ctl = ppo_math.kl_controller(p.kl_controller, p.beta, p.kl_target, p.kl_horizon)
+  if checkpointer.latest_step() is not None:
+    abstract = jax.tree_util.tree_map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), jax.eval_shape(make))
+    state, meta = checkpointer.restore(abstract)
+    start, kl_ctl.beta = int(meta["iteration"]), float(meta["beta"])
+    log(f"[rlhf] resumed from {checkpointer.directory} at iteration {start} (beta {kl_ctl.beta:.4g})")
+  else:
+    state, start = make(), 0
+    log(f"[rlhf] new run from SFT {sft_dir} and reward model {rm_dir}")
+
+  ptx = None
+  if p.ptx_coef > 0:
+    ptx = Pipeline(sft.config, sft.tokenizer)
+  policy_step = jax.jit(functools.partial(
+      ppo.policy_update, policy=models.policy, tx=tx_p, clip_eps=p.clip_eps,
+      ptx_coef=p.ptx_coef), donate_argnums=(0,))
+  value_step = jax.jit(functools.partial(
+      ppo.value_update, value_model=models.value, tx=tx_v, clip_eps=p.value_clip_eps),
+      donate_argnums=(0,))
+  writer = metrics_lib.MetricsWriter(workdir)
+  per_round = p.iterations // p.rounds
+  it = start
+
+  def save(iteration):
+    checkpointer.save(iteration, state, {"iteration": iteration, "beta": kl_ctl.beta})
+
+  try:
+    with jax.set_mesh(mesh):
+      while it < p.iterations:
+        if p.rounds > 1 and it > 0 and it % per_round == 0:
+          state["rm"] = retrain_reward_model(config, models, state, it // per_round, workdir, log)
+        stats = iteration(config, models, state, it, kl_ctl.beta, policy_step, value_step, ptx)
+        kl_ctl.update(stats["kl"], p.rollout_batch)
+        stats["beta_next"] = kl_ctl.beta
+        writer.write(it + 1, "ppo", **stats)
+        if (it + 1) % config.train.log_every == 0 or it == start:
+          log(f"[rlhf] iter {it + 1:>4d}/{p.iterations}  rm {stats['rm_score']:+.3f}  gold "
+              f"{stats['gold_score']:.3f}  kl {stats['kl']:.3f}  beta {stats['beta']:.4f}  "
+              f"ent {stats['entropy']:.2f}  clip {stats['clip_frac']:.3f}  "
+              f"ev {stats['explained_variance']:+.2f}  len {stats['response_length']:.1f}  "
+              f"{stats['rollout_tokens_per_s']:,.0f} rollout tok/s")
+        it += 1
+        if it % config.train.ckpt_every == 0 or it == p.iterations:
+          save(it)
+  except KeyboardInterrupt:
+    log(f"[rlhf] interrupted: saving iteration {it} ...")
+    save(it)
+    checkpointer.close()
+    raise
+  checkpointer.close()
+  writer.close()
+
+  result = evaluate(config, models, sft.params, state["policy"].params, workdir, log)
+  plot(workdir)
+  return result
+
+
+def iteration(config, models: Models, state: dict, it: int, beta: float, policy_step,
+              value_step, ptx: Pipeline | None) -> dict:
+  """One PPO iteration (rollout, then epochs x minibatches); updates `state` in place."""
+  p = config.ppo
+  prompt_ids, prompts = prompts_for(config, models, it)
+  rollout, timing = ppo.collect(
+      models.policy, models.value, models.reward, state["policy"].params, models.ref_params,
+      state["value"].params, state["rm"], prompt_ids,
+      rng=jax.random.fold_in(jax.random.PRNGKey(p.seed), it), max_new_tokens=p.max_new_tokens,
+      stop_id=models.tokenizer.end_turn_id, pad_id=models.tokenizer.pad_id, beta=beta,
+      gamma=p.gamma, lam=p.lam,
+      truncation_penalty=p.truncation_penalty if p.use_truncation_penalty else None,
+      whiten_rewards=p.whiten_rewards, reward_clip=p.reward_clip or None)
+  rng = np.random.default_rng((p.seed, it))
+  sums: dict[str, float] = {}
+  n = 0
+  for epoch in range(p.epochs):
+    for k, mb in enumerate(ppo.minibatches(rollout, rng, p.minibatches)):
+      ptx_batch = None
+      if ptx is not None:
+        b = ptx.train_batch((it * p.epochs + epoch) * p.minibatches + k, p.ptx_batch_size)
+        ptx_batch = {key: b[key] for key in ("tokens", "targets", "loss_mask")}
+      state["policy"], s_p = policy_step(state["policy"], mb, ptx_batch)
+      state["value"], s_v = value_step(state["value"], mb)
+      if epoch == 0 and k == 0:
+        first_ratio = float(s_p["ratio"])
+      for key, v in {**jax.device_get(s_p), **jax.device_get(s_v)}.items():
+        sums[key] = sums.get(key, 0.0) + float(v)
+      n += 1
+  texts = [models.tokenizer.decode([t for t in row[m] if t != models.tokenizer.end_turn_id])
+           for row, m in zip(rollout.tokens[:, -rollout.mask.shape[1]:], rollout.mask)]
+  gold = [oracle.gold_score(pr, t, models.world) for pr, t in zip(prompts, texts)]
+  out = {k: v / n for k, v in sums.items()}
+  out.update(ppo.rollout_stats(rollout), **timing)
+  out.update(gold_score=float(np.mean(gold)), beta=beta, first_ratio=first_ratio,
+             sqrt_kl=math.sqrt(max(out["kl"], 0.0)))
+  return out
+
+
+def retrain_reward_model(config, models: Models, state: dict, round_index: int, workdir: str,
+                         log) -> dict:
+  """Iterated RLHF: the current policy answers fresh prompts, the labeler ranks them,
+  and the reward model continues training on them (from its current params) for
+  ppo.rm_steps_per_round steps; then it is recentred on these samples (mean 0).
+
+  A round's comparisons and RM checkpoints live in rounds/<r>/, so an
+  interrupted round resumes instead of starting over.
+  """
+  rc = ml_collections.ConfigDict(models.rm_config.to_dict())
+  rdir = os.path.join(workdir, "rounds", str(round_index))
+  with open(os.path.join(models.rm_dir, "comparisons", "train", "report.json")) as f:
+    noise = json.load(f)["labeler_noise"]
+  policy_run = sft_lib.LoadedRun(models.sft_config, models.policy, state["policy"].params,
+                                 models.tokenizer, int(state["policy"].step),
+                                 f"{workdir}#policy")
+  c = rc.comparisons
+  n = max(rc.train.batch_size, c.n_prompts // config.ppo.rounds)
+  comps, _ = reward_modeling._comparisons(rc, policy_run, models.world, "train", n,
+                                          c.seed + 7919 * round_index,
+                                          os.path.join(rdir, "comparisons"), noise, log)
+  rc.rm.epochs = config.ppo.rm_steps_per_round * rc.train.batch_size / len(comps)
+  rc.eval.data_fractions = []
+  heldout = comps.subset(np.arange(min(len(comps), rc.train.batch_size)))
+  params, _ = reward_modeling.train_rm(rc, os.path.join(rdir, "rm"), models.reward, state["rm"],
+                                       comps, heldout, log)
+  shift = -float(reward_modeling.score_all(models.reward, params, comps).mean())
+  log(f"[rlhf] round {round_index}: reward model retrained on {len(comps)} new comparisons "
+      f"(recentred by {shift:+.3f})")
+  return reward.shift_bias(params, shift)
+
+
+# ----------------------------------------------------------------------------
+# Evaluation (held-out prompts; the oracle is the judge)
+
+def win_rate(a: list[float], b: list[float]) -> dict:
+  """P(a beats b) with ties counted half, and a 95% normal-approximation interval."""
+  a, b = np.asarray(a), np.asarray(b)
+  wins = (a > b + 1e-9).astype(float) + 0.5 * (np.abs(a - b) <= 1e-9)
+  n = len(wins)
+  p = float(wins.mean())
+  half = 1.96 * math.sqrt(max(wins.var(), 1e-12) / n)
+  return {"win_rate": p, "ci95": [p - half, p + half], "n": n,
+          "wins": int((a > b + 1e-9).sum()), "ties": int((np.abs(a - b) <= 1e-9).sum()),
+          "losses": int((a < b - 1e-9).sum())}
+
+
+def pretraining_loss(models: Models, params, n_batches: int, batch_size: int = 8) -> dict:
+  """Validation LM loss per pretraining source: the alignment tax on language modelling."""
+  pipeline = Pipeline(models.sft_config, models.tokenizer)
+  fn = jax.jit(lambda p, b: train.eval_step(p, b, loss_fn=losses.lm_loss_fn(models.policy)))
+  out = {}
+  for source in pipeline.sources:
+    total = weight = 0.0
+    for batch in pipeline.eval_batches(source, batch_size, n_batches):
+      t, w, _ = jax.device_get(fn(params, {k: batch[k] for k in ("tokens", "targets",
+                                                                   "loss_mask")}))
+      total, weight = total + float(t), weight + float(w)
+    out[source] = total / weight
+  return out
+
+
+def gold_scores(ev: evaluation.Evaluator, params, world) -> list[float]:
+  texts = ev.generate(params, ev.prompts("chat"), ev.tokenizer.end_turn_id, ev.cfg.max_new_tokens)
+  return [oracle.gold_score(e.prompt, ev.answer("chat", t), world)
+          for e, t in zip(ev.examples, texts)]
+
+
+def evaluate(config, models: Models, sft_params, rlhf_params, workdir: str, log) -> dict:
+  """eval.json: win rate vs SFT, per-family gold, honesty, refusals, alignment tax."""
+  ev = evaluation.Evaluator(models.policy, models.tokenizer, models.world, config.eval)
+  res = {name: ev.evaluate(p, modes=("chat", "few_shot"))
+         for name, p in (("sft", sft_params), ("rlhf", rlhf_params))}
+  g_sft, g_rl = gold_scores(ev, sft_params, models.world), gold_scores(ev, rlhf_params, models.world)
+  families = [e.family for e in ev.examples]
+  per_family_win = {f: win_rate([g for g, ff in zip(g_rl, families) if ff == f],
+                                [g for g, ff in zip(g_sft, families) if ff == f])["win_rate"]
+                    for f in sorted(set(families))}
+  tax = {name: pretraining_loss(models, p, config.eval.ptx_eval_batches)
+         for name, p in (("sft", sft_params), ("rlhf", rlhf_params))}
+  summary = lambda r: {k: r["chat"][k] for k in ("mean_score", "hallucination_rate",
+                                                  "honest_idk_rate", "decline_rate",
+                                                  "over_refusal_rate")}
+  result = {
+      "win_rate_vs_sft": win_rate(g_rl, g_sft),
+      "win_rate_vs_sft_per_family": per_family_win,
+      "gold_mean": {"sft": float(np.mean(g_sft)), "rlhf": float(np.mean(g_rl))},
+      "sft": summary(res["sft"]), "rlhf": summary(res["rlhf"]),
+      "families": {f: {"sft": res["sft"]["chat"]["families"][f]["score"],
+                       "rlhf": res["rlhf"]["chat"]["families"][f]["score"]}
+                   for f in res["sft"]["chat"]["families"]},
+      "alignment_tax": {
+          "pretraining_loss": tax,
+          "few_shot_mean_score": {n: res[n]["few_shot"]["mean_score"] for n in res},
+          "ptx_coef": config.ppo.ptx_coef},
+      "samples": {n: res[n]["chat"]["samples"] for n in res},
+  }
+  with open(os.path.join(workdir, "eval.json"), "w") as f:
+    json.dump(result, f, indent=2)
+  w = result["win_rate_vs_sft"]
+  log(f"[rlhf] win rate vs SFT {w['win_rate']:.3f} [{w['ci95'][0]:.3f}, {w['ci95'][1]:.3f}] "
+      f"(n={w['n']}); gold {result['gold_mean']['sft']:.3f} -> {result['gold_mean']['rlhf']:.3f}; "
+      f"hallucination {result['sft']['hallucination_rate']:.2f} -> "
+      f"{result['rlhf']['hallucination_rate']:.2f}; pretraining loss "
+      + ", ".join(f"{s} {tax['sft'][s]:.3f}->{tax['rlhf'][s]:.3f}" for s in tax["sft"]))
+  return result
+
+
+def plot(workdir: str) -> None:
+  """curves.png (RM score, gold, KL, beta per iteration) and overoptimization.png."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  recs = metrics_lib.read_metrics(workdir, "ppo")
+  if not recs:
+    return
+  it = [r["step"] for r in recs]
+  fig, axes = plt.subplots(1, 4, figsize=(14, 3.2))
+  axes[0].plot(it, [r["rm_score"] for r in recs], label="reward-model score")
+  axes[0].plot(it, [r["gold_score"] for r in recs], label="gold score")
+  axes[0].set_xlabel("PPO iteration"); axes[0].legend(fontsize=8)
+  for ax, key, label in ((axes[1], "kl", "KL(policy || SFT), nats/response"),
+                         (axes[2], "entropy", "policy entropy (nats/token)"),
+                         (axes[3], "beta", "KL coefficient beta")):
+    ax.plot(it, [r[key] for r in recs])
+    ax.set_xlabel("PPO iteration"); ax.set_ylabel(label)
+  fig.tight_layout()
+  fig.savefig(os.path.join(workdir, "curves.png"), dpi=110)
+  plt.close(fig)
+
+  fig, ax = plt.subplots(figsize=(4.8, 3.6))
+  x = np.array([r["sqrt_kl"] for r in recs])
+  edges = np.linspace(x.min(), x.max() + 1e-9, min(8, len(x)) + 1)
+  which = np.clip(np.digitize(x, edges) - 1, 0, len(edges) - 2)
+  for key, label, marker in (("rm_score", "reward model (proxy)", "o"), ("gold_score", "gold", "s")):
+    y = np.array([r[key] for r in recs])
+    line, = ax.plot(x, y, marker, ms=3, alpha=0.3)
+    means = [(x[which == b].mean(), y[which == b].mean()) for b in range(len(edges) - 1)
+             if (which == b).any()]
+    ax.plot(*zip(*means), marker + "-", c=line.get_color(), label=label)
+  ax.set_xlabel("sqrt(KL to SFT)"); ax.set_ylabel("mean score of rollouts")
+  ax.set_title("Reward over-optimisation (Gao et al. 2022)", fontsize=10)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(os.path.join(workdir, "overoptimization.png"), dpi=110)
+  plt.close(fig)
