@@ -83,6 +83,7 @@ def train_config(preset: str) -> ml_collections.ConfigDict:
   t.ckpt_every = {"tiny": 100, "small": 100, "base": 2000}[preset]
   t.keep_checkpoints = 3
   t.sample_tokens = {"tiny": 32, "small": 96, "base": 128}[preset]
+  t.measure_peak = True         # time a large matmul at start: the MFU denominator
   return t
 
 

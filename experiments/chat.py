@@ -5,7 +5,7 @@ Run:
   python -m experiments.chat --workdir=/tmp/sft_tiny --prompt "What is 12 plus 30?"
   python -m experiments.chat --workdir=runs/small --temperature=0.8 --top_p=0.9
 
---workdir is an SFT (or pretraining) run: its config.json, tokenizer.model and
+--workdir is an SFT, pretraining or RLHF run (RLHF: its exported policy/): its config.json, tokenizer.model and
 latest checkpoint are loaded. The conversation is kept in the chat template;
 when it outgrows the context, the oldest turns are dropped and the system
 message is kept. Commands: /reset (forget the history), /system <text> (set
@@ -16,9 +16,8 @@ import sys
 
 from absl import app, flags, logging
 
-import jax
-
-from gptjax import sampling, sft
+from gptjax import sampling
+from gptjax.chat import Chat, load
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "An SFT or pretraining run's workdir.",
                                required=True)
@@ -32,55 +31,6 @@ _MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", None,
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 
 HELP = "commands: /reset  /system <text>  /quit"
-
-
-class Chat:
-  """A conversation with one loaded run; `reply` streams the answer."""
-
-  def __init__(self, run: sft.LoadedRun, params_sampling: sampling.SamplingParams,
-               max_new_tokens: int, system: str = "", seed: int = 0):
-    self.run, self.sampling = run, params_sampling.validate()
-    self.params = jax.device_put(jax.device_get(run.params), jax.devices()[0])
-    self.max_new_tokens = max_new_tokens
-    self.rng = jax.random.PRNGKey(seed)
-    self.system = system
-    self.reset()
-
-  def reset(self) -> None:
-    self.messages = [{"role": "system", "content": self.system}] if self.system else []
-
-  def set_system(self, text: str) -> None:
-    self.system = text
-    self.reset()
-
-  def reply(self, user_text: str, write=sys.stdout.write) -> str:
-    """Adds the user's message, streams the answer through `write`, returns it."""
-    tok = self.run.tokenizer
-    self.messages.append({"role": "user", "content": user_text})
-    budget = self.run.model.cfg.max_len - self.max_new_tokens
-    try:
-      prompt = tok.encode_chat_truncated(self.messages, budget, add_generation_prompt=True)
-    except ValueError:
-      self.messages.pop()
-      raise
-    self.rng, rng = jax.random.split(self.rng)
-    ids, shown = [], ""
-    for t in sampling.stream(self.run.model, self.params, prompt,
-                             max_new_tokens=self.max_new_tokens, rng=rng,
-                             eos_id=tok.end_turn_id, pad_id=tok.pad_id,
-                             sampling=self.sampling):
-      if t in (tok.end_turn_id, tok.eos_id):
-        break
-      ids.append(t)
-      text = tok.decode(ids)
-      if not text.endswith("\ufffd"):        # wait for the rest of a multi-byte character
-        write(text[len(shown):])
-        shown = text
-      sys.stdout.flush()
-    answer = tok.decode(ids)
-    write(answer[len(shown):])
-    self.messages.append({"role": "assistant", "content": answer})
-    return answer
 
 
 def interactive(chat: Chat) -> None:
@@ -119,7 +69,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
   try:
-    run = sft.load_run(_WORKDIR.value)
+    run = load(_WORKDIR.value)
   except (FileNotFoundError, OSError) as e:
     sys.exit(f"error: {e}")
   max_new = _MAX_NEW_TOKENS.value or max(1, run.model.cfg.max_len // 3)

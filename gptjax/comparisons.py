@@ -180,7 +180,7 @@ def pairwise_accuracy(scores: np.ndarray, ranking: np.ndarray,
           continue
         correct += s[rk[i]] > s[rk[j]]
         total += 1
-  return correct / max(total, 1)
+  return correct / total if total else float("nan")
 
 
 def gold_accuracy(scores: np.ndarray, gold: np.ndarray) -> float:
@@ -188,4 +188,5 @@ def gold_accuracy(scores: np.ndarray, gold: np.ndarray) -> float:
   diff_gold = gold[:, :, None] - gold[:, None, :]
   diff_pred = scores[:, :, None] - scores[:, None, :]
   informative = diff_gold > 1e-9
-  return float(((diff_pred > 0) & informative).sum() / max(informative.sum(), 1))
+  n = informative.sum()
+  return float(((diff_pred > 0) & informative).sum() / n) if n else float("nan")

@@ -167,12 +167,17 @@ class Evaluator:
 
   # --- evaluation -----------------------------------------------------------
 
-  def evaluate_mode(self, params, mode: str) -> dict:
-    """Gold scores of greedy answers to every held-out example in `mode`."""
+  def judgements(self, params, mode: str) -> tuple[list[dict], list[str]]:
+    """Oracle judgements (`oracle.classify`) of greedy answers to every held-out
+    example in `mode`, in `self.examples` order, and the answers themselves."""
     texts = self.generate(params, self.prompts(mode), self.stop_id(mode),
                           self.cfg.max_new_tokens)
-    judgements = [oracle.classify(e.prompt, self.answer(mode, t), self.world)
-                  for e, t in zip(self.examples, texts)]
+    return [oracle.classify(e.prompt, self.answer(mode, t), self.world)
+            for e, t in zip(self.examples, texts)], texts
+
+  def evaluate_mode(self, params, mode: str) -> dict:
+    """Gold scores of greedy answers to every held-out example in `mode`."""
+    judgements, texts = self.judgements(params, mode)
     out = summarize(judgements)
     out["samples"] = {}
     for e, t in zip(self.examples, texts):                    # the first answer per family

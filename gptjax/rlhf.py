@@ -76,6 +76,7 @@ class Models:
   rm_config: ml_collections.ConfigDict
   rm_dir: str
   ref_params: object = None   # the frozen SFT policy (the KL reference)
+  cache_dir: str | None = None  # prepared pretraining data (PPO-ptx, alignment tax)
 
 
 def fresh_state(config, models: Models, sft_params, value_params, rm_params, tx_p, tx_v) -> dict:
@@ -110,7 +111,7 @@ def prompts_for(config, models: Models, iteration: int) -> tuple[list, list[str]
 
 
 def run(config, workdir: str, sft_dir: str | None = None, rm_dir: str | None = None,
-        log=print) -> dict:
+        log=print, cache_dir: str | None = None) -> dict:
   """PPO from the SFT policy against the reward model; returns eval.json's dict."""
   validate(config)
   sft_dir = os.path.abspath(sft_dir or config.sft)
@@ -127,7 +128,8 @@ def run(config, workdir: str, sft_dir: str | None = None, rm_dir: str | None = N
   value_model = rm_model if config.ppo.value_init == "reward_model" else \
       reward.ScalarHeadModel(sft.model.cfg)
   models = Models(sft.model, value_model, rm_model, sft.tokenizer, sft_lib.world_of(sft.config),
-                  sft.config, rm_config, rm_dir, ref_params=sft.params)
+                  sft.config, rm_config, rm_dir, ref_params=sft.params,
+                  cache_dir=cache_dir)
   p = config.ppo
   tx_p, tx_v = optimizer(config, p.policy_lr), optimizer(config, p.value_lr)
   mesh = sharding.make_mesh(config.mesh)
@@ -150,7 +152,7 @@ def run(config, workdir: str, sft_dir: str | None = None, rm_dir: str | None = N
 
   ptx = None
   if p.ptx_coef > 0:
-    ptx = Pipeline(sft.config, sft.tokenizer)
+    ptx = Pipeline(sft.config, sft.tokenizer, cache_dir)
   policy_step = jax.jit(functools.partial(
       ppo.policy_update, policy=models.policy, tx=tx_p, clip_eps=p.clip_eps,
       ptx_coef=p.ptx_coef), donate_argnums=(0,))
@@ -190,6 +192,7 @@ def run(config, workdir: str, sft_dir: str | None = None, rm_dir: str | None = N
   checkpointer.close()
   writer.close()
 
+  export_policy(workdir, sft, state["policy"].params, it)
   result = evaluate(config, models, sft.params, state["policy"].params, workdir, log)
   plot(workdir)
   return result
@@ -266,6 +269,24 @@ def retrain_reward_model(config, models: Models, state: dict, round_index: int, 
   return reward.shift_bias(params, shift)
 
 
+def export_policy(workdir: str, sft: sft_lib.LoadedRun, params, iteration: int) -> str:
+  """Writes the final policy as a standard LM run in workdir/policy/ (config.json,
+  tokenizer.model, checkpoints/), so `sft.load_run`, chat and later stages load it
+  like any SFT run. The optimizer state in it is fresh (only params matter)."""
+  pdir = os.path.join(workdir, "policy")
+  os.makedirs(pdir, exist_ok=True)
+  config_lib.save(sft.config, pdir)
+  shutil.copyfile(os.path.join(workdir, "tokenizer.model"), os.path.join(pdir, "tokenizer.model"))
+  tx = train.make_optimizer(sft.config.train)
+  state = train.TrainState(step=jnp.array(iteration, jnp.int32), params=params,
+                           opt_state=tx.init(params), rng=jax.random.PRNGKey(0))
+  checkpointer = ckpt_lib.Checkpointer(os.path.join(pdir, "checkpoints"), keep=1)
+  if checkpointer.latest_step() != iteration:
+    checkpointer.save(iteration, state, {"exported_from": workdir})
+  checkpointer.close()
+  return pdir
+
+
 # ----------------------------------------------------------------------------
 # Evaluation (held-out prompts; the oracle is the judge)
 
@@ -283,7 +304,7 @@ def win_rate(a: list[float], b: list[float]) -> dict:
 
 def pretraining_loss(models: Models, params, n_batches: int, batch_size: int = 8) -> dict:
   """Validation LM loss per pretraining source: the alignment tax on language modelling."""
-  pipeline = Pipeline(models.sft_config, models.tokenizer)
+  pipeline = Pipeline(models.sft_config, models.tokenizer, models.cache_dir)
   fn = jax.jit(lambda p, b: train.eval_step(p, b, loss_fn=losses.lm_loss_fn(models.policy)))
   out = {}
   for source in pipeline.sources:
@@ -296,10 +317,9 @@ def pretraining_loss(models: Models, params, n_batches: int, batch_size: int = 8
   return out
 
 
-def gold_scores(ev: evaluation.Evaluator, params, world) -> list[float]:
-  texts = ev.generate(params, ev.prompts("chat"), ev.tokenizer.end_turn_id, ev.cfg.max_new_tokens)
-  return [oracle.gold_score(e.prompt, ev.answer("chat", t), world)
-          for e, t in zip(ev.examples, texts)]
+def gold_scores(ev: evaluation.Evaluator, params, mode: str = "chat") -> list[float]:
+  """Per-example gold scores of greedy answers (the held-out examples, in order)."""
+  return [j["score"] for j in ev.judgements(params, mode)[0]]
 
 
 def evaluate(config, models: Models, sft_params, rlhf_params, workdir: str, log) -> dict:
@@ -307,7 +327,7 @@ def evaluate(config, models: Models, sft_params, rlhf_params, workdir: str, log)
   ev = evaluation.Evaluator(models.policy, models.tokenizer, models.world, config.eval)
   res = {name: ev.evaluate(p, modes=("chat", "few_shot"))
          for name, p in (("sft", sft_params), ("rlhf", rlhf_params))}
-  g_sft, g_rl = gold_scores(ev, sft_params, models.world), gold_scores(ev, rlhf_params, models.world)
+  g_sft, g_rl = gold_scores(ev, sft_params), gold_scores(ev, rlhf_params)
   families = [e.family for e in ev.examples]
   per_family_win = {f: win_rate([g for g, ff in zip(g_rl, families) if ff == f],
                                 [g for g, ff in zip(g_sft, families) if ff == f])["win_rate"]

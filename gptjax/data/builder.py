@@ -105,7 +105,10 @@ def prepare_documents(spec: str, config,
                       ) -> dict[str, Sequence]:
   """{split: random-access documents} of `spec`, preparing them if needed."""
   builder = documents_builder(spec, config, cache_dir)
-  builder.download_and_prepare(file_format="array_record")
+  if not builder.is_prepared():
+    print(f"[data] preparing {spec!r} as array_record under {builder.data_dir} (once)")
+    tfds.disable_progress_bar()     # one line instead of a screenful of bars
+    builder.download_and_prepare(file_format="array_record")
   return {split: builder.as_data_source(split) for split in sources.SPLITS}
 
 

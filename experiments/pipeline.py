@@ -1,0 +1,40 @@
+"""The whole ChatGPT recipe in one command, resumable stage by stage.
+
+Run:
+  python -m experiments.pipeline --config=configs/pipeline.py:tiny --workdir=runs/pipeline_tiny
+  python -m experiments.pipeline --config=configs/pipeline.py:small --workdir=runs/pipeline_small
+
+Stages (each in its own subfolder of --workdir): pretrain (tokenizer + text,
+code and the synthetic world) -> sft -> reward_model (K sampled answers per
+prompt ranked by the labeler, then the ranking loss) -> rlhf (PPO) and
+rlhf_ptx (PPO-ptx) -> report. An interrupted pipeline resumes where it
+stopped; a changed stage config reruns that stage and those after it.
+The report is --workdir/report.md with its plots beside it.
+"""
+
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from gptjax import metrics, pipeline
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/pipeline.py:tiny", "Config and preset.")
+_WORKDIR = flags.DEFINE_string("workdir", "runs/pipeline", "Where every stage writes.")
+_CACHE_DIR = flags.DEFINE_string("cache_dir", None, "Prepared datasets (default ~/.cache/gptjax).")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)
+  records = pipeline.run(_CONFIG.value, _WORKDIR.value, _CACHE_DIR.value)
+  print("\nstage            status     wall time")
+  for name, r in records.items():
+    print(f"{name:<16} {'done' if r['done'] else 'unfinished':<10} "
+          f"{metrics.format_seconds(r['seconds'])}")
+  print(f"\nreport: {os.path.join(os.path.abspath(_WORKDIR.value), 'report.md')}")
+
+
+if __name__ == "__main__":
+  app.run(main)

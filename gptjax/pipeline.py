@@ -1,0 +1,137 @@
+"""The ChatGPT recipe as resumable stages: pretrain -> SFT -> RM -> RLHF -> report.
+
+Each stage runs in its own subfolder of the pipeline workdir and records
+`stage.json`: a fingerprint of its config and of the stages it depends on,
+whether it finished, and its wall time. A finished stage whose fingerprint is
+unchanged is skipped; an unfinished one resumes (every stage checkpoints); a
+stage whose config (or an upstream stage) changed is cleared and rerun, and
+so are the stages after it.
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+from typing import Callable
+
+import ml_collections
+
+from gptjax import metrics as metrics_lib
+from gptjax import pretraining, reward_modeling, rlhf, sft, train
+
+STAGE_FILE = "stage.json"
+ORDER = ("pretrain", "sft", "reward_model", "rlhf", "rlhf_ptx", "report")
+
+
+@dataclasses.dataclass
+class Stage:
+  name: str
+  config: ml_collections.ConfigDict | None
+  run: Callable[[str], None]     # run(stage_dir)
+  after: tuple[str, ...] = ()
+
+
+def fingerprint(config, upstream: list[str]) -> str:
+  blob = json.dumps({"config": config.to_dict() if config is not None else None,
+                     "upstream": upstream}, sort_keys=True, default=str)
+  return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def read_stage(stage_dir: str) -> dict | None:
+  path = os.path.join(stage_dir, STAGE_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def write_stage(stage_dir: str, record: dict) -> None:
+  tmp = os.path.join(stage_dir, STAGE_FILE + ".tmp")
+  with open(tmp, "w") as f:
+    json.dump(record, f, indent=2)
+  os.replace(tmp, os.path.join(stage_dir, STAGE_FILE))
+
+
+def run_stage(stage: Stage, workdir: str, upstream: list[str], log=print) -> dict:
+  """Runs, resumes or skips one stage. Returns its stage.json record."""
+  d = os.path.join(workdir, stage.name)
+  fp = fingerprint(stage.config, upstream)
+  record = read_stage(d)
+  if record and record["fingerprint"] == fp and record["done"]:
+    log(f"[pipeline] {stage.name}: done ({metrics_lib.format_seconds(record['seconds'])}), skipped")
+    return record
+  if record and record["fingerprint"] != fp:
+    log(f"[pipeline] {stage.name}: its config or an earlier stage changed: rerunning from scratch")
+    shutil.rmtree(d)
+  elif record is None and os.path.exists(d) and os.listdir(d):
+    raise FileExistsError(f"{d} exists but is not a pipeline stage (no {STAGE_FILE}); "
+                          "move it away or choose another --workdir")
+  elif record:
+    log(f"[pipeline] {stage.name}: resuming an unfinished run")
+  os.makedirs(d, exist_ok=True)
+  previous = record["seconds"] if record and record["fingerprint"] == fp else 0.0
+  write_stage(d, {"fingerprint": fp, "done": False, "seconds": previous})
+  log(f"[pipeline] ===== {stage.name} =====")
+  t0 = time.perf_counter()
+  try:
+    stage.run(d)
+  finally:
+    elapsed = previous + time.perf_counter() - t0
+    write_stage(d, {"fingerprint": fp, "done": False, "seconds": elapsed})
+  record = {"fingerprint": fp, "done": True, "seconds": elapsed}
+  write_stage(d, record)
+  return record
+
+
+def stages(config, workdir: str, cache_dir: str | None, log=print) -> list[Stage]:
+  """The recipe. Stage configs are the stages' own (configs/<stage>.py)."""
+  path = lambda name: os.path.join(workdir, name)
+  out = [
+      Stage("pretrain", config.pretrain,
+            lambda d: pretraining.run(config.pretrain, d, cache_dir, log=log)),
+      Stage("sft", config.sft, lambda d: sft.run(config.sft, d, path("pretrain"), log=log),
+            after=("pretrain",)),
+      Stage("reward_model", config.reward_model,
+            lambda d: reward_modeling.run(config.reward_model, d, path("sft"), log=log),
+            after=("sft",)),
+      Stage("rlhf", _without_ptx(config.rlhf),
+            lambda d: rlhf.run(_without_ptx(config.rlhf), d, path("sft"), path("reward_model"),
+                               log=log, cache_dir=cache_dir), after=("sft", "reward_model")),
+  ]
+  if config.ptx_coef > 0:
+    ptx_cfg = _with_ptx(config.rlhf, config.ptx_coef)
+    out.append(Stage("rlhf_ptx", ptx_cfg,
+                     lambda d: rlhf.run(ptx_cfg, d, path("sft"), path("reward_model"), log=log,
+                                        cache_dir=cache_dir),
+                     after=("sft", "reward_model")))
+  from gptjax import report  # matplotlib only when the report is made
+  out.append(Stage("report", config.report,
+                   lambda d: report.write(workdir, d, config, log=log),
+                   after=tuple(s.name for s in out)))
+  return out
+
+
+def _without_ptx(c):
+  c = ml_collections.ConfigDict(c.to_dict())
+  c.ppo.ptx_coef = 0.0
+  return c
+
+
+def _with_ptx(c, coef: float):
+  c = ml_collections.ConfigDict(c.to_dict())
+  c.ppo.ptx_coef = coef
+  return c
+
+
+def run(config, workdir: str, cache_dir: str | None = None, log=print) -> dict:
+  """Runs every stage in order; returns {stage: stage.json record}."""
+  workdir = train.prepare_workdir(workdir)
+  with open(os.path.join(workdir, "pipeline_config.json"), "w") as f:
+    f.write(config.to_json(indent=2, sort_keys=True))
+  records, fps = {}, {}
+  for stage in stages(config, workdir, cache_dir, log):
+    records[stage.name] = run_stage(stage, workdir, [fps[a] for a in stage.after], log)
+    fps[stage.name] = records[stage.name]["fingerprint"]
+  return records

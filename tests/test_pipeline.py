@@ -1,0 +1,188 @@
+"""The whole recipe: stage bookkeeping (fast), then one `test`-preset pipeline run
+shared by the end-to-end checks (slow): report, skipping, RLHF behaviour and
+resume, and the Colab notebook executed top to bottom."""
+
+import json
+import os
+
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import pipeline as pipeline_configs
+from gptjax import metrics, pipeline
+
+
+# ---------------------------------------------------------------- stage logic (fast)
+
+def _stage(name, value, calls, after=()):
+  cfg = ml_collections.ConfigDict({"value": value})
+  def run(d):
+    calls.append(name)
+    with open(os.path.join(d, "out.txt"), "w") as f:
+      f.write(str(value))
+  return pipeline.Stage(name, cfg, run, after)
+
+
+def _run_all(stages, workdir):
+  fps, records = {}, {}
+  for s in stages:
+    records[s.name] = pipeline.run_stage(s, workdir, [fps[a] for a in s.after], log=lambda _: None)
+    fps[s.name] = records[s.name]["fingerprint"]
+  return records
+
+
+def test_finished_stages_are_skipped(tmp_path):
+  calls = []
+  stages = [_stage("a", 1, calls), _stage("b", 2, calls, ("a",))]
+  _run_all(stages, tmp_path)
+  _run_all(stages, tmp_path)
+  assert calls == ["a", "b"]
+
+
+def test_changed_config_reruns_that_stage_and_later_ones(tmp_path):
+  calls = []
+  _run_all([_stage("a", 1, calls), _stage("b", 2, calls, ("a",)), _stage("c", 3, calls, ("b",))],
+           tmp_path)
+  calls.clear()
+  _run_all([_stage("a", 1, calls), _stage("b", 20, calls, ("a",)), _stage("c", 3, calls, ("b",))],
+           tmp_path)
+  assert calls == ["b", "c"]                      # a skipped; c reruns because b changed
+  assert open(tmp_path / "b" / "out.txt").read() == "20"
+
+
+def test_interrupted_stage_resumes_and_keeps_its_files(tmp_path):
+  calls = []
+  def crash(d):
+    calls.append("crash")
+    open(os.path.join(d, "partial.txt"), "w").write("x")
+    raise KeyboardInterrupt
+  cfg = ml_collections.ConfigDict({"v": 1})
+  with pytest.raises(KeyboardInterrupt):
+    pipeline.run_stage(pipeline.Stage("s", cfg, crash), tmp_path, [], log=lambda _: None)
+  record = pipeline.read_stage(tmp_path / "s")
+  assert record["done"] is False
+  seen = []
+  pipeline.run_stage(pipeline.Stage("s", cfg, lambda d: seen.append(os.listdir(d))), tmp_path, [],
+                     log=lambda _: None)
+  assert "partial.txt" in seen[0]                 # resumed in place, not wiped
+  assert pipeline.read_stage(tmp_path / "s")["done"] is True
+
+
+def test_foreign_directory_is_not_overwritten(tmp_path):
+  (tmp_path / "s").mkdir()
+  (tmp_path / "s" / "precious.txt").write_text("keep me")
+  with pytest.raises(FileExistsError, match="not a pipeline stage"):
+    pipeline.run_stage(_stage("s", 1, []), tmp_path, [], log=lambda _: None)
+  assert (tmp_path / "s" / "precious.txt").read_text() == "keep me"
+
+
+def test_presets_are_valid():
+  for preset in pipeline_configs.PRESETS:
+    c = pipeline_configs.get_config(preset)
+    assert "world" in c.pretrain.data.mixture
+  with pytest.raises(ValueError, match="preset"):
+    pipeline_configs.get_config("huge")
+
+
+# ---------------------------------------------------------------- the real thing (slow)
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory, data_cache_dir):
+  workdir = str(tmp_path_factory.mktemp("pipeline"))
+  config = pipeline_configs.get_config("test")
+  records = pipeline.run(config, workdir, str(data_cache_dir), log=lambda _: None)
+  return workdir, config, records
+
+
+@pytest.mark.slow
+def test_pipeline_runs_every_stage_and_writes_the_report(pipeline_run):
+  from gptjax import report
+  workdir, config, records = pipeline_run
+  assert list(records) == ["pretrain", "sft", "reward_model", "rlhf", "rlhf_ptx", "report"]
+  assert all(r["done"] for r in records.values())
+  images = report.referenced_images(os.path.join(workdir, "report.md"))
+  assert len(images) >= 6
+  missing = [p for p in images if not os.path.exists(p)]
+  assert not missing, missing
+  text = open(os.path.join(workdir, "report.md")).read()
+  for heading in ("## Pretraining", "## Supervised fine-tuning", "## Reward model", "## RLHF",
+                  "Win rates", "Alignment tax", "Chat transcripts"):
+    assert heading in text
+  # pretraining loss fell
+  train = metrics.read_metrics(os.path.join(workdir, "pretrain"), "train")
+  assert train[-1]["loss"] < train[0]["loss"] - 0.5
+
+
+@pytest.mark.slow
+def test_rerun_skips_every_stage(pipeline_run, data_cache_dir):
+  workdir, config, records = pipeline_run
+  lines = []
+  again = pipeline.run(config, workdir, str(data_cache_dir), log=lines.append)
+  assert again == records
+  assert sum("skipped" in line for line in lines) == len(records)
+
+
+def _rlhf_config(iterations, **ppo):
+  c = pipeline_configs.get_config("test").rlhf
+  c.ppo.iterations = iterations
+  c.train.ckpt_every = 2
+  c.eval.n_per_family = 1
+  for k, v in ppo.items():
+    c.ppo[k] = v
+  return c
+
+
+@pytest.mark.slow
+def test_rlhf_raises_the_reward_while_kl_stays_bounded(pipeline_run, tmp_path, data_cache_dir):
+  from gptjax import rlhf
+  workdir, _, _ = pipeline_run
+  c = _rlhf_config(16, rollout_batch=32, minibatches=2, epochs=4)
+  rlhf.run(c, str(tmp_path), os.path.join(workdir, "sft"), os.path.join(workdir, "reward_model"),
+           log=lambda _: None, cache_dir=str(data_cache_dir))
+  recs = metrics.read_metrics(str(tmp_path), "ppo")
+  first = np.mean([r["rm_score"] for r in recs[:4]])
+  last = np.mean([r["rm_score"] for r in recs[-4:]])
+  assert last > first + 0.05, (first, last)
+  assert max(r["kl"] for r in recs) < 30.0        # nats per response: the penalty holds it
+  assert all(abs(r["first_ratio"] - 1.0) < 1e-4 for r in recs)
+  assert os.path.exists(os.path.join(tmp_path, "policy", "config.json"))
+
+
+@pytest.mark.slow
+def test_rlhf_resume_equals_uninterrupted(pipeline_run, tmp_path, data_cache_dir):
+  from gptjax import rlhf
+  workdir, _, _ = pipeline_run
+  sft_dir, rm_dir = os.path.join(workdir, "sft"), os.path.join(workdir, "reward_model")
+  quiet = lambda _: None
+  straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+  rlhf.run(_rlhf_config(4, kl_controller="adaptive"), straight, sft_dir, rm_dir, log=quiet,
+           cache_dir=str(data_cache_dir))
+  rlhf.run(_rlhf_config(2, kl_controller="adaptive"), resumed, sft_dir, rm_dir, log=quiet,
+           cache_dir=str(data_cache_dir))
+  rlhf.run(_rlhf_config(4, kl_controller="adaptive"), resumed, sft_dir, rm_dir, log=quiet,
+           cache_dir=str(data_cache_dir))
+  a = metrics.read_metrics(straight, "ppo")
+  b = metrics.read_metrics(resumed, "ppo")
+  assert [r["step"] for r in b] == [1, 2, 3, 4]
+  for ra, rb in zip(a, b):
+    for key in ("rm_score", "kl", "beta", "policy_loss", "value_loss"):
+      assert ra[key] == pytest.approx(rb[key], rel=1e-4, abs=1e-5), (ra["step"], key)
+
+
+@pytest.mark.slow
+def test_colab_notebook_executes(pipeline_run):
+  nbformat = pytest.importorskip("nbformat")
+  nbclient = pytest.importorskip("nbclient")
+  workdir, _, _ = pipeline_run
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  nb = nbformat.read(os.path.join(root, "notebooks", "gptjax_colab.ipynb"), as_version=4)
+  params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+  params.source = (f"preset = 'test'\nworkdir = {workdir!r}\ninstall = False\n"
+                   f"repo_dir = {root!r}\nchat_prompts = ['What is 2 plus 2?']")
+  nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                          resources={"metadata": {"path": root}}).execute()
+  outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                    for o in c.get("outputs", []))
+  assert "preset: test" in outputs and "assistant>" in outputs
+  assert "skipped" in outputs or "done" in outputs
