@@ -27,7 +27,7 @@ def test_chat_answers_prompt(sft_run):
 @pytest.mark.slow
 def test_chat_keeps_history_and_truncates(sft_run):
   from gptjax import sampling, sft
-  from experiments import chat as chat_lib
+  from gptjax import chat as chat_lib
   run = sft.load_run(str(sft_run["sft"]))
   chat = chat_lib.Chat(run, sampling.GREEDY, max_new_tokens=16, system="Be brief.")
   out = []

@@ -67,6 +67,7 @@ def test_ptx_term_adds_lm_loss(models):
   assert float(s["ptx_loss"]) == pytest.approx(float(expected), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_ppo_solves_a_one_token_bandit(models):
   """Arm 6 pays 1, the others 0: PPO must move the policy's mass onto arm 6."""
   policy, critic, p_params, v_params = models

@@ -1,0 +1,326 @@
+"""The Transformer: causality, KV-cache decoding, padding, init, shapes, FLOPs, config checks.
+
+Shapes are tiny and every jitted function is built once per module, so the
+whole file runs in seconds on a CPU.
+"""
+
+import dataclasses
+import functools
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import pretrain as pretrain_configs
+from gptjax import model as model_lib
+
+# Tests compile many small programs: skip LLVM's optimisations (3-4x faster to
+# compile on a CPU; the same computation).
+jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+
+CFG = model_lib.TransformerConfig(vocab_size=48, max_len=12, n_layer=2, n_head=2,
+                                  d_model=16, d_ff=32)
+
+
+def random_tokens(seed, shape, vocab=CFG.vocab_size):
+  return jnp.asarray(np.random.default_rng(seed).integers(0, vocab, shape), jnp.int32)
+
+
+@pytest.fixture(scope="module")
+def lm():
+  """(model, params, forward): forward(params, tokens, positions, token_mask) -> logits."""
+  model = model_lib.Transformer(CFG)
+  params = nn.meta.unbox(jit(model.init)(jax.random.PRNGKey(0),
+                                             random_tokens(0, (1, 4)))["params"])
+  forward = jit(lambda p, tok, pos=None, mask=None: model.apply({"params": p}, tok, pos, mask))
+  return model, params, forward
+
+
+# ----------------------------------------------------------------------------
+# Causality, KV cache, padding
+
+
+def test_changing_token_t_never_changes_earlier_logits(lm):
+  model, params, forward = lm
+  T = CFG.max_len
+  base = np.asarray(random_tokens(1, (T,)))
+  # Row t (t < T) is `base` with token t replaced; the last row is `base` itself.
+  rows = np.tile(base, (T + 1, 1))
+  for t in range(T):
+    rows[t, t] = (base[t] + 1 + t) % CFG.vocab_size
+  logits = np.asarray(forward(params, jnp.asarray(rows)))      # [T+1, T, V]
+  ref = logits[T]
+  for t in range(T):
+    np.testing.assert_allclose(logits[t, :t], ref[:t], atol=1e-6, rtol=0,
+                               err_msg=f"changing token {t} changed earlier logits")
+    changed = np.abs(logits[t, t:] - ref[t:]).max(axis=-1)     # [T - t]
+    assert changed[0] > 1e-4, f"changing token {t} did not change the logits at {t}"
+    assert (changed > 1e-4).all(), f"token {t} invisible to some later position"
+
+
+@pytest.fixture(scope="module")
+def decode_fns(lm):
+  model, _, _ = lm
+
+  @jit
+  def step(params, cache, tokens, positions, token_mask):
+    logits, mut = model.apply({"params": params, "cache": cache}, tokens, positions,
+                              token_mask, decode=True, mutable=["cache"])
+    return logits, mut["cache"]
+  return step
+
+
+def test_kv_cache_decoding_matches_full_forward(lm, decode_fns):
+  """Prefill 4 tokens, then one token per call; row 1 is left-padded by 3."""
+  model, params, forward = lm
+  T, P, pad = CFG.max_len, 4, 3
+  seqs = np.asarray(random_tokens(2, (2, T)))
+  # Row 0: the full sequence. Row 1: 3 pad slots, then its first T - 3 tokens.
+  tokens = seqs.copy()
+  tokens[1, pad:] = seqs[1, :T - pad]
+  tokens[1, :pad] = 0
+  mask = np.ones((2, T), bool)
+  mask[1, :pad] = False
+  positions = np.stack([np.arange(T), np.maximum(np.arange(T) - pad, 0)])
+
+  cache = model_lib.init_cache(model, 2)
+  logits, cache = decode_fns(params, cache, tokens[:, :P], positions[:, :P], mask[:, :P])
+  steps = [np.asarray(logits)]
+  for i in range(P, T):
+    logits, cache = decode_fns(params, cache, tokens[:, i:i + 1], positions[:, i:i + 1],
+                               mask[:, i:i + 1])
+    steps.append(np.asarray(logits))
+  decoded = np.concatenate(steps, axis=1)                       # [2, T, V]
+
+  full0 = np.asarray(forward(params, jnp.asarray(seqs[:1])))[0]
+  np.testing.assert_allclose(decoded[0], full0, atol=1e-5, rtol=0)
+  full1 = np.asarray(forward(params, jnp.asarray(seqs[1:, :T - pad])))[0]
+  np.testing.assert_allclose(decoded[1, pad:], full1, atol=1e-5, rtol=0)
+  index = [v for path, v in jax.tree_util.tree_flatten_with_path(cache)[0]
+           if getattr(path[-1], "key", None) == "index"]
+  assert index and all(int(i) == T for i in index)
+
+
+def test_init_cache_is_empty(lm):
+  model, _, _ = lm
+  cache = model_lib.init_cache(model, 3)
+  flat = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(cache)[0]}
+  assert flat and all(not np.asarray(v).any() for v in flat.values())
+  shapes = {k.split("'")[-2]: v.shape for k, v in flat.items()}
+  assert shapes["k"] == shapes["v"] == (3, CFG.max_len, CFG.n_head, CFG.head_dim)
+  assert shapes["valid"] == (3, CFG.max_len) and shapes["index"] == ()
+
+
+def test_left_padded_rows_match_unpadded_rows(lm):
+  model, params, forward = lm
+  T = CFG.max_len
+  seqs = np.asarray(random_tokens(3, (3, T)))
+  lengths = [T, T - 2, T - 5]
+  tokens = np.zeros((3, T), np.int32)
+  mask = np.zeros((3, T), bool)
+  for i, n in enumerate(lengths):
+    tokens[i, T - n:] = seqs[i, :n]
+    mask[i, T - n:] = True
+  positions = np.maximum(np.cumsum(mask, axis=-1) - 1, 0)
+  padded = np.asarray(forward(params, jnp.asarray(tokens), jnp.asarray(positions),
+                              jnp.asarray(mask)))
+  # Alone: each row right-padded to T (causality hides the tail), no mask.
+  alone = np.asarray(forward(params, jnp.asarray(seqs)))
+  for i, n in enumerate(lengths):
+    np.testing.assert_allclose(padded[i, T - n:], alone[i, :n], atol=1e-5, rtol=0,
+                               err_msg=f"row {i} (length {n})")
+  assert np.isfinite(padded).all()
+
+
+# ----------------------------------------------------------------------------
+# Parameters: shapes, init, tied head
+
+
+def expected_shapes(c: model_lib.TransformerConfig) -> dict:
+  D, H, K, F = c.d_model, c.n_head, c.head_dim, c.d_ff
+  ln = {"scale": (D,), "bias": (D,)}
+  block = {"ln_1": ln, "ln_2": ln,
+           "attn": {"w_qkv": (D, 3, H, K), "b_qkv": (3, H, K), "w_out": (H, K, D),
+                    "b_out": (D,)},
+           "mlp": {"w_fc": (D, F), "b_fc": (F,), "w_proj": (F, D), "b_proj": (D,)}}
+  trunk = {"wte": (c.vocab_size, D), "wpe": (c.max_len, D), "ln_f": ln}
+  trunk.update({f"block_{i}": block for i in range(c.n_layer)})
+  return {"trunk": trunk}
+
+
+def test_eval_shape_gives_expected_parameter_shapes_and_no_separate_head():
+  model = model_lib.Transformer(CFG)
+  abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))
+  assert set(abstract) == {"params"}
+  shapes = jax.tree_util.tree_map(lambda x: tuple(x.shape), nn.meta.unbox(abstract["params"]))
+  # Exactly these parameters: in particular no LM-head matrix besides `wte`.
+  assert shapes == expected_shapes(CFG)
+  out = jax.eval_shape(lambda v, t: model.apply(v, t), abstract, jnp.zeros((3, 5), jnp.int32))
+  assert out.shape == (3, 5, CFG.vocab_size) and out.dtype == jnp.float32
+
+
+def test_parameters_carry_logical_axis_names():
+  model = model_lib.Transformer(CFG)
+  abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))
+  specs = nn.get_partition_spec(abstract["params"])
+  trunk = specs["trunk"]
+  assert tuple(trunk["wte"]) == ("vocab", "embed")
+  assert tuple(trunk["block_0"]["attn"]["w_qkv"]) == ("embed", None, "heads", "kv")
+  assert tuple(trunk["block_0"]["mlp"]["w_fc"]) == ("embed", "mlp")
+
+
+def test_lm_head_is_tied_to_token_embedding(lm):
+  model, params, forward = lm
+  tokens = random_tokens(4, (2, 7))
+  h = jit(model_lib.Trunk(CFG).apply)({"params": params["trunk"]}, tokens)   # [B, T, D]
+  expected = np.einsum("btd,vd->btv", h, params["trunk"]["wte"])
+  np.testing.assert_allclose(forward(params, tokens), expected, atol=1e-5, rtol=0)
+  # Moving wte moves the logits: the head has no parameters of its own.
+  bumped = jax.tree_util.tree_map(lambda x: x, params)
+  bumped["trunk"]["wte"] = params["trunk"]["wte"] * 2.0
+  assert not np.allclose(forward(bumped, tokens), forward(params, tokens))
+
+
+def test_gpt2_init_statistics():
+  cfg = model_lib.TransformerConfig(vocab_size=256, max_len=32, n_layer=4, n_head=4,
+                                    d_model=64, d_ff=256)
+  model = model_lib.Transformer(cfg)
+  params = nn.meta.unbox(jit(model.init)(jax.random.PRNGKey(1),
+                                             jnp.zeros((1, 4), jnp.int32))["params"])
+  trunk = params["trunk"]
+  resid = 0.02 / math.sqrt(2 * cfg.n_layer)
+
+  def check_std(x, std, name):
+    x = np.asarray(x)
+    assert abs(x.mean()) < 4 * std / math.sqrt(x.size), name
+    assert x.std() == pytest.approx(std, rel=0.05), name
+
+  check_std(trunk["wte"], 0.02, "wte")
+  check_std(trunk["wpe"], 0.01, "wpe")
+  for i in range(cfg.n_layer):
+    b = trunk[f"block_{i}"]
+    check_std(b["attn"]["w_qkv"], 0.02, f"block_{i}.w_qkv")
+    check_std(b["mlp"]["w_fc"], 0.02, f"block_{i}.w_fc")
+    check_std(b["attn"]["w_out"], resid, f"block_{i}.w_out")
+    check_std(b["mlp"]["w_proj"], resid, f"block_{i}.w_proj")
+    for bias in (b["attn"]["b_qkv"], b["attn"]["b_out"], b["mlp"]["b_fc"], b["mlp"]["b_proj"]):
+      assert not np.asarray(bias).any()
+    for ln in ("ln_1", "ln_2"):
+      assert (np.asarray(b[ln]["scale"]) == 1).all() and not np.asarray(b[ln]["bias"]).any()
+  assert (np.asarray(trunk["ln_f"]["scale"]) == 1).all()
+  # Different layers get different draws.
+  assert not np.allclose(trunk["block_0"]["attn"]["w_qkv"], trunk["block_1"]["attn"]["w_qkv"])
+
+
+# ----------------------------------------------------------------------------
+# dtype and dropout
+
+
+def test_bfloat16_runs_and_returns_float32_logits(lm):
+  _, params32, forward32 = lm
+  cfg = dataclasses.replace(CFG, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
+  model = model_lib.Transformer(cfg)
+  tokens = random_tokens(5, (2, 6))
+  abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0), tokens)["params"]
+  assert all(x.dtype == jnp.bfloat16 for x in jax.tree_util.tree_leaves(nn.meta.unbox(abstract)))
+  # The float32 parameters rounded to bfloat16: the same function, computed coarsely.
+  params = jax.tree_util.tree_map(lambda x: x.astype(jnp.bfloat16), params32)
+  logits = jit(model.apply)({"params": params}, tokens)
+  assert logits.dtype == jnp.float32 and logits.shape == (2, 6, CFG.vocab_size)
+  assert np.isfinite(np.asarray(logits)).all()
+  ref = np.asarray(forward32(params32, tokens))
+  assert np.abs(np.asarray(logits) - ref).max() < 0.05
+  # bfloat16 activations with float32 parameters.
+  mixed = model_lib.Transformer(dataclasses.replace(CFG, dtype=jnp.bfloat16))
+  out = jit(mixed.apply)({"params": params32}, tokens)
+  assert out.dtype == jnp.float32
+  assert np.abs(np.asarray(out) - ref).max() < 0.05
+
+
+def test_dropout_is_random_in_training_and_off_when_deterministic(lm):
+  _, params, forward = lm
+  model = model_lib.Transformer(dataclasses.replace(CFG, dropout=0.3))
+  tokens = random_tokens(6, (2, 8))
+
+  @functools.partial(jit, static_argnames="deterministic")
+  def apply(rng, deterministic):
+    return model.apply({"params": params}, tokens, deterministic=deterministic,
+                       rngs={"dropout": rng})
+
+  a = np.asarray(apply(jax.random.PRNGKey(1), False))
+  b = np.asarray(apply(jax.random.PRNGKey(2), False))
+  a2 = np.asarray(apply(jax.random.PRNGKey(1), False))
+  assert not np.allclose(a, b)
+  np.testing.assert_array_equal(a, a2)
+  d1 = np.asarray(apply(jax.random.PRNGKey(1), True))
+  d2 = np.asarray(apply(jax.random.PRNGKey(2), True))
+  np.testing.assert_array_equal(d1, d2)
+  # deterministic=True is the dropout-free model.
+  np.testing.assert_allclose(d1, forward(params, tokens), atol=1e-6, rtol=0)
+
+
+# ----------------------------------------------------------------------------
+# Parameter count and FLOPs
+
+
+def hand_count(c: model_lib.TransformerConfig) -> tuple[int, int]:
+  """(all parameters, without wte/wpe), counted by hand."""
+  D, F, V, L = c.d_model, c.d_ff, c.vocab_size, c.n_layer
+  attn = D * 3 * D + 3 * D + D * D + D
+  mlp = D * F + F + F * D + D
+  block = attn + mlp + 2 * (2 * D)
+  non_embedding = L * block + 2 * D
+  return non_embedding + V * D + c.max_len * D, non_embedding
+
+
+def test_count_params_and_flops_per_token_by_hand():
+  cfg = model_lib.TransformerConfig(vocab_size=100, max_len=20, n_layer=3, n_head=2,
+                                    d_model=8, d_ff=24)
+  abstract = jax.eval_shape(model_lib.Transformer(cfg).init, jax.random.PRNGKey(0),
+                            jnp.zeros((1, 4), jnp.int32))["params"]
+  total, non_embedding = hand_count(cfg)
+  # 3 * ((8*24 + 24 + 8*8 + 8) + (8*24 + 24 + 24*8 + 8) + 4*8) + 2*8 = 2,224
+  assert non_embedding == 2224
+  assert model_lib.count_params(abstract) == total == 2224 + 800 + 160
+  assert model_lib.count_params(abstract, exclude_embeddings=True) == non_embedding
+  T = 20
+  assert model_lib.flops_per_token(cfg, total, T) == 6 * 3184 + 12 * 3 * 8 * 20
+  assert model_lib.flops_per_token(cfg, 1000, 64) == 6000 + 12 * 3 * 8 * 64
+
+
+# ----------------------------------------------------------------------------
+# Config validation
+
+
+def model_config(**overrides) -> ml_collections.ConfigDict:
+  c = pretrain_configs.get_config("tiny").model
+  for k, v in overrides.items():
+    c[k] = v
+  return c
+
+
+def test_from_config_converts_dtypes():
+  cfg = model_lib.TransformerConfig.from_config(model_config(dtype="bfloat16"))
+  assert cfg.dtype == jnp.bfloat16 and cfg.param_dtype == jnp.float32
+  assert cfg.head_dim == cfg.d_model // cfg.n_head
+
+
+@pytest.mark.parametrize("overrides, field", [
+    ({"dtype": "float16"}, "config.model.dtype"),
+    ({"param_dtype": "fp32"}, "config.model.param_dtype"),
+    ({"d_model": 66, "n_head": 4}, "config.model.d_model"),
+    ({"n_layer": 0}, "config.model.n_layer"),
+    ({"vocab_size": -5}, "config.model.vocab_size"),
+    ({"dropout": 1.0}, "config.model.dropout"),
+])
+def test_from_config_rejects_bad_values_naming_the_field(overrides, field):
+  with pytest.raises(ValueError, match=field.replace(".", r"\.")) as e:
+    model_lib.TransformerConfig.from_config(model_config(**overrides))
+  if "dtype" in field:
+    assert "bfloat16" in str(e.value) and "float32" in str(e.value)  # the allowed values
+  if field == "config.model.d_model":
+    assert "n_head" in str(e.value)
