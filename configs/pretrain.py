@@ -51,7 +51,8 @@ def data_config(preset: str) -> ml_collections.ConfigDict:
   # text/code files), 'tfds:<name>' (a tfds catalog dataset, needs internet),
   # 'world' (the synthetic world's facts; the `+world` presets add it).
   d.mixture = dict(DEFAULT_MIXTURE)
-  # Cap on characters read per source (0 = everything); keeps tiny runs fast.
+  # Cap on training characters per source (0 = everything); keeps tiny runs fast.
+  # Validation keeps val_fraction of that (see gptjax.data.sources.split_cap).
   d.max_chars = {"tiny": 400_000, "small": 0, "base": 0}[preset]
   d.val_fraction = 0.05        # of documents, chosen by a hash of their id
   d.tfds_dir = ""              # '' = <cache_dir>/tfds (default ~/.cache/gptjax/tfds)
@@ -83,7 +84,7 @@ def train_config(preset: str) -> ml_collections.ConfigDict:
   t.ckpt_every = {"tiny": 100, "small": 100, "base": 2000}[preset]
   t.keep_checkpoints = 3
   t.sample_tokens = {"tiny": 32, "small": 96, "base": 128}[preset]
-  t.measure_peak = True         # time a large matmul at start: the MFU denominator
+  t.measure_peak = True        # time a large matmul at start: the MFU denominator
   return t
 
 
@@ -93,6 +94,7 @@ def mesh_config() -> ml_collections.ConfigDict:
   m.data = -1
   m.fsdp = 1
   m.tensor = 1
+  m.num_devices = -1           # -1 = every device; N = the first N (small meshes in tests)
   return m
 
 

@@ -63,8 +63,12 @@ class Checkpointer:
     self._manager.wait_until_finished()
 
   def close(self) -> None:
+    """Waits for saves in flight and releases the manager; safe to call twice."""
+    if self._manager is None:
+      return
     self._manager.wait_until_finished()
     self._manager.close()
+    self._manager = None
 
 
 def _check_same_structure(expected, got, path: str) -> None:

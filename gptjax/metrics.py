@@ -47,8 +47,10 @@ class MetricsWriter:
       self._tb.flush()
 
   def close(self) -> None:
+    """Flushes and closes TensorBoard; safe to call twice."""
     if self._tb is not None:
       self._tb.close()
+      self._tb = None
 
 
 def _plain(v):

@@ -14,9 +14,15 @@ from gptjax.tokenizer import Tokenizer, load_or_train_tokenizer
 
 
 def validate(config) -> None:
+  """Fails in the first second, naming the field, instead of after data preparation."""
   config_lib.check_fields(config, pretrain_configs.get_config(config.preset))
   model_lib.TransformerConfig.from_config(config.model)
   config_lib.validate_train(config.train)
+  config_lib.require(config.train.sample_tokens > 0, "train.sample_tokens",
+                     config.train.sample_tokens, "a positive integer")
+  mesh = sharding.mesh_shape(config.mesh, len(sharding.mesh_devices(config.mesh)))
+  config_lib.require(config.train.batch_size % (mesh[0] * mesh[1]) == 0, "train.batch_size",
+                     config.train.batch_size, f"a multiple of mesh data x fsdp = {mesh[0] * mesh[1]}")
 
 
 def build_model(config) -> model_lib.Transformer:

@@ -66,8 +66,19 @@ def mesh_shape(mesh_cfg: ml_collections.ConfigDict, n_devices: int) -> tuple[int
   return tuple(shape)
 
 
+def mesh_devices(mesh_cfg: ml_collections.ConfigDict, devices=None) -> list:
+  """The devices a mesh spans: all of them, or the first `mesh.num_devices`."""
+  devices = list(jax.devices() if devices is None else devices)
+  n = mesh_cfg.get("num_devices", -1)
+  if n is not None and n > 0:
+    if n > len(devices):
+      raise ValueError(f"config.mesh.num_devices={n} but only {len(devices)} devices exist")
+    devices = devices[:n]
+  return devices
+
+
 def make_mesh(mesh_cfg: ml_collections.ConfigDict, devices=None) -> Mesh:
-  devices = jax.devices() if devices is None else devices
+  devices = mesh_devices(mesh_cfg, devices)
   shape = mesh_shape(mesh_cfg, len(devices))
   return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
 

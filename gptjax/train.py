@@ -68,13 +68,19 @@ class NonFiniteLossError(FloatingPointError):
 def learning_rate_schedule(t: ml_collections.ConfigDict) -> optax.Schedule:
   """Linear warmup to `lr`, then cosine decay to lr * min_lr_ratio at `steps`."""
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=t.lr, warmup_steps=max(t.warmup_steps, 1),
+      init_value=0.0, peak_value=t.lr, warmup_steps=t.warmup_steps,
       decay_steps=max(t.steps, t.warmup_steps + 1), end_value=t.lr * t.min_lr_ratio)
+
+
+def decays(path, x) -> bool:
+  """Weight decay applies to matrices and embeddings, never to biases or LayerNorms."""
+  name = str(getattr(path[-1], "key", path[-1]))
+  return x.ndim >= 2 and not name.startswith("b_") and name not in ("bias", "scale")
 
 
 def make_optimizer(t: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """AdamW with global-norm clipping; no weight decay on biases and LayerNorms."""
-  decay_mask = lambda params: jax.tree_util.tree_map(lambda x: x.ndim >= 2, params)
+  decay_mask = lambda params: jax.tree_util.tree_map_with_path(decays, params)
   return optax.chain(
       optax.clip_by_global_norm(t.clip_norm),
       optax.adamw(learning_rate_schedule(t), b1=t.b1, b2=t.b2,
@@ -270,15 +276,15 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task,
     if step > last_good and params_finite(state.params):
       log(f"[{task.name}] interrupted at step {step}: saving a checkpoint before exiting ...")
       save(step)
-    checkpointer.close()
-    writer.close()
-    log(f"[{task.name}] interrupted; checkpoints in {checkpointer.directory} "
-        f"(latest step {checkpointer.latest_step()}). Rerun the same command to resume.")
+      last_good = step
+    log(f"[{task.name}] interrupted; checkpoint step {last_good} in {checkpointer.directory}. "
+        "Rerun the same command to resume.")
     raise
   finally:
-    writer.flush()
-  checkpointer.close()
-  writer.close()
+    # Also on errors (a NaN loss, say): finish any asynchronous save in flight,
+    # so the "last good checkpoint" an error message names is complete on disk.
+    checkpointer.close()
+    writer.close()
   summary["steps"] = step
   return state, summary
 

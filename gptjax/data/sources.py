@@ -368,7 +368,7 @@ register_source("code", code_documents, split_of=code_split,
 def source_fingerprint(spec: str, config) -> str:
   """A short hex id of everything that determines `iter_split`'s output."""
   key = "\n".join([spec, str(config.data.val_fraction),
-                   str(config.data.max_chars),
+                   str(config.data.max_chars), CAP_RULE,
                    get_source(spec).fingerprint(config)])
   return hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
 
@@ -388,10 +388,26 @@ def cap_chars(docs: Iterable[Doc], max_chars: int) -> Iterator[Doc]:
     yield doc_id, text
 
 
+CAP_RULE = "train=max_chars, validation=max(max_chars*vf/(1-vf), 20000)"
+MIN_VALIDATION_CHARS = 20_000
+
+
+def split_cap(max_chars: int, val_fraction: float, split: str) -> int:
+  """Characters kept of `split` under config.data.max_chars (0 = everything).
+
+  The cap applies to train; validation keeps the same proportion to train as
+  without a cap (val_fraction), but at least MIN_VALIDATION_CHARS so a tiny
+  run still has enough validation windows.
+  """
+  if not max_chars or split == "train":
+    return max_chars
+  return max(int(max_chars * val_fraction / (1.0 - val_fraction)), MIN_VALIDATION_CHARS)
+
+
 def iter_split(spec: str, config, split: str) -> Iterator[Doc]:
-  """Documents of source `spec` in `split`, capped at config.data.max_chars."""
+  """Documents of source `spec` in `split`, capped by `split_cap`."""
   source = get_source(spec)
   val_fraction = config.data.val_fraction
   docs = ((doc_id, text) for doc_id, text in source.documents(config)
           if source.split_of(doc_id, val_fraction) == split)
-  return cap_chars(docs, config.data.max_chars)
+  return cap_chars(docs, split_cap(config.data.max_chars, val_fraction, split))
