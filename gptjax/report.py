@@ -207,7 +207,7 @@ def write(workdir: str, report_dir: str, config, log=print) -> str:
     for k, turn in enumerate(t["turns"]):
       L.append(f"- user: {turn}")
       for name, answers in t["answers"].items():
-        L.append(f"  - {name}: `{answers[k] if k < len(answers) else ''}`")
+        L.append(f"  - {name}: `{_one_line(answers[k]) if k < len(answers) else ''}`")
     L.append("")
   path = os.path.join(workdir, "report.md")
   with open(path, "w") as f:
@@ -226,3 +226,8 @@ def referenced_images(report_path: str) -> list[str]:
     text = f.read()
   base = os.path.dirname(report_path)
   return [os.path.join(base, p) for p in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)]
+
+
+def _one_line(text: str) -> str:
+  """A model's answer inside one markdown code span: newlines shown as ⏎."""
+  return text.replace("`", "'").replace("\n", " ⏎ ").strip()
