@@ -186,3 +186,17 @@ def test_colab_notebook_executes(pipeline_run):
                     for o in c.get("outputs", []))
   assert "preset: test" in outputs and "assistant>" in outputs
   assert "skipped" in outputs or "done" in outputs
+
+
+@pytest.mark.slow
+def test_iterated_rlhf_retrains_the_reward_model(pipeline_run, tmp_path, data_cache_dir):
+  from gptjax import rlhf
+  workdir, _, _ = pipeline_run
+  c = _rlhf_config(4, rounds=2, rm_steps_per_round=2)
+  rlhf.run(c, str(tmp_path), os.path.join(workdir, "sft"), os.path.join(workdir, "reward_model"),
+           log=lambda _: None, cache_dir=str(data_cache_dir))
+  round_dir = tmp_path / "rounds" / "1"
+  assert (round_dir / "comparisons" / "comparisons.npz").exists()
+  rm_train = metrics.read_metrics(str(round_dir / "rm"), "train")
+  assert rm_train and rm_train[-1]["step"] == 2
+  assert len(metrics.read_metrics(str(tmp_path), "ppo")) == 4
