@@ -253,15 +253,26 @@ def plot(result: dict, workdir: str) -> None:
   fig, ax = plt.subplots(figsize=(4.5, 3.5))
   curve = result["data_scaling"]
   n = [r["comparisons"] * result["pairs_per_prompt"] for r in curve]
-  ax.plot(n, [r["accuracy_vs_labeler"] for r in curve], "o-", label="vs labeler")
-  ax.plot(n, [r["accuracy_vs_gold"] for r in curve], "s-", label="vs gold")
-  ax.axhline(result["labeler"]["agreement_heldout"], ls="--", c="gray",
-             label="labeler vs gold (ceiling)")
+  finite = lambda ys: [(x, y) for x, y in zip(n, ys) if math.isfinite(y)]
+  drawn = 0
+  for key, marker, label in (("accuracy_vs_labeler", "o-", "vs labeler"),
+                             ("accuracy_vs_gold", "s-", "vs gold")):
+    pts = finite([r[key] for r in curve])
+    if pts:
+      ax.plot(*zip(*pts), marker, label=label)
+      drawn += 1
+  ceiling = result["labeler"]["agreement_heldout"]
+  if math.isfinite(ceiling):
+    ax.axhline(ceiling, ls="--", c="gray", label="labeler vs gold (ceiling)")
   ax.axhline(0.5, ls=":", c="k", lw=0.8)
-  ax.set_xscale("log")
+  if drawn:
+    ax.set_xscale("log")
+    ax.legend(fontsize=8)
+  else:
+    ax.text(0.5, 0.5, "no held-out pair with different gold scores", ha="center",
+            transform=ax.transAxes, fontsize=8)
   ax.set_xlabel("training comparisons (pairs)")
   ax.set_ylabel("held-out pairwise accuracy")
-  ax.legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(os.path.join(workdir, "data_scaling.png"), dpi=120)
   plt.close(fig)
