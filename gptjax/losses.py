@@ -25,12 +25,14 @@ def lm_loss_fn(model):
   """Language-model loss for the shared train loop.
 
   batch: {'tokens' [B, T], 'targets' [B, T], 'loss_mask' [B, T]}; optional
-  'positions' and 'token_mask' are passed to the model (left-padded rows).
+  'positions', 'token_mask' (left-padded rows) and 'segment_ids' (packed
+  rows) are passed to the model.
   """
   def loss_fn(params, batch, rng, train: bool):
     logits = model.apply(
         {"params": params}, batch["tokens"], batch.get("positions"), batch.get("token_mask"),
-        deterministic=not train, rngs={"dropout": rng} if train else None)
+        batch.get("segment_ids"), deterministic=not train,
+        rngs={"dropout": rng} if train else None)
     return token_cross_entropy(logits, batch["targets"], batch["loss_mask"])
   return loss_fn
 

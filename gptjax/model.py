@@ -81,17 +81,22 @@ def _layer_norm(cfg: TransformerConfig, name: str) -> nn.LayerNorm:
       bias_init=_zeros(("embed",)))
 
 
-def causal_mask(q_pos: jax.Array, k_pos: jax.Array, k_valid: jax.Array) -> jax.Array:
-  """[B, 1, T, S] bool: query at slot q may see key at slot k iff k <= q and k is real."""
+def causal_mask(q_pos: jax.Array, k_pos: jax.Array, k_valid: jax.Array,
+                segment_ids: jax.Array | None = None) -> jax.Array:
+  """[B, 1, T, S] bool: query at slot q may see key at slot k iff k <= q, k is real,
+  and (for packed rows) both lie in the same segment."""
   allowed = k_pos[None, None, :] <= q_pos[None, :, None]     # [1, T, S]
-  return (allowed & k_valid[:, None, :])[:, None]             # [B, 1, T, S]
+  mask = allowed & k_valid[:, None, :]                        # [B, T, S]
+  if segment_ids is not None:                                 # [B, T] with S = T
+    mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
+  return mask[:, None]                                        # [B, 1, T, S]
 
 
 class CausalSelfAttention(nn.Module):
   cfg: TransformerConfig
 
   @nn.compact
-  def __call__(self, x, token_mask, *, decode: bool, deterministic: bool):
+  def __call__(self, x, token_mask, segment_ids=None, *, decode: bool, deterministic: bool):
     cfg = self.cfg
     D, H, K = cfg.d_model, cfg.n_head, cfg.head_dim
     B, T, _ = x.shape
@@ -112,7 +117,7 @@ class CausalSelfAttention(nn.Module):
     else:
       k_valid = token_mask                                    # [B, S=T]
       q_slot = k_slot = jnp.arange(T)
-    mask = causal_mask(q_slot, k_slot, k_valid)               # [B, 1, T, S]
+    mask = causal_mask(q_slot, k_slot, k_valid, None if decode else segment_ids)
 
     scores = jnp.einsum("bthk,bshk->bhts", q, k) / math.sqrt(K)
     scores = jnp.where(mask, scores.astype(jnp.float32), _NEG_INF)
@@ -164,9 +169,9 @@ class Block(nn.Module):
   cfg: TransformerConfig
 
   @nn.compact
-  def __call__(self, x, token_mask, *, decode: bool, deterministic: bool):
+  def __call__(self, x, token_mask, segment_ids=None, *, decode: bool, deterministic: bool):
     h = CausalSelfAttention(self.cfg, name="attn")(
-        _layer_norm(self.cfg, "ln_1")(x), token_mask, decode=decode,
+        _layer_norm(self.cfg, "ln_1")(x), token_mask, segment_ids, decode=decode,
         deterministic=deterministic)
     x = x + nn.Dropout(self.cfg.dropout)(h, deterministic=deterministic)
     x = x + MLP(self.cfg, name="mlp")(_layer_norm(self.cfg, "ln_2")(x),
@@ -183,8 +188,8 @@ class Trunk(nn.Module):
   cfg: TransformerConfig
 
   @nn.compact
-  def __call__(self, tokens, positions=None, token_mask=None, *, decode=False,
-               deterministic=True):
+  def __call__(self, tokens, positions=None, token_mask=None, segment_ids=None, *,
+               decode=False, deterministic=True):
     cfg = self.cfg
     B, T = tokens.shape
     if positions is None:
@@ -199,20 +204,25 @@ class Trunk(nn.Module):
     x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))  # [B, T, D]
     for i in range(cfg.n_layer):
-      x = Block(cfg, name=f"block_{i}")(x, token_mask, decode=decode,
+      x = Block(cfg, name=f"block_{i}")(x, token_mask, segment_ids, decode=decode,
                                          deterministic=deterministic)
     return _layer_norm(cfg, "ln_f")(x)                          # [B, T, D]
 
 
 class Transformer(nn.Module):
-  """Language model: tokens [B, T] -> float32 logits [B, T, V], head tied to `wte`."""
+  """Language model: tokens [B, T] -> float32 logits [B, T, V], head tied to `wte`.
+
+  segment_ids [B, T] (optional): packed rows hold several documents; a token
+  attends only within its own segment.
+  """
   cfg: TransformerConfig
 
   @nn.compact
-  def __call__(self, tokens, positions=None, token_mask=None, *, decode=False,
-               deterministic=True):
+  def __call__(self, tokens, positions=None, token_mask=None, segment_ids=None, *,
+               decode=False, deterministic=True):
     trunk = Trunk(self.cfg, name="trunk")
-    x = trunk(tokens, positions, token_mask, decode=decode, deterministic=deterministic)
+    x = trunk(tokens, positions, token_mask, segment_ids, decode=decode,
+              deterministic=deterministic)
     wte = trunk.variables["params"]["wte"]
     wte = wte.value if isinstance(wte, nn.Partitioned) else wte
     logits = jnp.einsum("btd,vd->btv", x, wte.astype(self.cfg.dtype))

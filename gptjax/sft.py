@@ -9,8 +9,9 @@ conversation in the chat template,
 
 with loss on the assistant's tokens only: the response and its closing
 <|end_turn|>, which is how the model learns to stop. Conversations are packed
-whole into rows of T+1 tokens (never split; longer ones are dropped), position
-ids restart at every conversation, so a row computes what chat will see.
+whole into rows of T+1 tokens (never split; longer ones are dropped); position
+ids restart at every conversation and segment ids keep attention inside it,
+so each conversation computes exactly what it would alone (what chat sees).
 Batch `step` is a pure function of (seed, step), as in pretraining.
 
 Warm start. The pretrained run's config.json gives the model shape, the
@@ -61,6 +62,7 @@ class PackedRows:
   ids: np.ndarray        # [N, T+1] int32, pad_id after the last conversation
   mask: np.ndarray       # [N, T+1] float32, 1 on assistant tokens
   positions: np.ndarray  # [N, T+1] int32, restarting at each conversation
+  segments: np.ndarray   # [N, T+1] int32, 1, 2, ... per conversation, 0 on padding
   n_conversations: int
   n_dropped: int         # conversations longer than T+1 tokens
 
@@ -68,7 +70,8 @@ class PackedRows:
     """Model inputs of the given rows: next-token targets, mask on targets."""
     ids, mask, pos = self.ids[rows], self.mask[rows], self.positions[rows]
     return {"tokens": ids[:, :-1], "targets": ids[:, 1:],       # [B, T] each
-            "loss_mask": mask[:, 1:], "positions": pos[:, :-1]}
+            "loss_mask": mask[:, 1:], "positions": pos[:, :-1],
+            "segment_ids": self.segments[rows][:, :-1]}
 
 
 def pack(conversations: Sequence[tuple[list[int], list[int]]], length: int,
@@ -89,15 +92,18 @@ def pack(conversations: Sequence[tuple[list[int], list[int]]], length: int,
   out_ids = np.full((len(rows), length), pad_id, np.int32)
   out_mask = np.zeros((len(rows), length), np.float32)
   out_pos = np.zeros((len(rows), length), np.int32)
+  out_seg = np.zeros((len(rows), length), np.int32)
   for r, convs in enumerate(rows):
     start = 0
-    for ids, mask in convs:
+    for k, (ids, mask) in enumerate(convs, 1):
       end = start + len(ids)
       out_ids[r, start:end] = ids
       out_mask[r, start:end] = mask
       out_pos[r, start:end] = np.arange(len(ids))
+      out_seg[r, start:end] = k
       start = end
-  return PackedRows(out_ids, out_mask, out_pos, len(conversations) - dropped, dropped)
+  return PackedRows(out_ids, out_mask, out_pos, out_seg, len(conversations) - dropped,
+                    dropped)
 
 
 def demonstration_rows(examples: Sequence[instructions.Example], tokenizer: Tokenizer,

@@ -154,3 +154,26 @@ def test_tiny_sft_lowers_loss_and_raises_gold_score(sft_run):
   for column in ("pretrained_zero_shot", "pretrained_few_shot", "sft"):
     assert column in report["table"]["MEAN"]
   assert {"greedy", "top_p_0.9"} <= set(report["sft"]["degeneration"])
+
+
+def test_packed_conversation_computes_what_it_would_alone():
+  """Segment ids and restarting positions: packing changes nothing for a conversation."""
+  import jax
+  import jax.numpy as jnp
+  from flax import linen as nn
+  from gptjax import model as model_lib, sft
+  cfg = model_lib.TransformerConfig(vocab_size=40, max_len=24, n_layer=2, n_head=2, d_model=16,
+                                    d_ff=32)
+  model = model_lib.Transformer(cfg)
+  params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))["params"])
+  first = ([5, 6, 7, 8, 9], [0, 0, 1, 1, 1])
+  second = ([11, 12, 13, 14], [0, 1, 1, 1])
+  rows = sft.pack([first, second], 24, pad_id=0)
+  assert len(rows.ids) == 1 and list(rows.segments[0, :10]) == [1] * 5 + [2] * 4 + [0]
+  b = rows.batch(np.array([0]))
+  packed = model.apply({"params": params}, b["tokens"], b["positions"], None, b["segment_ids"])
+  alone = model.apply({"params": params}, jnp.asarray([second[0]]))
+  np.testing.assert_allclose(packed[0, 5:9], alone[0], atol=1e-5)
+  # without segment ids the second conversation would see the first one
+  leaky = model.apply({"params": params}, b["tokens"], b["positions"])
+  assert np.abs(np.asarray(leaky[0, 5:9]) - np.asarray(alone[0])).max() > 1e-4
