@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gptjax import losses, metrics, model as model_lib, pretraining as pretrain, sampling, sharding, train
+from gptjax import cli, losses, metrics, model as model_lib, pretraining as pretrain, sampling, sharding, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/pretrain.py:small",
                                           "Pretraining config whose model is measured.")
@@ -166,4 +166,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

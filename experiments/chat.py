@@ -16,7 +16,7 @@ import sys
 
 from absl import app, flags, logging
 
-from gptjax import sampling
+from gptjax import cli, sampling
 from gptjax.chat import Chat, load
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "An SFT or pretraining run's workdir.",
@@ -95,4 +95,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -17,7 +17,7 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from gptjax import metrics, pipeline
+from gptjax import cli, metrics, pipeline
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/pipeline.py:tiny", "Config and preset.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/pipeline", "Where every stage writes.")
@@ -37,4 +37,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

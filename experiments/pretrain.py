@@ -13,7 +13,7 @@ Ctrl-C saves one before exiting.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from gptjax import pretraining
+from gptjax import cli, pretraining
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/pretrain.py:tiny", "Config file and preset, e.g. configs/pretrain.py:small.")
@@ -33,4 +33,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

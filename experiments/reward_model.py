@@ -15,7 +15,7 @@ scaling), calibration.png and data_scaling.png into --workdir.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from gptjax import reward_modeling
+from gptjax import cli, reward_modeling
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/reward_model.py:tiny", "Config file and preset.")
@@ -31,4 +31,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

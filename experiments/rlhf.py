@@ -14,7 +14,7 @@ decline rates, alignment tax), curves.png and overoptimization.png.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from gptjax import rlhf
+from gptjax import cli, rlhf
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/rlhf.py:tiny", "Config and preset.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/rlhf", "Where outputs go.")
@@ -30,4 +30,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -20,7 +20,7 @@ PNG plots and report.md into --workdir.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from gptjax import sweep
+from gptjax import cli, sweep
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/scaling_sweep.py:tiny", "Sweep config and preset.")
@@ -57,4 +57,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -16,7 +16,7 @@ Rerunning the same command resumes. Then talk to it:
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from gptjax import sft
+from gptjax import cli, sft
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/sft.py:tiny", "Config file and preset, e.g. configs/sft.py:small.")
@@ -38,4 +38,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

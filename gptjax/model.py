@@ -108,9 +108,11 @@ class CausalSelfAttention(nn.Module):
                        (H, K, D), cfg.param_dtype)
     b_out = self.param("b_out", _zeros(("embed",)), (D,), cfg.param_dtype)
 
-    qkv = jnp.einsum("btd,dchk->cbthk", x, w_qkv.astype(cfg.dtype))
-    qkv = qkv + b_qkv.astype(cfg.dtype)[:, None, None]        # [3, B, T, H, K]
-    q, k, v = qkv[0], qkv[1], qkv[2]                          # [B, T, H, K] each
+    # Heads before time ([B, H, T, K]): the cache is stored in this layout, so
+    # decoding reads it without a transpose (a full copy of the cache per step).
+    qkv = jnp.einsum("btd,dchk->cbhtk", x, w_qkv.astype(cfg.dtype))
+    qkv = qkv + b_qkv.astype(cfg.dtype)[:, None, :, None]     # [3, B, H, T, K]
+    q, k, v = qkv[0], qkv[1], qkv[2]                          # [B, H, T, K] each
 
     if decode:
       k, v, k_valid, q_slot, k_slot = self._update_cache(k, v, token_mask)
@@ -119,26 +121,27 @@ class CausalSelfAttention(nn.Module):
       q_slot = k_slot = jnp.arange(T)
     mask = causal_mask(q_slot, k_slot, k_valid, None if decode else segment_ids)
 
-    scores = jnp.einsum("bthk,bshk->bhts", q, k) / math.sqrt(K)
+    scores = jnp.einsum("bhtk,bhsk->bhts", q, k) / math.sqrt(K)
     scores = jnp.where(mask, scores.astype(jnp.float32), _NEG_INF)
     probs = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype)  # [B, H, T, S]
     probs = nn.Dropout(cfg.dropout)(probs, deterministic=deterministic)
-    out = jnp.einsum("bhts,bshk->bthk", probs, v)              # [B, T, H, K]
-    out = jnp.einsum("bthk,hkd->btd", out, w_out.astype(cfg.dtype))
+    out = jnp.einsum("bhts,bhsk->bhtk", probs, v)              # [B, H, T, K]
+    out = jnp.einsum("bhtk,hkd->btd", out, w_out.astype(cfg.dtype))
     return out + b_out.astype(cfg.dtype)                       # [B, T, D]
 
   def _update_cache(self, k, v, token_mask):
-    """Writes k, v [B, T, H, K] at the cache's current index; returns the full cache."""
+    """Writes k, v [B, H, T, K] at the cache's current index; returns the full
+    cache k, v [B, H, S, K], valid [B, S] and the query and key slots."""
     cfg = self.cfg
-    B, T, H, K = k.shape
+    B, H, T, K = k.shape
     S = cfg.max_len
-    cached_k = self.variable("cache", "k", jnp.zeros, (B, S, H, K), cfg.dtype)
-    cached_v = self.variable("cache", "v", jnp.zeros, (B, S, H, K), cfg.dtype)
+    cached_k = self.variable("cache", "k", jnp.zeros, (B, H, S, K), cfg.dtype)
+    cached_v = self.variable("cache", "v", jnp.zeros, (B, H, S, K), cfg.dtype)
     valid = self.variable("cache", "valid", jnp.zeros, (B, S), jnp.bool_)
     index = self.variable("cache", "index", lambda: jnp.array(0, jnp.int32))
     i = index.value
-    cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k, (0, i, 0, 0))
-    cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v, (0, i, 0, 0))
+    cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k, (0, 0, i, 0))
+    cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v, (0, 0, i, 0))
     valid.value = jax.lax.dynamic_update_slice(valid.value, token_mask, (0, i))
     index.value = i + T
     return cached_k.value, cached_v.value, valid.value, i + jnp.arange(T), jnp.arange(S)

@@ -64,30 +64,41 @@ def filter_logits(logits, temperature, top_k, top_p):
   """Scaled and truncated logits [B, V]; removed tokens get -inf.
 
   top-k keeps the k largest; top-p keeps the smallest set of tokens whose
-  probability mass reaches p (the most likely token is always kept).
-  Temperature, k and p may be traced values: one compilation serves all.
+  probability mass (after top-k) reaches p; the most likely token is always
+  kept and ties at the cutoff are kept together. Temperature, k and p may be
+  traced values: one compilation serves all. One sort of [B, V].
   """
   logits = logits / jnp.maximum(temperature, 1e-6)
-  V = logits.shape[-1]
-  sorted_desc = jnp.sort(logits, axis=-1)[:, ::-1]                       # [B, V]
+  B, V = logits.shape
+  sorted_desc = -jnp.sort(-logits, axis=-1)                              # [B, V]
+  rank = jnp.arange(V)[None, :]                                          # [1, V]
   k = jnp.where(top_k > 0, jnp.minimum(top_k, V), V)
-  kth = jnp.take_along_axis(sorted_desc, jnp.full((logits.shape[0], 1), k - 1), axis=-1)
-  logits = jnp.where(logits < kth, -jnp.inf, logits)
-  probs = jax.nn.softmax(jnp.sort(logits, axis=-1)[:, ::-1], axis=-1)   # desc order
-  mass_before = jnp.cumsum(probs, axis=-1) - probs
-  keep_sorted = mass_before < top_p                                       # [B, V]
-  n_keep = jnp.maximum(keep_sorted.sum(-1, keepdims=True), 1)
-  cutoff = jnp.take_along_axis(jnp.sort(logits, axis=-1)[:, ::-1], n_keep - 1, axis=-1)
+  in_top_k = rank < k                                                    # [1, V]
+  probs = jax.nn.softmax(jnp.where(in_top_k, sorted_desc, -jnp.inf), axis=-1)
+  mass_before = jnp.cumsum(probs, axis=-1) - probs                       # [B, V]
+  n_keep = jnp.maximum((in_top_k & (mass_before < top_p)).sum(-1, keepdims=True), 1)
+  cutoff = jnp.take_along_axis(sorted_desc, n_keep - 1, axis=-1)         # [B, 1]
   return jnp.where(logits < cutoff, -jnp.inf, logits)
 
 
 def sample_token(rng, logits, params_tuple):
-  """Chooses one token per row from logits [B, V]. Returns (token [B], logprob [B])."""
+  """Chooses one token per row from logits [B, V]. Returns (token [B], logprob [B]).
+
+  `lax.cond` runs only the branch asked for: greedy decoding never samples,
+  and plain sampling (what PPO rollouts use) never pays for the sort that
+  top-k / top-p need (on a CPU the sort costs more than the model's step).
+  """
   temperature, top_k, top_p = params_tuple
   logp = jax.nn.log_softmax(logits, axis=-1)
-  greedy = jnp.argmax(logits, axis=-1)
-  sampled = jax.random.categorical(rng, filter_logits(logits, temperature, top_k, top_p))
-  token = jnp.where(temperature <= 0.0, greedy, sampled)
+
+  def sampled(_):
+    truncated = jax.lax.cond((top_k > 0) | (top_p < 1.0),
+                             lambda l: filter_logits(l, temperature, top_k, top_p),
+                             lambda l: l / jnp.maximum(temperature, 1e-6), logits)
+    return jax.random.categorical(rng, truncated).astype(jnp.int32)
+
+  token = jax.lax.cond(temperature <= 0.0,
+                       lambda _: jnp.argmax(logits, axis=-1).astype(jnp.int32), sampled, None)
   return token, jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
 
 

@@ -111,7 +111,7 @@ def test_init_cache_is_empty(lm):
   flat = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(cache)[0]}
   assert flat and all(not np.asarray(v).any() for v in flat.values())
   shapes = {k.split("'")[-2]: v.shape for k, v in flat.items()}
-  assert shapes["k"] == shapes["v"] == (3, CFG.max_len, CFG.n_head, CFG.head_dim)
+  assert shapes["k"] == shapes["v"] == (3, CFG.n_head, CFG.max_len, CFG.head_dim)  # [B, H, S, K]
   assert shapes["valid"] == (3, CFG.max_len) and shapes["index"] == ()
 
 
