@@ -177,6 +177,15 @@ def write(workdir: str, report_dir: str, config, log=print) -> str:
         ""]
   L += ["## RLHF (PPO)", "", "![curves](rlhf/curves.png)", "",
         "![over-optimisation](rlhf/overoptimization.png)", ""]
+  ppo_recs = metrics_lib.read_metrics(os.path.join(workdir, "rlhf"), "ppo")
+  if ppo_recs:
+    o = rlhf_lib.overoptimization_curve(*([r[k] for r in ppo_recs]
+                                          for k in ("sqrt_kl", "rm_score", "gold_score")))
+    L += [f"Over-optimisation: the gold score of rollouts peaks at {_fmt(o['peak_gold'])} at "
+          f"sqrt(KL) = {o['peak_sqrt_kl']:.2f} and ends at {_fmt(o['final_gold'])} at "
+          f"{o['sqrt_kl'][-1]:.2f}, while the reward model's score goes "
+          f"{_fmt(o['proxy'][0])} -> {_fmt(o['proxy'][-1])}: "
+          + ("the curve turned over." if o["turned_over"] else "no turnover within this run."), ""]
   L += ["### Win rates (oracle judge, ties count half, 95% interval)", "",
         "| comparison | win rate | interval | W / T / L |", "|---|---|---|---|"]
   L += [f"| {k} | {w['win_rate']:.3f} | [{w['ci95'][0]:.3f}, {w['ci95'][1]:.3f}] | "

@@ -302,6 +302,28 @@ def win_rate(a: list[float], b: list[float]) -> dict:
           "losses": int((a < b - 1e-9).sum())}
 
 
+def overoptimization_curve(sqrt_kl, proxy, gold, n_bins: int = 8) -> dict:
+  """Gao et al. (2022): mean proxy and gold score in equal-width bins of
+  sqrt(KL to SFT), and where the gold curve turns over.
+
+  sqrt_kl, proxy, gold: per-PPO-iteration values [N]. Returns the bin centres
+  and means (empty bins dropped), the sqrt-KL of the gold peak, the gold score
+  there and at the largest KL, and `turned_over`: the peak lies before the
+  last bin and the gold score then fell (the proxy kept rising or not).
+  """
+  x = np.asarray(sqrt_kl, float)
+  edges = np.linspace(x.min(), x.max() + 1e-9, max(min(n_bins, len(x)), 1) + 1)
+  which = np.clip(np.digitize(x, edges) - 1, 0, len(edges) - 2)
+  bins = [b for b in range(len(edges) - 1) if (which == b).any()]
+  mean = lambda y: [float(np.asarray(y, float)[which == b].mean()) for b in bins]
+  centre = [float(x[which == b].mean()) for b in bins]
+  g = mean(gold)
+  peak = int(np.argmax(g))
+  return {"sqrt_kl": centre, "proxy": mean(proxy), "gold": g,
+          "peak_sqrt_kl": centre[peak], "peak_gold": g[peak], "final_gold": g[-1],
+          "turned_over": bool(peak < len(g) - 1 and g[-1] < g[peak])}
+
+
 def pretraining_loss(models: Models, params, n_batches: int, batch_size: int = 8) -> dict:
   """Validation LM loss per pretraining source: the alignment tax on language modelling."""
   pipeline = Pipeline(models.sft_config, models.tokenizer, models.cache_dir)
@@ -351,6 +373,11 @@ def evaluate(config, models: Models, sft_params, rlhf_params, workdir: str, log)
           "ptx_coef": config.ppo.ptx_coef},
       "samples": {n: res[n]["chat"]["samples"] for n in res},
   }
+  recs = metrics_lib.read_metrics(workdir, "ppo")
+  if recs:
+    result["overoptimization"] = overoptimization_curve(
+        [r["sqrt_kl"] for r in recs], [r["rm_score"] for r in recs],
+        [r["gold_score"] for r in recs])
   with open(os.path.join(workdir, "eval.json"), "w") as f:
     json.dump(result, f, indent=2)
   w = result["win_rate_vs_sft"]
@@ -359,6 +386,11 @@ def evaluate(config, models: Models, sft_params, rlhf_params, workdir: str, log)
       f"hallucination {result['sft']['hallucination_rate']:.2f} -> "
       f"{result['rlhf']['hallucination_rate']:.2f}; pretraining loss "
       + ", ".join(f"{s} {tax['sft'][s]:.3f}->{tax['rlhf'][s]:.3f}" for s in tax["sft"]))
+  if "overoptimization" in result:
+    o = result["overoptimization"]
+    log(f"[rlhf] over-optimisation: gold peaks at {o['peak_gold']:.3f} at sqrt(KL) "
+        f"{o['peak_sqrt_kl']:.2f}, ends at {o['final_gold']:.3f} "
+        f"({'turned over' if o['turned_over'] else 'no turnover yet'})")
   return result
 
 
@@ -386,15 +418,15 @@ def plot(workdir: str) -> None:
   plt.close(fig)
 
   fig, ax = plt.subplots(figsize=(4.8, 3.6))
-  x = np.array([r["sqrt_kl"] for r in recs])
-  edges = np.linspace(x.min(), x.max() + 1e-9, min(8, len(x)) + 1)
-  which = np.clip(np.digitize(x, edges) - 1, 0, len(edges) - 2)
-  for key, label, marker in (("rm_score", "reward model (proxy)", "o"), ("gold_score", "gold", "s")):
-    y = np.array([r[key] for r in recs])
-    line, = ax.plot(x, y, marker, ms=3, alpha=0.3)
-    means = [(x[which == b].mean(), y[which == b].mean()) for b in range(len(edges) - 1)
-             if (which == b).any()]
-    ax.plot(*zip(*means), marker + "-", c=line.get_color(), label=label)
+  x = [r["sqrt_kl"] for r in recs]
+  curve = overoptimization_curve(x, [r["rm_score"] for r in recs],
+                                 [r["gold_score"] for r in recs])
+  for key, curve_key, label, marker in (("rm_score", "proxy", "reward model (proxy)", "o"),
+                                        ("gold_score", "gold", "gold", "s")):
+    line, = ax.plot(x, [r[key] for r in recs], marker, ms=3, alpha=0.3)
+    ax.plot(curve["sqrt_kl"], curve[curve_key], marker + "-", c=line.get_color(), label=label)
+  if curve["turned_over"]:
+    ax.axvline(curve["peak_sqrt_kl"], c="grey", ls=":", lw=1, label="gold peak")
   ax.set_xlabel("sqrt(KL to SFT)"); ax.set_ylabel("mean score of rollouts")
   ax.set_title("Reward over-optimisation (Gao et al. 2022)", fontsize=10)
   ax.legend(fontsize=8)

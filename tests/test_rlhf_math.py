@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from gptjax import losses, model as model_lib, ppo_math, reward
+from gptjax import losses, model as model_lib, ppo_math, reward, rlhf
 
 
 def log_sigmoid(x):
@@ -250,3 +250,25 @@ def test_adaptive_kl_controller_formula():
 def test_entropy_of_uniform():
   logits = jnp.zeros((2, 3, 8))
   assert float(ppo_math.entropy(logits, jnp.ones((2, 3), bool))) == pytest.approx(math.log(8))
+
+
+def test_overoptimization_curve_finds_the_gold_peak():
+  # Gao et al.'s shape: gold = a*d - b*d^2 peaks at d = a / (2b) = 2; the proxy keeps rising.
+  d = np.linspace(0.0, 4.0, 81)
+  gold, proxy = 1.0 * d - 0.25 * d ** 2, 0.8 * d
+  c = rlhf.overoptimization_curve(d, proxy, gold, n_bins=8)
+  assert len(c["sqrt_kl"]) == len(c["gold"]) == len(c["proxy"]) == 8
+  np.testing.assert_allclose(c["sqrt_kl"], [(i + 0.5) * 0.5 for i in range(8)], atol=0.03)
+  assert 1.5 <= c["peak_sqrt_kl"] <= 2.5 and c["turned_over"]
+  assert c["final_gold"] < c["peak_gold"] and np.all(np.diff(c["proxy"]) > 0)
+  # Bin means by hand for the first bin: d below the first edge, (4 + 1e-9) / 8.
+  first = d < (4.0 + 1e-9) / 8
+  assert c["gold"][0] == pytest.approx(gold[first].mean())
+
+
+def test_overoptimization_curve_without_turnover():
+  d = np.linspace(0.0, 3.0, 30)
+  c = rlhf.overoptimization_curve(d, d, 0.5 * d)
+  assert not c["turned_over"] and c["peak_sqrt_kl"] == c["sqrt_kl"][-1]
+  one = rlhf.overoptimization_curve([1.0], [0.2], [0.1])   # a single iteration
+  assert one["gold"] == [0.1] and not one["turned_over"]
