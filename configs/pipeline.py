@@ -10,7 +10,7 @@ field can be overridden from the command line, e.g.
 
 Presets:
   test   seconds per stage: the test suite and the notebook test
-  tiny   ~15 minutes on a 2-core CPU; every stage visibly works
+  tiny   ~5 minutes on a 2-core CPU; every stage visibly works
   small  the real CPU result (hours)
   base   a TPU v2-8/v3-8 or one GPU
 """
