@@ -236,8 +236,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task,
   eval_fn = jax.jit(functools.partial(eval_step, loss_fn=task.loss_fn))
 
   writer = metrics_lib.MetricsWriter(workdir)
-  peak = (metrics_lib.measure_matmul_peak(state_dtype(state), devices=mesh.devices.flat)
-          if t.get("measure_peak", True) else None)
+  # The MFU denominator. On a shared machine one measurement can catch the
+  # CPU busy and understate the peak (MFU above 100%), so it is measured again
+  # at every evaluation and the largest value is kept.
+  measure_peak = lambda: metrics_lib.measure_matmul_peak(state_dtype(state),
+                                                         devices=mesh.devices.flat)
+  peak = measure_peak() if t.get("measure_peak", True) else None
   progress = metrics_lib.Progress(t.steps, int(state.step), task.tokens_per_step,
                                   task.flops_per_token, peak)
   summary: dict = {"peak_flops": peak}
@@ -262,12 +266,15 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task,
             log(f"[{task.name}] " + metrics_lib.Progress.line(step, t.steps, m["loss"], rates))
             summary["last_train"] = m
         if (step % t.eval_every == 0 or is_last) and task.eval_sets:
+          if progress.peak and not is_last:
+            progress.peak = summary["peak_flops"] = max(progress.peak, measure_peak())
           summary["last_eval"] = evaluate(eval_fn, state.params, task, batch_shard)
           if task.on_eval is not None:
             summary["last_eval"].update(task.on_eval(state.params, step) or {})
           writer.write(step, "eval", **summary["last_eval"])
           log(f"[{task.name}] eval @ {step}: " + "  ".join(
               f"{k} {v:.4f}" for k, v in summary["last_eval"].items() if isinstance(v, float)))
+          progress.rates(step)   # restart the clock: tokens/s and MFU count training only
         if step % t.ckpt_every == 0 or is_last:
           save(step)
           last_good = step
