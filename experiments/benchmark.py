@@ -67,8 +67,8 @@ def bench_train(config, mesh) -> dict:
                     train_batch=None, example_batch=example, tokens_per_step=t.batch_size * T)
   tx = train.make_optimizer(t)
   state, shardings = train.create_state(task, tx, mesh, config.seed)
-  n_matmul = pretrain.matmul_params(state.params)
-  flops = model_lib.flops_per_token(model.cfg, n_matmul, T)
+  n_matmul = model_lib.matmul_params(state.params)
+  flops = train.task_flops_per_token(task, state.params)
   step = jax.jit(lambda s, b: train.train_step(s, b, loss_fn=task.loss_fn, tx=tx,
                                                grad_accum=t.grad_accum),
                  out_shardings=(shardings, None), donate_argnums=(0,))

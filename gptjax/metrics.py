@@ -114,7 +114,7 @@ class Progress:
     tok_s = steps * self.tokens_per_step / dt
     out = {"tokens_per_s": tok_s, "steps_per_s": steps / dt,
            "eta_s": (self.total - step) * dt / steps}
-    if self.peak:
+    if self.peak and self.flops_per_token:
       out["mfu"] = tok_s * self.flops_per_token / self.peak
     return out
 

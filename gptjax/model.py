@@ -244,6 +244,17 @@ def count_params(params, exclude_embeddings: bool = False) -> int:
                                                 for p in path)))
 
 
+def matmul_params(params, tied_unembedding: bool = True) -> int:
+  """Parameters that take part in matmuls: all but the position embeddings.
+
+  The token embedding counts only when it is also the (tied) output
+  projection, as in the language model; a scalar-head model only looks it up.
+  """
+  trunk = params["trunk"]
+  n = count_params(params) - trunk["wpe"].size
+  return n if tied_unembedding else n - trunk["wte"].size
+
+
 def flops_per_token(cfg: TransformerConfig, n_params: int, seq_len: int) -> float:
   """Training FLOPs per token: 6N + 12 * n_layer * d_model * T (PaLM, appendix B)."""
   return 6 * n_params + 12 * cfg.n_layer * cfg.d_model * seq_len

@@ -29,11 +29,6 @@ def build_model(config) -> model_lib.Transformer:
   return model_lib.Transformer(model_lib.TransformerConfig.from_config(config.model))
 
 
-def matmul_params(params) -> int:
-  """Parameters that take part in matmuls: all but the position embeddings."""
-  return model_lib.count_params(params) - params["trunk"]["wpe"].size
-
-
 def sample_texts(model, params, tokenizer: Tokenizer, prompts, max_new_tokens: int,
                  seed: int = 0, sampling_params=sampling.SamplingParams(top_p=0.9)) -> list[str]:
   """Continuations of text prompts (bos + prompt), for eval-time samples."""
@@ -49,9 +44,6 @@ def build_task(config, pipeline: Pipeline, tokenizer: Tokenizer, log=print) -> t
   model = build_model(config)
   t = config.train
   example = pipeline.train_batch(0, t.batch_size)
-  abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0), example["tokens"][:1])
-  n_matmul = matmul_params(model_lib.nn.meta.unbox(abstract["params"]))
-  flops = model_lib.flops_per_token(model.cfg, n_matmul, pipeline.seq_len)
 
   def on_eval(params, step):
     texts = sample_texts(model, params, tokenizer, list(config.sample_prompts),
@@ -65,7 +57,7 @@ def build_task(config, pipeline: Pipeline, tokenizer: Tokenizer, log=print) -> t
       name="pretrain", model=model, loss_fn=losses.lm_loss_fn(model),
       train_batch=lambda step: drop_source(pipeline.train_batch(step, t.batch_size)),
       example_batch=drop_source(example),
-      tokens_per_step=t.batch_size * pipeline.seq_len, flops_per_token=flops,
+      tokens_per_step=t.batch_size * pipeline.seq_len,
       eval_sets={s: (lambda s=s: map(drop_source, pipeline.eval_batches(
           s, t.batch_size, t.eval_batches))) for s in pipeline.sources},
       on_eval=on_eval)

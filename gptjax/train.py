@@ -26,6 +26,7 @@ from flax import struct
 
 from gptjax import checkpoint as ckpt_lib
 from gptjax import metrics as metrics_lib
+from gptjax import model as model_lib
 from gptjax import sharding
 
 
@@ -52,7 +53,7 @@ class Task:
   train_batch: Callable[[int], dict]
   example_batch: dict
   tokens_per_step: int
-  flops_per_token: float = 0.0
+  flops_per_token: float | None = None   # None: computed from the model (see below)
   eval_sets: dict[str, Callable[[], Iterable[dict]]] = dataclasses.field(default_factory=dict)
   init_params: Callable | None = None
   on_eval: Callable | None = None
@@ -243,7 +244,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task,
                                                          devices=mesh.devices.flat)
   peak = measure_peak() if t.get("measure_peak", True) else None
   progress = metrics_lib.Progress(t.steps, int(state.step), task.tokens_per_step,
-                                  task.flops_per_token, peak)
+                                  task_flops_per_token(task, state.params), peak)
   summary: dict = {"peak_flops": peak}
   step = int(state.step)
   last_good = step
@@ -294,6 +295,23 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task,
     writer.close()
   summary["steps"] = step
   return state, summary
+
+
+def task_flops_per_token(task: Task, params) -> float:
+  """Training FLOPs per token for MFU: the Task's own figure, else 6N + 12LdT.
+
+  Any Transformer-trunk model (the LM, the reward/value heads) gets the PaLM
+  count from its config and matmul parameters at the example batch's length;
+  a model without a `TransformerConfig` gets 0 (no MFU is reported).
+  """
+  if task.flops_per_token is not None:
+    return task.flops_per_token
+  cfg = getattr(task.model, "cfg", None)
+  if not isinstance(cfg, model_lib.TransformerConfig) or "trunk" not in params:
+    return 0.0
+  n = model_lib.matmul_params(params, tied_unembedding=isinstance(task.model,
+                                                                  model_lib.Transformer))
+  return model_lib.flops_per_token(cfg, n, task.example_batch["tokens"].shape[-1])
 
 
 def params_finite(params) -> bool:
