@@ -113,5 +113,5 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
     c.data.mixture = dict(WORLD_MIXTURE)
   c.train = train_config(preset)
   c.mesh = mesh_config()
-  c.sample_prompts = ["The ", "def ", "import "]
+  c.sample_prompts = ("The ", "def ", "import ")
   return c

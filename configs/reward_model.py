@@ -60,7 +60,7 @@ def eval_config(preset: str) -> ml_collections.ConfigDict:
   e = ml_collections.ConfigDict()
   # Data-scaling curve: extra reward models trained on these fractions of the
   # training comparisons (the full set is the main model). [] to skip.
-  e.data_fractions = {"tiny": [0.25, 0.5], "small": [0.125, 0.25, 0.5], "base": [0.25, 0.5]}[preset]
+  e.data_fractions = {"tiny": (0.25, 0.5), "small": (0.125, 0.25, 0.5), "base": (0.25, 0.5)}[preset]
   e.calibration_bins = 10
   return e
 

@@ -71,12 +71,12 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
                 "data": {"tokenizer_chars": 3_000_000}},
       "base": {"train": {"batch_size": 256, "eval_batches": 32}},
   }[preset]
-  c.sizes = sizes(preset)
+  c.sizes = tuple(sizes(preset))   # a tuple: ml_collections cannot hold a list override
   # Compute budgets in FLOPs (one IsoFLOP profile each), and the step range a
   # point must fall in to be run.
-  c.budgets = {"tiny": [1e10, 3e10, 1e11],
-               "small": [1e12, 3e12, 1e13, 2.5e13],
-               "base": [1e17, 3e17, 1e18, 3e18, 1e19]}[preset]
+  c.budgets = {"tiny": (1e10, 3e10, 1e11),
+               "small": (1e12, 3e12, 1e13, 2.5e13),
+               "base": (1e17, 3e17, 1e18, 3e18, 1e19)}[preset]
   c.min_steps = {"tiny": 30, "small": 120, "base": 1000}[preset]
   c.max_steps = {"tiny": 500, "small": 6000, "base": 50_000}[preset]
   c.warmup_fraction = 0.1     # warmup = min(base preset's warmup, fraction x steps)
@@ -87,7 +87,7 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   p = ml_collections.ConfigDict()
   p.n = {"tiny": 8, "small": 32, "base": 64}[preset]           # queries per probe
   p.few_shot_k = 3                                             # demonstrations per query
-  p.families = ["add2", "add3", "reverse"]                     # see gptjax/scaling.PROBES
+  p.families = ("add2", "add3", "reverse")                     # see gptjax/scaling.PROBES
   p.n_facts = {"tiny": 16, "small": 48, "base": 200}[preset]   # world facts for recall
   p.max_new_tokens = 12
   p.batch_size = 32

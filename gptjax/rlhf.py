@@ -259,7 +259,7 @@ def retrain_reward_model(config, models: Models, state: dict, round_index: int, 
                                           c.seed + 7919 * round_index,
                                           os.path.join(rdir, "comparisons"), noise, log)
   rc.rm.epochs = config.ppo.rm_steps_per_round * rc.train.batch_size / len(comps)
-  rc.eval.data_fractions = []
+  rc.eval.data_fractions = ()
   heldout = comps.subset(np.arange(min(len(comps), rc.train.batch_size)))
   params, _ = reward_modeling.train_rm(rc, os.path.join(rdir, "rm"), models.reward, state["rm"],
                                        comps, heldout, log)

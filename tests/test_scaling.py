@@ -197,7 +197,7 @@ def _two_point_config():
   config.overrides.train.eval_batches = 2
   config.overrides.mesh = {"num_devices": 1}   # no collectives on the 8 fake devices
   config.probes.n, config.probes.n_facts, config.probes.batch_size = 4, 4, 8
-  config.probes.families = ["add2"]
+  config.probes.families = ("add2",)
   config.probes.max_new_tokens = 6
   config.bootstrap = 20
   return config
