@@ -7,9 +7,17 @@ inside ml_collections:
   $ python -m experiments.pretrain --config.model.n_layerz=4
   FATAL Flags parsing error: --config.model.n_layerz=4: unknown config field
   n_layerz; did you mean "n_layer" instead of "n_layerz"?
+
+`run(main)` does that and also reports the errors a user causes (a missing
+or foreign workdir, an invalid config value, a corrupted checkpoint) as one
+line, and Ctrl-C (after the train loop has saved) as exit status 130 -- no
+traceback. GPTJAX_TRACEBACK=1 shows the traceback too.
 """
 
+import os
 import sys
+
+from absl import app
 
 from absl import flags
 
@@ -39,3 +47,25 @@ def parse_flags(argv: list[str]) -> list[str]:
       msg = f"{arg}: {msg}"
   sys.stderr.write(f"FATAL Flags parsing error: {msg}\nPass --helpfull to see help on flags.\n")
   sys.exit(1)
+
+
+# Errors whose message is the whole story: gptjax raises them for bad input
+# (config validation, workdirs, checkpoints) with the field or path named.
+USER_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, ValueError)
+
+
+def run(main) -> None:
+  """`app.run(main)` with one-line user errors and a quiet Ctrl-C."""
+  def wrapped(argv):
+    try:
+      return main(argv)
+    except KeyboardInterrupt:
+      sys.stderr.write("interrupted\n")
+      sys.exit(130)
+    except USER_ERRORS as e:
+      if os.environ.get("GPTJAX_TRACEBACK"):
+        raise
+      sys.stderr.write(f"FATAL {type(e).__name__}: {e}\n"
+                       "(GPTJAX_TRACEBACK=1 shows where it was raised)\n")
+      sys.exit(1)
+  app.run(wrapped, flags_parser=parse_flags)

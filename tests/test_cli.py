@@ -58,3 +58,45 @@ def test_tuple_field_override_parses():
                                     flag_values=fv, sys_argv=argv)
     fv(argv)
     assert fv.config.eval.data_fractions == expected
+
+
+def test_user_error_is_one_line_without_traceback(tmp_path):
+  proc = run_entry_point("experiments.reward_model", "--config=configs/reward_model.py:tiny",
+                         f"--sft={tmp_path / 'missing'}", f"--workdir={tmp_path / 'w'}",
+                         timeout=120)
+  assert proc.returncode == 1
+  assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+  fatal = [l for l in proc.stderr.splitlines() if l.startswith("FATAL")]
+  assert fatal == [f"FATAL FileNotFoundError: {tmp_path / 'missing'} has no config.json: "
+                   "is it a gptjax run's --workdir?"], proc.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, data_cache_dir):
+  """SIGINT in the middle of training: checkpoint of the current step, exit 130, no traceback."""
+  import os
+  import signal
+  import subprocess
+  import sys
+  import time
+  from conftest import REPO
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+  workdir = tmp_path / "w"
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "experiments.pretrain", "--config=configs/pretrain.py:tiny",
+       f"--workdir={workdir}", f"--cache_dir={data_cache_dir}", "--config.train.steps=100000",
+       "--config.train.log_every=5", "--config.train.ckpt_every=100000",
+       "--config.train.measure_peak=False"],
+      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 300
+  for line in proc.stdout:   # wait until training is under way
+    if "[pretrain] step" in line or time.time() > deadline:
+      break
+  proc.send_signal(signal.SIGINT)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == 130, err[-2000:]
+  assert "Traceback" not in err and "interrupted" in err, err[-2000:]
+  assert "saving a checkpoint before exiting" in out, out[-2000:]
+  steps = [int(p) for p in os.listdir(workdir / "checkpoints") if p.isdigit()]
+  assert steps and min(steps) >= 5, steps
