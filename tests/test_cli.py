@@ -82,20 +82,23 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, data_cache_dir):
   from conftest import REPO
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   env.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
-  workdir = tmp_path / "w"
-  proc = subprocess.Popen(
-      [sys.executable, "-m", "experiments.pretrain", "--config=configs/pretrain.py:tiny",
-       f"--workdir={workdir}", f"--cache_dir={data_cache_dir}", "--config.train.steps=100000",
-       "--config.train.log_every=5", "--config.train.ckpt_every=100000",
-       "--config.train.measure_peak=False"],
-      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  deadline = time.time() + 300
-  for line in proc.stdout:   # wait until training is under way
-    if "[pretrain] step" in line or time.time() > deadline:
-      break
-  proc.send_signal(signal.SIGINT)
-  out, err = proc.communicate(timeout=120)
-  assert proc.returncode == 130, err[-2000:]
+  workdir, out_path, err_path = tmp_path / "w", tmp_path / "out.txt", tmp_path / "err.txt"
+  # Output to files, not pipes: a child blocked on a full stderr pipe never trains.
+  with open(out_path, "w") as out_f, open(err_path, "w") as err_f:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "experiments.pretrain", "--config=configs/pretrain.py:tiny",
+         f"--workdir={workdir}", f"--cache_dir={data_cache_dir}", "--config.train.steps=100000",
+         "--config.train.log_every=5", "--config.train.ckpt_every=100000",
+         "--config.train.eval_every=100000", "--config.train.measure_peak=False"],
+        cwd=REPO, env=env, stdout=out_f, stderr=err_f)
+    deadline = time.time() + 600
+    while "[pretrain] step" not in out_path.read_text():   # training is under way
+      assert proc.poll() is None and time.time() < deadline, err_path.read_text()[-2000:]
+      time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=600)
+  out, err = out_path.read_text(), err_path.read_text()
+  assert proc.returncode == 130, (proc.returncode, out[-1000:], err[-2000:])
   assert "Traceback" not in err and "interrupted" in err, err[-2000:]
   assert "saving a checkpoint before exiting" in out, out[-2000:]
   steps = [int(p) for p in os.listdir(workdir / "checkpoints") if p.isdigit()]
