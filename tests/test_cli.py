@@ -90,7 +90,10 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, data_cache_dir):
          f"--workdir={workdir}", f"--cache_dir={data_cache_dir}", "--config.train.steps=100000",
          "--config.train.log_every=5", "--config.train.ckpt_every=100000",
          "--config.train.eval_every=100000", "--config.train.measure_peak=False"],
-        cwd=REPO, env=env, stdout=out_f, stderr=err_f)
+        cwd=REPO, env=env, stdout=out_f, stderr=err_f,
+        # A shell running this suite in the background ignores SIGINT, and the
+        # child would inherit that; Ctrl-C at a terminal is the default handler.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 600
     while "[pretrain] step" not in out_path.read_text():   # training is under way
       assert proc.poll() is None and time.time() < deadline, err_path.read_text()[-2000:]
