@@ -18,7 +18,7 @@ import os
 import jax
 import numpy as np
 
-from gptjax import sampling
+from gptjax import metrics, sampling
 from gptjax.tasks import instructions, labeler, oracle
 from gptjax.tasks.world import World
 from gptjax.tokenizer import Tokenizer
@@ -43,6 +43,20 @@ class Comparisons:
     return Comparisons(self.tokens[index], self.token_mask[index], self.ranking[index],
                        self.gold[index], pick(self.prompts), pick(self.responses),
                        pick(self.families))
+
+  def trimmed(self, multiple: int = 16) -> "Comparisons":
+    """The same comparisons with the time axis cut to the longest sequence,
+    rounded up to `multiple` (never beyond the stored length).
+
+    Right padding is causally invisible and the score is read at the last
+    real token, so scores are unchanged; the saving is large because samples
+    are much shorter than the context (small preset: 74 of 256 tokens).
+    """
+    T = self.tokens.shape[-1]
+    longest = int(self.token_mask.sum(-1).max(initial=1))
+    keep = min(T, -(-longest // multiple) * multiple)
+    return dataclasses.replace(self, tokens=self.tokens[..., :keep],
+                               token_mask=self.token_mask[..., :keep])
 
   def save(self, directory: str) -> None:
     os.makedirs(directory, exist_ok=True)
@@ -87,16 +101,18 @@ def chat_prompt_ids(tokenizer: Tokenizer, prompt: str, system: str = "") -> list
 
 def sample_responses(model, params, tokenizer: Tokenizer, prompts: list[str], k: int, *,
                      max_new_tokens: int, rng, batch_size: int = 64, system: str = "",
-                     sampling_params=sampling.SamplingParams()):
+                     sampling_params=sampling.SamplingParams(), log=None):
   """K samples per prompt from the pure distribution (temperature 1 by default).
 
   Returns (prompt_ids [P] lists, responses [P][K] token lists incl. the stop
-  token if emitted, texts [P][K]).
+  token if emitted, texts [P][K]). `log` gets a progress line about every 10%.
   """
   prompt_ids = [chat_prompt_ids(tokenizer, p, system) for p in prompts]
   flat = [ids for ids in prompt_ids for _ in range(k)]          # prompt i -> rows i*k..i*k+k-1
   tokens, texts = [], []
+  progress = metrics.CountProgress(len(flat), log, label="[comparisons] sampled ")
   for start in range(0, len(flat), batch_size):
+    progress.update(start)
     chunk = flat[start:start + batch_size]
     gen = sampling.generate(model, params, chunk, max_new_tokens=max_new_tokens,
                             rng=jax.random.fold_in(rng, start), eos_id=tokenizer.end_turn_id,
@@ -105,6 +121,7 @@ def sample_responses(model, params, tokenizer: Tokenizer, prompts: list[str], k:
       ids = [int(t) for t in row[m]]
       tokens.append(ids)
       texts.append(tokenizer.decode([t for t in ids if t != tokenizer.end_turn_id]))
+  progress.update(len(flat))
   group = lambda xs: [xs[i * k:(i + 1) * k] for i in range(len(prompts))]
   return prompt_ids, group(tokens), group(texts)
 
@@ -135,7 +152,7 @@ def make_comparisons(model, params, tokenizer: Tokenizer, world: World,
   prompts = [e.prompt for e in examples]
   prompt_ids, resp_ids, texts = sample_responses(
       model, params, tokenizer, prompts, k, max_new_tokens=max_new_tokens,
-      rng=jax.random.PRNGKey(seed), batch_size=batch_size)
+      rng=jax.random.PRNGKey(seed), batch_size=batch_size, log=log)
   gold = np.array([[oracle.gold_score(p, t, world) for t in ts] for p, ts in zip(prompts, texts)],
                   np.float32)                                        # [P, K]
   if labeler_noise is None:

@@ -125,6 +125,25 @@ class Progress:
             f"{rates['tokens_per_s']:,.0f} tok/s{mfu}  eta {format_seconds(rates['eta_s'])}")
 
 
+class CountProgress:
+  """'<label> done/total (pct) eta ...' about every 10% of a long loop."""
+
+  def __init__(self, total: int, log=None, label: str = "", every: float = 0.1):
+    self.total, self.log, self.label = total, log, label
+    self.step = max(1, int(total * every))
+    self._next, self._t0 = self.step, time.perf_counter()
+
+  def update(self, done: int) -> None:
+    if self.log is None or done < self._next or not done:
+      return
+    while self._next <= done:
+      self._next += self.step
+    elapsed = time.perf_counter() - self._t0
+    eta = elapsed * (self.total - done) / done
+    self.log(f"{self.label}{done:,}/{self.total:,} ({100 * done / self.total:.0f}%)  "
+             f"elapsed {format_seconds(elapsed)}  eta {format_seconds(eta)}")
+
+
 def format_seconds(s: float) -> str:
   s = int(round(s))
   h, m = divmod(s, 3600)

@@ -73,6 +73,18 @@ def build_task(config, model, train_comps: comp_lib.Comparisons,
       init_params=lambda rng: init_params)
 
 
+def informative_prompts(comps: comp_lib.Comparisons) -> comp_lib.Comparisons:
+  """The prompts whose K responses are not all of equal gold quality.
+
+  The labeler orders equally good responses at random, so a prompt whose
+  responses all tie carries no preference: its C(K,2) pairs are coin flips
+  whose only effect is to pull the scores together. With a weak policy most
+  prompts are like that (small preset: 84% of prompts, every sample wrong),
+  and they drown the informative pairs.
+  """
+  return comps.subset(np.flatnonzero(np.ptp(comps.gold, axis=1) > 1e-9))
+
+
 def score_all(model, params, comps: comp_lib.Comparisons, batch: int = 64) -> np.ndarray:
   """Reward-model score of every stored response -> [P, K]."""
   P, K, T = comps.tokens.shape
@@ -183,13 +195,26 @@ def run(config, workdir: str, sft_dir: str | None = None, log=print) -> dict:
   if model.cfg.max_len != train_comps.tokens.shape[-1]:
     raise ValueError(f"rm.init_from has context {model.cfg.max_len}, the policy "
                      f"{train_comps.tokens.shape[-1]}: they must match")
+  # Train and score on the samples' own length, not the context's.
+  train_comps, heldout = train_comps.trimmed(), heldout.trimmed()
+  log(f"[reward_model] sequences cut to {train_comps.tokens.shape[-1]} (train) and "
+      f"{heldout.tokens.shape[-1]} (held-out) of {model.cfg.max_len} tokens")
   config.model = ml_collections.ConfigDict(init_config.model.to_dict())
   config_lib.save(config, workdir)
 
+  all_train = train_comps
+  if config.rm.skip_tied_prompts:
+    train_comps = informative_prompts(train_comps)
+    log(f"[reward_model] training on the {len(train_comps):,} of {len(all_train):,} prompts "
+        "whose responses differ in gold quality (rm.skip_tied_prompts)")
+    if not len(train_comps):
+      raise ValueError("No training prompt has responses of different gold quality, so the "
+                       "rankings hold no preference: raise comparisons.n_prompts or "
+                       "comparisons.k, or train the SFT policy longer")
   params, summary = train_rm(config, workdir, model, init_params, train_comps, heldout, log)
 
   # Centre: the SFT policy's own samples (the training responses) score mean 0.
-  sft_scores = score_all(model, params, train_comps)
+  sft_scores = score_all(model, params, all_train)
   shift, std = -float(sft_scores.mean()), float(sft_scores.std())
   with open(os.path.join(workdir, NORMALIZATION_FILE), "w") as f:
     json.dump({"bias_shift": shift, "sft_score_std": std}, f, indent=2)
@@ -211,7 +236,8 @@ def run(config, workdir: str, sft_dir: str | None = None, log=print) -> dict:
   curve.sort(key=lambda r: r["comparisons"])
 
   result = {
-      "k": c.k, "n_train_prompts": len(train_comps), "n_heldout_prompts": len(heldout),
+      "k": c.k, "n_train_prompts": len(train_comps), "n_sampled_prompts": len(all_train),
+      "n_heldout_prompts": len(heldout),
       "pairs_per_prompt": c.k * (c.k - 1) // 2,
       "labeler": {"noise": train_report["labeler_noise"],
                   "agreement_train": train_report["labeler_agreement"],

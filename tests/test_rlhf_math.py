@@ -93,6 +93,39 @@ def test_padding_never_changes_a_score(rm):
   np.testing.assert_allclose(reward.score(model, params, right2, right_mask), alone, atol=1e-5)
 
 
+def test_trimmed_comparisons_score_the_same(rm):
+  from gptjax import comparisons as comp_lib, reward_modeling
+  model, params = rm
+  rng = np.random.default_rng(3)
+  lengths = [[3, 7], [5, 11]]
+  prompt_ids = [[1, 2], [4]]
+  responses = [[list(rng.integers(5, 50, n - len(p))) for n in ls]
+               for p, ls in zip(prompt_ids, lengths)]
+  tokens, mask = comp_lib.pack_sequences(prompt_ids, responses, 16, pad_id=0)
+  comps = comp_lib.Comparisons(tokens, mask, np.array([[0, 1], [1, 0]], np.int32),
+                               np.zeros((2, 2), np.float32), ["a", "b"], [["", ""]] * 2,
+                               ["f", "f"])
+  cut = comps.trimmed(multiple=4)
+  assert cut.tokens.shape == (2, 2, 12)            # longest 11 -> 12, not the context's 16
+  assert comps.trimmed(multiple=32).tokens.shape[-1] == 16   # never beyond the stored length
+  np.testing.assert_allclose(reward_modeling.score_all(model, params, cut),
+                             reward_modeling.score_all(model, params, comps), atol=1e-5)
+
+
+def test_informative_prompts_drop_only_all_tied_groups():
+  from gptjax import comparisons as comp_lib, reward_modeling
+  gold = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.4, 0.4, 0.4], [0.5, 0.5, 0.1]],
+                  np.float32)
+  P, K, T = 4, 3, 5
+  comps = comp_lib.Comparisons(np.arange(P * K * T).reshape(P, K, T), np.ones((P, K, T), bool),
+                               np.tile(np.arange(K), (P, 1)), gold, list("abcd"),
+                               [["x"] * K] * P, ["f"] * P)
+  kept = reward_modeling.informative_prompts(comps)
+  assert kept.prompts == ["b", "d"]              # a and c: every response equally good
+  np.testing.assert_array_equal(kept.tokens, comps.tokens[[1, 3]])
+  np.testing.assert_array_equal(kept.gold, gold[[1, 3]])
+
+
 def test_reward_loss_fn_groups_k_responses(rm):
   model, params = rm
   rng = np.random.default_rng(0)

@@ -549,3 +549,15 @@ def test_weight_decay_skips_every_bias(decay):
   biases = {k: m for k, m in moved.items() if "['b_" in k or "['bias']" in k}
   assert "['trunk']['block_0']['attn']['b_qkv']" in biases
   assert not any(biases.values()), [k for k, m in biases.items() if m]
+
+
+def test_count_progress_reports_about_every_tenth_and_the_end():
+  from gptjax import metrics
+  lines = []
+  progress = metrics.CountProgress(1000, lines.append, label="[x] ")
+  for done in range(0, 1000, 64):
+    progress.update(done)
+  progress.update(1000)
+  assert 8 <= len(lines) <= 11
+  assert lines[-1].startswith("[x] 1,000/1,000 (100%)")
+  metrics.CountProgress(1000, None).update(500)    # no log: silent, no error
