@@ -12,9 +12,15 @@ inside ml_collections:
 or foreign workdir, an invalid config value, a corrupted checkpoint) as one
 line, and Ctrl-C (after the train loop has saved) as exit status 130 -- no
 traceback. GPTJAX_TRACEBACK=1 shows the traceback too.
+
+SIGTERM (what Slurm, Kubernetes and preemptible VMs send before killing a
+job) stops a run the same way as Ctrl-C: checkpoint, then exit 130. So does
+SIGINT to a run started in the background (`cmd &`), which a shell would
+otherwise start with SIGINT ignored.
 """
 
 import os
+import signal
 import sys
 
 from absl import app
@@ -54,9 +60,22 @@ def parse_flags(argv: list[str]) -> list[str]:
 USER_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, ValueError)
 
 
+def _interrupt(signum, frame):
+  raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def graceful_stop_signals() -> None:
+  """SIGINT and SIGTERM raise KeyboardInterrupt, which every loop turns into a
+  checkpoint of its last completed step. Main thread only."""
+  signal.signal(signal.SIGINT, signal.default_int_handler)
+  signal.signal(signal.SIGTERM, _interrupt)
+
+
 def run(main) -> None:
-  """`app.run(main)` with one-line user errors and a quiet Ctrl-C."""
+  """`app.run(main)` with one-line user errors, a quiet Ctrl-C, and SIGTERM
+  treated as Ctrl-C."""
   def wrapped(argv):
+    graceful_stop_signals()
     try:
       return main(argv)
     except KeyboardInterrupt:

@@ -72,8 +72,10 @@ def test_user_error_is_one_line_without_traceback(tmp_path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, data_cache_dir):
-  """SIGINT in the middle of training: checkpoint of the current step, exit 130, no traceback."""
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_stop_signal_saves_a_checkpoint_and_exits_130(tmp_path, data_cache_dir, signame):
+  """SIGINT (Ctrl-C) or SIGTERM (a scheduler's preemption) in the middle of
+  training: checkpoint of the current step, exit 130, no traceback."""
   import os
   import signal
   import subprocess
@@ -91,14 +93,14 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, data_cache_dir):
          "--config.train.log_every=5", "--config.train.ckpt_every=100000",
          "--config.train.eval_every=100000", "--config.train.measure_peak=False"],
         cwd=REPO, env=env, stdout=out_f, stderr=err_f,
-        # A shell running this suite in the background ignores SIGINT, and the
-        # child would inherit that; Ctrl-C at a terminal is the default handler.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        # Started as a shell starts a background job: SIGINT ignored. The run
+        # must still stop gracefully on it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     deadline = time.time() + 600
     while "[pretrain] step" not in out_path.read_text():   # training is under way
       assert proc.poll() is None and time.time() < deadline, err_path.read_text()[-2000:]
       time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(getattr(signal, signame))
     proc.wait(timeout=600)
   out, err = out_path.read_text(), err_path.read_text()
   assert proc.returncode == 130, (proc.returncode, out[-1000:], err[-2000:])
