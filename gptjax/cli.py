@@ -23,9 +23,7 @@ import os
 import signal
 import sys
 
-from absl import app
-
-from absl import flags
+from absl import app, flags
 
 
 def _field(arg: str) -> str:

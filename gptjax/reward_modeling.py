@@ -120,6 +120,8 @@ def evaluate_rm(model, params, heldout: comp_lib.Comparisons) -> dict:
 
 def _comparisons(config, policy, world, split: str, n: int, seed: int, directory: str,
                  noise: float | None, log) -> tuple[comp_lib.Comparisons, dict]:
+  """The split's comparisons (reused when stored with the same recipe, else
+  sampled and stored), cut to the samples' own length for training and scoring."""
   report_path = os.path.join(directory, "report.json")
   c = config.comparisons
   recipe = {"policy": policy.workdir, "policy_step": policy.step,
@@ -130,7 +132,7 @@ def _comparisons(config, policy, world, split: str, n: int, seed: int, directory
       report = json.load(f)
     if report.get("recipe") == recipe:
       log(f"[reward_model] reusing comparisons in {directory}")
-      return comp_lib.Comparisons.load(directory), report
+      return comp_lib.Comparisons.load(directory).trimmed(), report
     log(f"[reward_model] settings changed since {directory} was written: sampling anew")
   examples = instructions.make_mixture(world, n, seed, split)
   comps, report = comp_lib.make_comparisons(
@@ -141,7 +143,7 @@ def _comparisons(config, policy, world, split: str, n: int, seed: int, directory
   comps.save(directory)
   with open(report_path, "w") as f:
     json.dump(report, f, indent=2)
-  return comps, report
+  return comps.trimmed(), report
 
 
 def load_init(config, sft_dir: str):
@@ -192,11 +194,9 @@ def run(config, workdir: str, sft_dir: str | None = None, log=print) -> dict:
                                                                   "heldout"),
                                          train_report["labeler_noise"], log)
   model, init_params, init_config = load_init(config, sft_dir)
-  if model.cfg.max_len != train_comps.tokens.shape[-1]:
+  if model.cfg.max_len != policy.model.cfg.max_len:
     raise ValueError(f"rm.init_from has context {model.cfg.max_len}, the policy "
-                     f"{train_comps.tokens.shape[-1]}: they must match")
-  # Train and score on the samples' own length, not the context's.
-  train_comps, heldout = train_comps.trimmed(), heldout.trimmed()
+                     f"{policy.model.cfg.max_len}: they must match")
   log(f"[reward_model] sequences cut to {train_comps.tokens.shape[-1]} (train) and "
       f"{heldout.tokens.shape[-1]} (held-out) of {model.cfg.max_len} tokens")
   config.model = ml_collections.ConfigDict(init_config.model.to_dict())

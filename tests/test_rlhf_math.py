@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from gptjax import losses, model as model_lib, ppo_math, reward, rlhf
+from gptjax import comparisons as comp_lib
+from gptjax import losses, model as model_lib, ppo_math, reward, reward_modeling, rlhf
 
 
 def log_sigmoid(x):
@@ -94,7 +95,6 @@ def test_padding_never_changes_a_score(rm):
 
 
 def test_trimmed_comparisons_score_the_same(rm):
-  from gptjax import comparisons as comp_lib, reward_modeling
   model, params = rm
   rng = np.random.default_rng(3)
   lengths = [[3, 7], [5, 11]]
@@ -113,7 +113,6 @@ def test_trimmed_comparisons_score_the_same(rm):
 
 
 def test_informative_prompts_drop_only_all_tied_groups():
-  from gptjax import comparisons as comp_lib, reward_modeling
   gold = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.4, 0.4, 0.4], [0.5, 0.5, 0.1]],
                   np.float32)
   P, K, T = 4, 3, 5
