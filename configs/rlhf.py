@@ -21,7 +21,7 @@ PRESETS = pretrain_configs.PRESETS
 
 def ppo_config(preset: str) -> ml_collections.ConfigDict:
   p = ml_collections.ConfigDict()
-  p.iterations = {"tiny": 40, "small": 150, "base": 1000}[preset]
+  p.iterations = {"tiny": 40, "small": 40, "base": 1000}[preset]
   p.rollout_batch = {"tiny": 64, "small": 64, "base": 512}[preset]   # prompts per iteration
   p.max_new_tokens = {"tiny": 24, "small": 48, "base": 96}[preset]
   p.epochs = 4                 # PPO passes over each rollout
@@ -31,7 +31,7 @@ def ppo_config(preset: str) -> ml_collections.ConfigDict:
   p.gamma = 1.0
   p.lam = 0.95
   p.kl_controller = "fixed"    # 'fixed' | 'adaptive' (Ziegler et al. 2019)
-  p.beta = {"tiny": 0.05, "small": 0.05, "base": 0.02}[preset]
+  p.beta = {"tiny": 0.05, "small": 0.2, "base": 0.02}[preset]
   p.kl_target = 6.0            # adaptive: target KL (nats per response)
   p.kl_horizon = 10000         # adaptive: samples over which beta moves by up to 20%
   p.truncation_penalty = -1.0  # score for responses without the stop token; use_... = False keeps RM
@@ -56,7 +56,7 @@ def train_config(preset: str) -> ml_collections.ConfigDict:
   t.weight_decay = 0.0
   t.min_lr_ratio = 1.0         # constant after warmup
   t.log_every = {"tiny": 5, "small": 5, "base": 10}[preset]          # iterations
-  t.ckpt_every = {"tiny": 20, "small": 25, "base": 50}[preset]       # iterations
+  t.ckpt_every = {"tiny": 20, "small": 10, "base": 50}[preset]       # iterations
   t.measure_peak = False
   del t.sample_tokens
   return t

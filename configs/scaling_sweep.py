@@ -75,7 +75,7 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   # Compute budgets in FLOPs (one IsoFLOP profile each), and the step range a
   # point must fall in to be run.
   c.budgets = {"tiny": (1e10, 3e10, 1e11),
-               "small": (1e12, 3e12, 1e13, 2.5e13),
+               "small": (1e12, 3e12, 1e13),
                "base": (1e17, 3e17, 1e18, 3e18, 1e19)}[preset]
   c.min_steps = {"tiny": 30, "small": 120, "base": 1000}[preset]
   c.max_steps = {"tiny": 500, "small": 6000, "base": 50_000}[preset]

@@ -1,7 +1,9 @@
 """The RLHF mathematics against independent computations (plain Python loops)."""
 
 import itertools
+import json
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +12,8 @@ import pytest
 from flax import linen as nn
 
 from gptjax import comparisons as comp_lib
-from gptjax import losses, model as model_lib, ppo_math, reward, reward_modeling, rlhf
+from gptjax import losses, model as model_lib, overoptimization, ppo_math, reward
+from gptjax import reward_modeling, rlhf
 
 
 def log_sigmoid(x):
@@ -304,3 +307,49 @@ def test_overoptimization_curve_without_turnover():
   assert not c["turned_over"] and c["peak_sqrt_kl"] == c["sqrt_kl"][-1]
   one = rlhf.overoptimization_curve([1.0], [0.2], [0.1])   # a single iteration
   assert one["gold"] == [0.1] and not one["turned_over"]
+
+
+def _fake_rlhf_run(path, beta, peak, ptx=0.0, controller="fixed"):
+  """An RLHF workdir whose rollouts' gold score peaks at sqrt(KL) = peak."""
+  os.makedirs(path)
+  with open(os.path.join(path, "config.json"), "w") as f:
+    json.dump({"ppo": {"beta": beta, "kl_controller": controller, "ptx_coef": ptx}}, f)
+  d = np.linspace(0.0, 2 * peak, 40)
+  with open(os.path.join(path, "metrics.jsonl"), "w") as f:
+    f.write(json.dumps({"step": 0, "split": "eval", "loss": 1.0}) + "\n")   # other splits ignored
+    for i, x in enumerate(d):
+      f.write(json.dumps({"step": i + 1, "split": "ppo", "sqrt_kl": x, "rm_score": 0.5 * x,
+                          "gold_score": x * (2 * peak - x)}) + "\n")
+  return str(path)
+
+
+def test_overoptimization_across_runs(tmp_path):
+  runs = [_fake_rlhf_run(tmp_path / "a", 0.05, peak=2.0),
+          _fake_rlhf_run(tmp_path / "b", 0.5, peak=1.0, ptx=1.0, controller="adaptive")]
+  result = overoptimization.compare(runs, n_bins=8)
+  a, b = result["runs"]
+  assert a["label"] == "beta 0.05" and b["label"] == "beta 0.5 (adaptive), ptx 1"
+  assert a["iterations"] == 40 and a["start_gold"] == a["curve"]["gold"][0] < a["curve"]["peak_gold"]
+  for run, peak in ((a, 2.0), (b, 1.0)):   # each run's own turnover, from its own path
+    c = run["curve"]
+    assert c["turned_over"] and abs(c["peak_sqrt_kl"] - peak) <= 2 * peak / 8
+    assert run["final_sqrt_kl"] == pytest.approx(c["sqrt_kl"][-1])
+  lines = overoptimization.summary_lines(result)
+  assert len(lines) == 2 and "turned over" in lines[0]
+  json_path, png = overoptimization.write(result, str(tmp_path / "out"))
+  assert os.path.getsize(png) > 0 and json.load(open(json_path))["runs"][1]["beta"] == 0.5
+
+
+def test_overoptimization_rejects_what_is_not_an_rlhf_run(tmp_path):
+  with pytest.raises(FileNotFoundError, match="not an RLHF workdir"):
+    overoptimization.compare([str(tmp_path)])
+  with pytest.raises(ValueError, match="at least one"):
+    overoptimization.compare([])
+  (tmp_path / "config.json").write_text(json.dumps({"model": {}}))
+  (tmp_path / "metrics.jsonl").write_text("")
+  with pytest.raises(ValueError, match="no 'ppo' section"):
+    overoptimization.compare([str(tmp_path)])
+  (tmp_path / "config.json").write_text(json.dumps({"ppo": {"beta": 0.1,
+                                                            "kl_controller": "fixed"}}))
+  with pytest.raises(ValueError, match="no PPO iterations"):
+    overoptimization.compare([str(tmp_path)])
