@@ -293,6 +293,8 @@ def plot(result: dict, workdir: str) -> None:
   ax.axhline(0.5, ls=":", c="k", lw=0.8)
   if drawn:
     ax.set_xscale("log")
+    ax.set_xticks(n, [f"{x:,}" for x in n])   # the sizes trained, not 2x10^2 3x10^2 ...
+    ax.minorticks_off()
     ax.legend(fontsize=8)
   else:
     ax.text(0.5, 0.5, "no held-out pair with different gold scores", ha="center",
