@@ -176,9 +176,12 @@ class Evaluator:
             for e, t in zip(self.examples, texts)], texts
 
   def evaluate_mode(self, params, mode: str) -> dict:
-    """Gold scores of greedy answers to every held-out example in `mode`."""
+    """Gold scores of greedy answers to every held-out example in `mode`: the
+    summary, 'scores' per example (in `self.examples` order, for paired
+    comparisons such as win rates) and the first answer per family."""
     judgements, texts = self.judgements(params, mode)
     out = summarize(judgements)
+    out["scores"] = [j["score"] for j in judgements]
     out["samples"] = {}
     for e, t in zip(self.examples, texts):                    # the first answer per family
       out["samples"].setdefault(e.family, {"prompt": e.prompt, "answer": self.answer(mode, t),

@@ -339,17 +339,12 @@ def pretraining_loss(models: Models, params, n_batches: int, batch_size: int = 8
   return out
 
 
-def gold_scores(ev: evaluation.Evaluator, params, mode: str = "chat") -> list[float]:
-  """Per-example gold scores of greedy answers (the held-out examples, in order)."""
-  return [j["score"] for j in ev.judgements(params, mode)[0]]
-
-
 def evaluate(config, models: Models, sft_params, rlhf_params, workdir: str, log) -> dict:
   """eval.json: win rate vs SFT, per-family gold, honesty, refusals, alignment tax."""
   ev = evaluation.Evaluator(models.policy, models.tokenizer, models.world, config.eval)
   res = {name: ev.evaluate(p, modes=("chat", "few_shot"))
          for name, p in (("sft", sft_params), ("rlhf", rlhf_params))}
-  g_sft, g_rl = gold_scores(ev, sft_params), gold_scores(ev, rlhf_params)
+  g_sft, g_rl = res["sft"]["chat"]["scores"], res["rlhf"]["chat"]["scores"]   # paired by prompt
   families = [e.family for e in ev.examples]
   per_family_win = {f: win_rate([g for g, ff in zip(g_rl, families) if ff == f],
                                 [g for g, ff in zip(g_sft, families) if ff == f])["win_rate"]
