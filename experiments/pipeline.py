@@ -10,6 +10,14 @@ prompt ranked by the labeler, then the ranking loss) -> rlhf (PPO) and
 rlhf_ptx (PPO-ptx) -> report. An interrupted pipeline resumes where it
 stopped; a changed stage config reruns that stage and those after it.
 The report is --workdir/report.md with its plots beside it.
+
+--stages runs only the named stages (their upstream stages must be done), e.g.
+the two PPO runs side by side, then the report:
+  python -m experiments.pipeline --config=configs/pipeline.py:small \
+      --workdir=runs/pipeline_small --stages=rlhf &
+  python -m experiments.pipeline --config=configs/pipeline.py:small \
+      --workdir=runs/pipeline_small --stages=rlhf_ptx
+  python -m experiments.pipeline --config=configs/pipeline.py:small --workdir=runs/pipeline_small
 """
 
 import os
@@ -22,16 +30,18 @@ from gptjax import cli, metrics, pipeline
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/pipeline.py:tiny", "Config and preset.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/pipeline", "Where every stage writes.")
 _CACHE_DIR = flags.DEFINE_string("cache_dir", None, "Prepared datasets (default ~/.cache/gptjax).")
+_STAGES = flags.DEFINE_string("stages", None, "Comma-separated stages to run (default: all): "
+                              + ",".join(pipeline.ORDER) + ".")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
-  records = pipeline.run(_CONFIG.value, _WORKDIR.value, _CACHE_DIR.value)
+  records = pipeline.run(_CONFIG.value, _WORKDIR.value, _CACHE_DIR.value, only=_STAGES.value)
   print("\nstage            status     wall time")
   for name, r in records.items():
-    print(f"{name:<16} {'done' if r['done'] else 'unfinished':<10} "
+    print(f"{name:<16} {'done' if r['done'] else 'not done':<10} "
           f"{metrics.format_seconds(r['seconds'])}")
   print(f"\nreport: {os.path.join(os.path.abspath(_WORKDIR.value), 'report.md')}")
 

@@ -6,6 +6,12 @@ whether it finished, and its wall time. A finished stage whose fingerprint is
 unchanged is skipped; an unfinished one resumes (every stage checkpoints); a
 stage whose config (or an upstream stage) changed is cleared and rerun, and
 so are the stages after it.
+
+`only` (the command line's --stages) runs a subset whose upstream stages are
+done: rlhf and rlhf_ptx depend only on sft and reward_model, so two
+processes (or two machines sharing the workdir) can run them side by side.
+While a stage runs, its stage.json names the process; a second process that
+reaches the same stage stops with an error instead of writing beside it.
 """
 
 import dataclasses
@@ -13,8 +19,9 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import ml_collections
 
@@ -54,6 +61,24 @@ def write_stage(stage_dir: str, record: dict) -> None:
   os.replace(tmp, os.path.join(stage_dir, STAGE_FILE))
 
 
+def _running_elsewhere(record: dict | None) -> str | None:
+  """'pid N on host' if the record says a live process other than this one runs the stage."""
+  if not record or record.get("done") or "pid" not in record:
+    return None
+  pid, host = record["pid"], record.get("host")
+  if host != socket.gethostname():
+    return f"pid {pid} on {host}"   # cannot check another machine: trust the record
+  if pid == os.getpid():
+    return None
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return None                     # it died (a crash, a kill -9): resume its checkpoints
+  except PermissionError:
+    pass                            # alive, another user's
+  return f"pid {pid}"
+
+
 def run_stage(stage: Stage, workdir: str, upstream: list[str], log=print) -> dict:
   """Runs, resumes or skips one stage. Returns its stage.json record."""
   d = os.path.join(workdir, stage.name)
@@ -62,6 +87,11 @@ def run_stage(stage: Stage, workdir: str, upstream: list[str], log=print) -> dic
   if record and record["fingerprint"] == fp and record["done"]:
     log(f"[pipeline] {stage.name}: done ({metrics_lib.format_seconds(record['seconds'])}), skipped")
     return record
+  busy = _running_elsewhere(record)
+  if busy:
+    raise FileExistsError(f"stage {stage.name} is being run by {busy} ({d}/{STAGE_FILE}); "
+                          "wait for it, run the other stages with --stages, or, if no such process runs "
+                          "any more, delete the \"pid\" field from that file")
   if record and record["fingerprint"] != fp:
     log(f"[pipeline] {stage.name}: its config or an earlier stage changed: rerunning from scratch")
     shutil.rmtree(d)
@@ -72,14 +102,15 @@ def run_stage(stage: Stage, workdir: str, upstream: list[str], log=print) -> dic
     log(f"[pipeline] {stage.name}: resuming an unfinished run")
   os.makedirs(d, exist_ok=True)
   previous = record["seconds"] if record and record["fingerprint"] == fp else 0.0
-  write_stage(d, {"fingerprint": fp, "done": False, "seconds": previous})
+  write_stage(d, {"fingerprint": fp, "done": False, "seconds": previous, "pid": os.getpid(),
+                  "host": socket.gethostname()})
   log(f"[pipeline] ===== {stage.name} =====")
   t0 = time.perf_counter()
   try:
     stage.run(d)
   finally:
     elapsed = previous + time.perf_counter() - t0
-    write_stage(d, {"fingerprint": fp, "done": False, "seconds": elapsed})
+    write_stage(d, {"fingerprint": fp, "done": False, "seconds": elapsed})   # no pid: free
   record = {"fingerprint": fp, "done": True, "seconds": elapsed}
   write_stage(d, record)
   return record
@@ -125,13 +156,46 @@ def _with_ptx(c, coef: float):
   return c
 
 
-def run(config, workdir: str, cache_dir: str | None = None, log=print) -> dict:
-  """Runs every stage in order; returns {stage: stage.json record}."""
+def parse_stages(text: str | Sequence[str] | None) -> tuple[str, ...] | None:
+  """'rlhf,rlhf_ptx' -> ('rlhf', 'rlhf_ptx'); None or empty -> None (every stage)."""
+  if not text:
+    return None
+  names = tuple(n.strip() for n in (text.split(",") if isinstance(text, str) else text)
+                if n.strip())
+  unknown = [n for n in names if n not in ORDER]
+  if unknown:
+    raise ValueError(f"Unknown stage(s) {unknown}; stages are {', '.join(ORDER)}")
+  return names or None
+
+
+def run(config, workdir: str, cache_dir: str | None = None, log=print,
+        only: Sequence[str] | None = None) -> dict:
+  """Runs every stage in order (or those in `only`, whose upstream stages
+  must be done); returns {stage: stage.json record}."""
+  only = parse_stages(only)
   workdir = train.prepare_workdir(workdir)
   with open(os.path.join(workdir, "pipeline_config.json"), "w") as f:
     f.write(config.to_json(indent=2, sort_keys=True))
+  return run_stages(stages(config, workdir, cache_dir, log), workdir, log, only)
+
+
+def run_stages(stage_list: Sequence[Stage], workdir: str, log=print,
+               only: Sequence[str] | None = None) -> dict:
+  """The loop of `run` over any stages (each stage's `after` names earlier ones)."""
   records, fps = {}, {}
-  for stage in stages(config, workdir, cache_dir, log):
-    records[stage.name] = run_stage(stage, workdir, [fps[a] for a in stage.after], log)
+  for stage in stage_list:
+    upstream = [fps[a] for a in stage.after]
+    if only is None or stage.name in only:
+      not_done = [a for a in stage.after if not records[a]["done"]]
+      if not_done:
+        raise ValueError(f"stage {stage.name} needs {', '.join(not_done)}, not done in "
+                         f"{workdir} with this config; run it first (or leave out --stages)")
+      records[stage.name] = run_stage(stage, workdir, upstream, log)
+    else:   # not selected: as it stands on disk, or not done if its config changed
+      fp = fingerprint(stage.config, upstream)
+      record = read_stage(os.path.join(workdir, stage.name))
+      done = bool(record and record["fingerprint"] == fp and record["done"])
+      records[stage.name] = {"fingerprint": fp, "done": done,
+                             "seconds": record["seconds"] if done else 0.0}
     fps[stage.name] = records[stage.name]["fingerprint"]
   return records

@@ -77,6 +77,52 @@ def test_foreign_directory_is_not_overwritten(tmp_path):
   assert (tmp_path / "s" / "precious.txt").read_text() == "keep me"
 
 
+def test_selected_stages_run_beside_each_other(tmp_path):
+  calls = []
+  stages = lambda: [_stage("a", 1, calls), _stage("b", 2, calls, ("a",)),
+                    _stage("c", 3, calls, ("a",)), _stage("d", 4, calls, ("b", "c"))]
+  quiet = lambda _: None
+  with pytest.raises(ValueError, match="stage b needs a"):     # upstream not done yet
+    pipeline.run_stages(stages(), tmp_path, quiet, only=["b"])
+  pipeline.run_stages(stages(), tmp_path, quiet, only=["a"])
+  records = pipeline.run_stages(stages(), tmp_path, quiet, only=["c"])   # b's sibling
+  assert calls == ["a", "c"] and not records["b"]["done"] and records["c"]["done"]
+  pipeline.run_stages(stages(), tmp_path, quiet, only=["b"])
+  records = pipeline.run_stages(stages(), tmp_path, quiet)                # the rest: d only
+  assert calls == ["a", "c", "b", "d"] and all(r["done"] for r in records.values())
+  # The fingerprints chain as if the stages had run in one process.
+  calls.clear()
+  assert _run_all(stages(), tmp_path) == records and calls == []
+
+
+def test_parse_stages():
+  assert pipeline.parse_stages("rlhf, rlhf_ptx") == ("rlhf", "rlhf_ptx")
+  assert pipeline.parse_stages(None) is None and pipeline.parse_stages("") is None
+  with pytest.raises(ValueError, match="Unknown stage"):
+    pipeline.parse_stages("rlfh")
+
+
+def test_a_stage_running_in_another_process_is_not_entered(tmp_path):
+  import subprocess
+  import sys
+  other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+  try:
+    cfg = ml_collections.ConfigDict({"v": 1})
+    fp = pipeline.fingerprint(cfg, [])
+    (tmp_path / "s").mkdir()
+    pipeline.write_stage(tmp_path / "s", {"fingerprint": fp, "done": False, "seconds": 1.0,
+                                          "pid": other.pid, "host": pipeline.socket.gethostname()})
+    with pytest.raises(FileExistsError, match=f"being run by pid {other.pid}"):
+      pipeline.run_stage(pipeline.Stage("s", cfg, lambda d: None), tmp_path, [], log=lambda _: None)
+  finally:
+    other.kill()
+    other.wait()
+  # The process is gone (a crash): the stage resumes.
+  record = pipeline.run_stage(pipeline.Stage("s", cfg, lambda d: None), tmp_path, [],
+                              log=lambda _: None)
+  assert record["done"] and "pid" not in pipeline.read_stage(tmp_path / "s")
+
+
 def test_presets_are_valid():
   for preset in pipeline_configs.PRESETS:
     c = pipeline_configs.get_config(preset)
