@@ -13,8 +13,9 @@ Run:
 Presets:
   tiny   4 sizes x 3 compute budgets (10 points of 30-500 steps): CI, a few minutes.
   small  8 sizes (7k to 3.0M non-embedding parameters, 2.6 orders of magnitude)
-         x 4 budgets, 1e12 to 2.5e13 FLOPs (22 points, 2.2e14 FLOPs in all): about
-         two hours on an otherwise idle 2-core CPU.
+         x 3 budgets, 1e12 to 1e13 FLOPs (17 points, 9.2e13 FLOPs in all): 2h53m
+         of run time on a 2-core CPU shared with another job (README, "Scaling
+         sweep"); a 2.5e13 profile would add about three hours.
   base   8 sizes (3M to 680M) x 5 budgets, 1e17 to 1e19 FLOPs: for accelerators.
 
 The grid. Every point is `configs/pretrain.py:<base_preset>` (with `+world`,
@@ -94,5 +95,9 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   p.seed = 0
   c.probes = p
 
+  # L(N) is fitted on sizes whose largest-budget run saw at least this many
+  # tokens per non-embedding parameter (Hoffmann et al.'s compute-optimal ~20);
+  # below it a run is data-limited and its loss says little about its size.
+  c.fit_min_tokens_per_param = 20.0
   c.bootstrap = {"tiny": 200, "small": 1000, "base": 1000}[preset]   # resamples for CIs
   return c

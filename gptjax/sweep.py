@@ -357,8 +357,16 @@ def write_csv(rows: list[dict], path: str) -> list[str]:
   return header
 
 
-def compute_fits(rows: list[dict], n_boot: int, seed: int = 0) -> dict:
-  """L(N), L(D), IsoFLOP (approach 2) and compute-optimal ratios from finished runs."""
+def compute_fits(rows: list[dict], n_boot: int, seed: int = 0,
+                 min_tokens_per_param: float = 0.0) -> dict:
+  """L(N), L(D), IsoFLOP (approach 2) and compute-optimal ratios from finished runs.
+
+  L(N) is Kaplan's loss at convergence: each size at its largest token budget,
+  and only sizes whose run there saw >= min_tokens_per_param tokens per
+  non-embedding parameter. A grid of compute budgets gives its largest models
+  few tokens each; their loss measures the data, not the size, and the fit
+  would bend the wrong way (the loss rising with N).
+  """
   loss = lambda r: r["final_eval"]["mixed/loss"]
   fits: dict = {"loss": "mixed validation loss (nats/token, per-source losses weighted by "
                         "the mixture)",
@@ -370,10 +378,14 @@ def compute_fits(rows: list[dict], n_boot: int, seed: int = 0) -> dict:
     by_size.setdefault(r["size"], []).append(r)
 
   # L(N): each size at its largest token budget (the least data-limited run).
-  ln = sorted((max(rs, key=lambda r: r["tokens"]) for rs in by_size.values()),
-              key=lambda r: r["N"])
+  largest = sorted((max(rs, key=lambda r: r["tokens"]) for rs in by_size.values()),
+                   key=lambda r: r["N"])
+  ln = [r for r in largest if r["tokens"] / r["N"] >= min_tokens_per_param]
   fits["L_N"] = {"runs": [r["name"] for r in ln],
-                 "tokens_per_param": [r["tokens"] / r["N"] for r in ln]}
+                 "tokens_per_param": [r["tokens"] / r["N"] for r in ln],
+                 "min_tokens_per_param": min_tokens_per_param,
+                 "data_limited": {r["size"]: r["tokens"] / r["N"] for r in largest
+                                  if r["tokens"] / r["N"] < min_tokens_per_param}}
   x, y = [r["N"] for r in ln], [loss(r) for r in ln]
   for key, pure, need in (("offset", False, 3), ("pure", True, 2)):
     if len(ln) >= need:
@@ -437,7 +449,7 @@ def analyze(sweep, workdir: str, log: Callable[[str], None] = print) -> dict:
   if not rows:
     raise RuntimeError(f"no finished points under {workdir}/points; run the sweep first")
   write_csv(rows, os.path.join(workdir, "results.csv"))
-  fits = compute_fits(rows, sweep.bootstrap)
+  fits = compute_fits(rows, sweep.bootstrap, min_tokens_per_param=sweep.fit_min_tokens_per_param)
   fits["missing"] = missing
   _write_json(os.path.join(workdir, "fits.json"), _nan_to_none(fits))
   curves = {r["name"]: eval_curve(os.path.join(workdir, "points", r["name"]), r) for r in rows}

@@ -69,7 +69,8 @@ def plots(rows, fits, curves, workdir) -> list[str]:
     ax.scatter([], [], color=bcolors[b], s=18, label=f"run at C={b:.0e}")
   ln = [next(r for r in rows if r["name"] == n) for n in fits["L_N"]["runs"]]
   ax.scatter([r["N"] for r in ln], [_loss(r) for r in ln], facecolor="none", edgecolor="k",
-             s=70, label="largest D per size (fitted)")
+             s=70, label=f">= {fits['L_N'].get('min_tokens_per_param', 0):g} tokens/param "
+                         "at the largest D (fitted)")
   xs = np.geomspace(min(r["N"] for r in rows) / 1.5, max(r["N"] for r in rows) * 1.5, 100)
   for key, style in (("offset", "-"), ("pure", "--")):
     f = fits["L_N"].get(key, {})
@@ -77,7 +78,7 @@ def plots(rows, fits, curves, workdir) -> list[str]:
       ax.plot(xs, scaling.PowerLaw(**f["fit"])(xs), "k" + style, lw=1,
               label=_fit_label(f, "N"))
   ax.set(xscale="log", xlabel="non-embedding parameters N", ylabel="validation loss (nats/token)",
-         title="L(N): loss vs model size (fit: each size at its largest D)")
+         title="L(N): loss vs model size (fit: sizes not data-limited)")
   ax.legend(fontsize=7, loc="best")
   save(fig, "loss_vs_params.png")
 
@@ -254,8 +255,12 @@ def report(rows, fits, missing, plot_names, sweep) -> str:
 
   add("## Fitted laws\n")
   ln, ld, iso = fits["L_N"], fits.get("L_D", {}), fits["isoflop"]
-  add(f"- L(N), each size at its largest token budget ({_range(ln['tokens_per_param'])} tokens "
-      "per non-embedding parameter):")
+  limited = ", ".join(f"{k} ({v:.1f})" for k, v in ln.get("data_limited", {}).items())
+  add(f"- L(N), each size at its largest token budget, sizes whose run there saw at least "
+      f"{ln.get('min_tokens_per_param', 0):g} tokens per non-embedding parameter "
+      f"({len(ln['runs'])} sizes, {_range(ln['tokens_per_param'])} tokens per parameter)"
+      + (f"; left out as data-limited (tokens per parameter): {limited}" if limited else "")
+      + ":")
   add(f"  - {_fmt_fit(ln.get('offset'), 'E + A/N^alpha: alpha_N')}")
   add(f"  - {_fmt_fit(ln.get('pure'), 'Kaplan form A/N^alpha (E = 0): alpha_N')}")
   if "size" in ld:
@@ -359,9 +364,10 @@ def _differences(rows, fits) -> list[str]:
     out.append(
         f"Convergence: the L(N) runs saw {min(tpp):,.0f}-{max(tpp):,.0f} tokens per parameter "
         "under a fixed cosine schedule, not training to convergence with early stopping as "
-        "Kaplan did; the largest models are the least converged, which flattens L(N) at the "
-        "top and biases alpha_N low (or, where small models have passed many epochs of the "
-        "small corpus, high).")
+        "Kaplan did. A grid of compute budgets gives its largest models the fewest tokens, so "
+        f"{len(ln.get('data_limited', {}))} sizes were left out of L(N) as data-limited and the "
+        "fit covers only the smaller sizes; the small ones have passed several epochs of the "
+        "small corpus, which can bias alpha_N either way.")
   D_max = max(r["tokens"] for r in rows)
   out.append(
       f"Data: the largest run read {D_max:,} tokens of a few-MB corpus (English prose, Python "

@@ -247,3 +247,20 @@ def test_tiny_sweep_resumes_and_skips_finished_points(tmp_path, data_cache_dir):
   assert fits["n_runs"] == 1 and fits["missing"][0]["state"] == "failed"
   for name in ("results.csv", "fits.json", "report.md"):
     assert os.path.exists(os.path.join(workdir, name))
+
+
+def test_l_of_n_leaves_out_data_limited_sizes():
+  # Converged sizes follow L = 2 + 30 N^-0.3; the largest size saw 2 tokens per
+  # parameter and sits far above the law (the compute grid's largest model).
+  rows = []
+  for i, (N, tokens) in enumerate([(1e4, 1e6), (3e4, 2e6), (1e5, 4e6), (3e5, 8e6), (1e6, 2e6)]):
+    converged = tokens / N >= 20
+    loss = 2 + 30 * N ** -0.3 if converged else 4.5
+    rows.append({"name": f"r{i}", "size": f"s{i}", "N": N, "n_params": 2 * N, "tokens": tokens,
+                 "budget": 1e12, "flops": 6 * N * tokens, "final_eval": {"mixed/loss": loss}})
+  fits = sweep.compute_fits(rows, n_boot=50, min_tokens_per_param=20)
+  assert fits["L_N"]["runs"] == ["r0", "r1", "r2", "r3"]
+  assert fits["L_N"]["data_limited"] == {"s4": 2.0}
+  assert fits["L_N"]["offset"]["fit"]["alpha"] == pytest.approx(0.3, abs=0.02)
+  everything = sweep.compute_fits(rows, n_boot=50)        # threshold 0: every size
+  assert len(everything["L_N"]["runs"]) == 5 and not everything["L_N"]["data_limited"]
