@@ -17,8 +17,6 @@ each turns over.
 import json
 import os
 
-import numpy as np
-
 from gptjax import metrics as metrics_lib
 from gptjax import rlhf
 

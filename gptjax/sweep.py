@@ -380,12 +380,12 @@ def compute_fits(rows: list[dict], n_boot: int, seed: int = 0,
   # L(N): each size at its largest token budget (the least data-limited run).
   largest = sorted((max(rs, key=lambda r: r["tokens"]) for rs in by_size.values()),
                    key=lambda r: r["N"])
-  ln = [r for r in largest if r["tokens"] / r["N"] >= min_tokens_per_param]
+  per_param = lambda r: r["tokens"] / r["N"]
+  ln = [r for r in largest if per_param(r) >= min_tokens_per_param]
   fits["L_N"] = {"runs": [r["name"] for r in ln],
-                 "tokens_per_param": [r["tokens"] / r["N"] for r in ln],
+                 "tokens_per_param": [per_param(r) for r in ln],
                  "min_tokens_per_param": min_tokens_per_param,
-                 "data_limited": {r["size"]: r["tokens"] / r["N"] for r in largest
-                                  if r["tokens"] / r["N"] < min_tokens_per_param}}
+                 "data_limited": {r["size"]: per_param(r) for r in largest if r not in ln}}
   x, y = [r["N"] for r in ln], [loss(r) for r in ln]
   for key, pure, need in (("offset", False, 3), ("pure", True, 2)):
     if len(ln) >= need:
