@@ -13,8 +13,7 @@ controller), critic initialised from the reward model.
 
 import ml_collections
 
-from configs import pretrain as pretrain_configs
-from configs import sft as sft_configs
+from configs import pretrain as pretrain_configs, sft as sft_configs
 
 PRESETS = pretrain_configs.PRESETS
 

@@ -31,6 +31,8 @@ tokenizer, trained once into <workdir>/tokenizer.model.
 
 import ml_collections
 
+from configs import pretrain
+
 PRESETS = ("tiny", "small", "base")
 
 
@@ -60,6 +62,7 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   c.preset = preset
   # Every point is an ordinary configs/pretrain.py config of this preset ...
   c.base_preset = {"tiny": "tiny+world", "small": "small+world", "base": "base+world"}[preset]
+  c.base = pretrain.get_config(c.base_preset)
   # ... with these fields replaced (same nesting as the pretraining config).
   # measure_peak off: the sweep plots loss against FLOPs, not MFU, and on a
   # CPU timing the matmul peak costs as much as a tiny run.

@@ -21,14 +21,22 @@ import os
 import platform
 import time
 
-from absl import flags, logging
-from ml_collections import config_flags
-
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags, logging
+from ml_collections import config_flags
 
-from gptjax import cli, losses, metrics, model as model_lib, pretraining as pretrain, sampling, sharding, train
+from gptjax import (
+  cli,
+  losses,
+  metrics,
+  model as model_lib,
+  pretraining as pretrain,
+  sampling,
+  sharding,
+  train,
+)
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/pretrain.py:small",
                                           "Pretraining config whose model is measured.")
@@ -58,7 +66,7 @@ def random_batch(rng: np.random.Generator, batch: int, seq: int, vocab: int) -> 
 
 
 def bench_train(config, mesh) -> dict:
-  model = pretrain.build_model(config)
+  model = model_lib.build(config)
   t = config.train
   T = config.model.max_len
   rng = np.random.default_rng(0)

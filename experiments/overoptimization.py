@@ -15,7 +15,8 @@ prints where each run's gold score peaked and where it ended.
 
 from absl import app, flags
 
-from gptjax import cli, overoptimization
+from gptjax import cli
+from gptjax.rlhf import overoptimization
 
 _RUNS = flags.DEFINE_list("runs", None, "RLHF workdirs, comma-separated.", required=True)
 _OUT = flags.DEFINE_string("out", "runs/overoptimization", "Where the JSON and PNG go.")

@@ -25,20 +25,23 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from gptjax import cli, metrics, pipeline
+from configs import pipeline as pipeline_configs
+from gptjax import cli, metrics
+from gptjax.pipeline import stages
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/pipeline.py:tiny", "Config and preset.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/pipeline", "Where every stage writes.")
 _CACHE_DIR = flags.DEFINE_string("cache_dir", None, "Prepared datasets (default ~/.cache/gptjax).")
 _STAGES = flags.DEFINE_string("stages", None, "Comma-separated stages to run (default: all): "
-                              + ",".join(pipeline.ORDER) + ".")
+                              + ",".join(stages.ORDER) + ".")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
-  records = pipeline.run(_CONFIG.value, _WORKDIR.value, _CACHE_DIR.value, only=_STAGES.value)
+  config = cli.checked(_CONFIG.value, pipeline_configs.get_config)
+  records = stages.run(config, _WORKDIR.value, _CACHE_DIR.value, only=_STAGES.value)
   print("\nstage            status     wall time")
   for name, r in records.items():
     print(f"{name:<16} {'done' if r['done'] else 'not done':<10} "

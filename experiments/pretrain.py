@@ -13,6 +13,7 @@ Ctrl-C saves one before exiting.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from configs import pretrain as pretrain_configs
 from gptjax import cli, pretraining
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -26,7 +27,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
-  _, summary, _, _ = pretraining.run(_CONFIG.value, _WORKDIR.value, _CACHE_DIR.value)
+  config = cli.checked(_CONFIG.value, pretrain_configs.get_config)
+  _, summary, _, _ = pretraining.run(config, _WORKDIR.value, _CACHE_DIR.value)
   ev = summary.get("last_eval", {})
   print(f"done: {summary['steps']} steps; unigram entropy {summary['unigram_entropy']:.3f} nats; "
         + "  ".join(f"{k} {v:.3f}" for k, v in ev.items() if k.endswith("/loss")))

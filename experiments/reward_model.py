@@ -15,7 +15,9 @@ scaling), calibration.png and data_scaling.png into --workdir.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from gptjax import cli, reward_modeling
+from configs import reward_model as rm_configs
+from gptjax import cli
+from gptjax.reward_model import training as rm_training
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/reward_model.py:tiny", "Config file and preset.")
@@ -27,7 +29,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
-  reward_modeling.run(_CONFIG.value, _WORKDIR.value, _SFT.value)
+  config = cli.checked(_CONFIG.value, rm_configs.get_config)
+  rm_training.run(config, _WORKDIR.value, _SFT.value)
 
 
 if __name__ == "__main__":

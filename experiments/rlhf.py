@@ -14,7 +14,9 @@ decline rates, alignment tax), curves.png and overoptimization.png.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from gptjax import cli, rlhf
+from configs import rlhf as rlhf_configs
+from gptjax import cli
+from gptjax.rlhf import loop as rlhf_loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/rlhf.py:tiny", "Config and preset.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/rlhf", "Where outputs go.")
@@ -26,7 +28,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
-  rlhf.run(_CONFIG.value, _WORKDIR.value, _SFT.value, _RM.value)
+  config = cli.checked(_CONFIG.value, rlhf_configs.get_config)
+  rlhf_loop.run(config, _WORKDIR.value, _SFT.value, _RM.value)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,9 @@ PNG plots and report.md into --workdir.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from gptjax import cli, sweep
+from configs import scaling_sweep as sweep_configs
+from gptjax import cli
+from gptjax.scaling import sweep
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/scaling_sweep.py:tiny", "Sweep config and preset.")
@@ -37,7 +39,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
-  config, workdir = _CONFIG.value, _WORKDIR.value
+  config = cli.checked(_CONFIG.value, sweep_configs.get_config)
+  workdir = _WORKDIR.value
   i, n = sweep.parse_shard(_SHARD.value)
   if _DRY_RUN.value:
     points = sweep.make_points(config)

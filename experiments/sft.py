@@ -16,6 +16,7 @@ Rerunning the same command resumes. Then talk to it:
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from configs import sft as sft_configs
 from gptjax import cli, sft
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -30,7 +31,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
-  _, summary, report = sft.run(_CONFIG.value, _WORKDIR.value, _PRETRAINED.value)
+  config = cli.checked(_CONFIG.value, sft_configs.get_config)
+  _, summary, report = sft.run(config, _WORKDIR.value, _PRETRAINED.value)
   table = report["table"]["MEAN"]
   print(f"done: {summary['steps']} steps; mean gold score "
         + "  ".join(f"{k} {v:.3f}" for k, v in table.items())

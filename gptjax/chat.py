@@ -11,13 +11,13 @@ import sys
 
 import jax
 
-from gptjax import sampling, sft
+from gptjax import runs, sampling
 
 
 class Chat:
   """A conversation with one loaded run; `reply` streams the answer."""
 
-  def __init__(self, run: sft.LoadedRun, params_sampling: sampling.SamplingParams,
+  def __init__(self, run: runs.LoadedRun, params_sampling: sampling.SamplingParams,
                max_new_tokens: int, system: str = "", seed: int = 0):
     self.run, self.sampling = run, params_sampling.validate()
     self.params = jax.device_put(jax.device_get(run.params), jax.devices()[0])
@@ -63,15 +63,15 @@ class Chat:
     return answer
 
 
-def load(workdir: str) -> sft.LoadedRun:
+def load(workdir: str) -> runs.LoadedRun:
   """A chat-able run: an SFT/pretraining workdir, or an RLHF workdir's exported policy."""
   policy = os.path.join(workdir, "policy")
   if os.path.exists(os.path.join(policy, "config.json")):
     workdir = policy
-  return sft.load_run(workdir)
+  return runs.load_run(workdir)
 
 
-def transcript(run: sft.LoadedRun, turns: list[str], max_new_tokens: int,
+def transcript(run: runs.LoadedRun, turns: list[str], max_new_tokens: int,
                system: str = "") -> list[dict[str, str]]:
   """Greedy answers to a scripted multi-turn conversation (history kept)."""
   chat = Chat(run, sampling.GREEDY, max_new_tokens, system)

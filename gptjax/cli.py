@@ -25,6 +25,8 @@ import sys
 
 from absl import app, flags
 
+from gptjax import config as config_lib
+
 
 def _field(arg: str) -> str:
   """'--config.model.n_layer=4' -> 'n_layer'."""
@@ -51,6 +53,17 @@ def parse_flags(argv: list[str]) -> list[str]:
       msg = f"{arg}: {msg}"
   sys.stderr.write(f"FATAL Flags parsing error: {msg}\nPass --helpfull to see help on flags.\n")
   sys.exit(1)
+
+
+def checked(config, get_reference):
+  """`config` after checking that it has no field its preset's reference lacks.
+
+  get_reference: the config file's `get_config` (experiments pass it, so the
+  library never imports configs/). A hand-written config file with a typo'd
+  field fails here, in the first second, naming the field.
+  """
+  config_lib.check_fields(config, get_reference(config.preset))
+  return config
 
 
 # Errors whose message is the whole story: gptjax raises them for bad input

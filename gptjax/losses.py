@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from gptjax import heads
+
 
 def token_cross_entropy(logits, targets, mask):
   """Masked next-token cross-entropy.
@@ -69,13 +71,12 @@ def reward_loss_fn(model):
   The K responses of one prompt form one batch element: K forward passes
   (one [B*K, T] call) give all C(K, 2) comparisons.
   """
-  from gptjax import reward  # avoids a cycle: reward imports model only
   def loss_fn(params, batch, rng, train: bool):
     B, K, T = batch["tokens"].shape
     tokens = batch["tokens"].reshape(B * K, T)
     mask = batch["token_mask"].reshape(B * K, T)
     values = model.apply({"params": params}, tokens, None, mask, deterministic=not train,
                          rngs={"dropout": rng} if train else None)            # [B*K, T]
-    rewards = reward.final_score(values, mask).reshape(B, K)
+    rewards = heads.final_score(values, mask).reshape(B, K)
     return ranking_loss(rewards, batch["ranking"])
   return loss_fn

@@ -190,7 +190,7 @@ class Trunk(nn.Module):
   """Embeddings and blocks up to the final LayerNorm: tokens -> hidden [B, T, D].
 
   Shared by the language model (`Transformer`) and the scalar heads
-  (reward and value models) in `gptjax.reward`.
+  (reward and value models) in `gptjax.heads`.
   """
   cfg: TransformerConfig
 
@@ -234,6 +234,11 @@ class Transformer(nn.Module):
     wte = wte.value if isinstance(wte, nn.Partitioned) else wte
     logits = jnp.einsum("btd,vd->btv", x, wte.astype(self.cfg.dtype))
     return nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+
+
+def build(config: ml_collections.ConfigDict) -> Transformer:
+  """The Transformer of a run config (its `model` section)."""
+  return Transformer(TransformerConfig.from_config(config.model))
 
 
 def count_params(params, exclude_embeddings: bool = False) -> int:

@@ -1,21 +1,19 @@
 """Pretraining as a composition: tokenizer -> data pipeline -> Task -> train loop.
 
 `experiments/pretrain.py` is its command line; SFT, the benchmark and the
-scaling sweep reuse `build_model`, `build_task` and `sample_texts`.
+scaling sweep reuse `build_task` and `sample_texts`.
 """
 
 import jax
 
-from configs import pretrain as pretrain_configs
-from gptjax import config as config_lib
-from gptjax import losses, model as model_lib, sampling, sharding, train
-from gptjax.data.pipeline import Pipeline
-from gptjax.tokenizer import Tokenizer, load_or_train_tokenizer
+from gptjax import config as config_lib, losses, model as model_lib, sampling, sharding, train
+from gptjax.data.packing import Pipeline
+from gptjax.data.tokenizer_corpus import load_or_train_tokenizer
+from gptjax.tokenizer import Tokenizer
 
 
 def validate(config) -> None:
   """Fails in the first second, naming the field, instead of after data preparation."""
-  config_lib.check_fields(config, pretrain_configs.get_config(config.preset))
   model_lib.TransformerConfig.from_config(config.model)
   config_lib.validate_train(config.train)
   config_lib.require(config.train.sample_tokens > 0, "train.sample_tokens",
@@ -23,10 +21,6 @@ def validate(config) -> None:
   mesh = sharding.mesh_shape(config.mesh, len(sharding.mesh_devices(config.mesh)))
   config_lib.require(config.train.batch_size % (mesh[0] * mesh[1]) == 0, "train.batch_size",
                      config.train.batch_size, f"a multiple of mesh data x fsdp = {mesh[0] * mesh[1]}")
-
-
-def build_model(config) -> model_lib.Transformer:
-  return model_lib.Transformer(model_lib.TransformerConfig.from_config(config.model))
 
 
 def sample_texts(model, params, tokenizer: Tokenizer, prompts, max_new_tokens: int,
@@ -41,7 +35,7 @@ def sample_texts(model, params, tokenizer: Tokenizer, prompts, max_new_tokens: i
 
 def build_task(config, pipeline: Pipeline, tokenizer: Tokenizer, log=print) -> train.Task:
   """The pretraining Task: next-token loss on mixture batches, eval per source."""
-  model = build_model(config)
+  model = model_lib.build(config)
   t = config.train
   example = pipeline.train_batch(0, t.batch_size)
 

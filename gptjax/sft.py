@@ -28,13 +28,17 @@ from typing import Sequence
 import ml_collections
 import numpy as np
 
-from configs import sft as sft_configs
-from gptjax import config as config_lib
-from gptjax import evaluation, losses, metrics as metrics_lib, pretraining, sharding, train
-from gptjax.data import sources
-from gptjax.tasks import instructions, world as world_lib
+from gptjax import (
+  config as config_lib,
+  evaluation,
+  losses,
+  metrics as metrics_lib,
+  runs,
+  sharding,
+  train,
+)
+from gptjax.tasks import instructions
 from gptjax.tokenizer import Tokenizer
-
 
 # ----------------------------------------------------------------------------
 # Demonstrations -> token rows.
@@ -125,54 +129,16 @@ def batch_rows(step: int, batch_size: int, n_rows: int, seed: int) -> np.ndarray
 
 
 # ----------------------------------------------------------------------------
-# Loading a run's params.
-
-@dataclasses.dataclass
-class LoadedRun:
-  config: ml_collections.ConfigDict   # the run's config.json
-  model: object
-  params: object
-  tokenizer: Tokenizer
-  step: int
-  workdir: str = ""
-
-
-def load_run(workdir: str, step: int | None = None) -> LoadedRun:
-  """Config, tokenizer and params of a pretrain or SFT workdir (latest checkpoint).
-
-  Raises:
-    FileNotFoundError: naming what is missing (config, tokenizer, checkpoint).
-  """
-  workdir = os.path.abspath(workdir)
-  for name in ("config.json", "tokenizer.model"):
-    if not os.path.exists(os.path.join(workdir, name)):
-      raise FileNotFoundError(f"{workdir} has no {name}: is it a gptjax run's --workdir?")
-  config = config_lib.load(os.path.join(workdir, "config.json"))
-  model = pretraining.build_model(config)
-  params, step = train.restore_params(
-      workdir, config, model, {"tokens": np.zeros((1, config.model.max_len), np.int32)}, step)
-  return LoadedRun(config, model, params,
-                   Tokenizer.load(os.path.join(workdir, "tokenizer.model")), step, workdir)
-
-
-def world_of(config) -> world_lib.World:
-  """The synthetic world a run was pretrained on (from its data section)."""
-  w = sources.world_config(config)
-  return world_lib.make_world(w["seed"], n_entities=w["n_entities"])
-
-
-# ----------------------------------------------------------------------------
 # The Task.
 
 def validate(config) -> None:
-  config_lib.check_fields(config, sft_configs.get_config(config.preset))
   config_lib.validate_train(config.train)
   config_lib.require(config.sft.n_demos > 0, "sft.n_demos", config.sft.n_demos, "> 0")
   config_lib.require(config.eval.n_per_family > 0, "eval.n_per_family",
                      config.eval.n_per_family, "> 0")
 
 
-def resolve(config, pretrained: LoadedRun, pretrained_dir: str) -> ml_collections.ConfigDict:
+def resolve(config, pretrained: runs.LoadedRun, pretrained_dir: str) -> ml_collections.ConfigDict:
   """The SFT config plus the pretrained run's model and data sections, so the
   SFT workdir describes itself (chat and later stages load it alone)."""
   out = ml_collections.ConfigDict(config.to_dict())
@@ -209,13 +175,6 @@ def build_task(config, model, rows: PackedRows, heldout: PackedRows, init_params
       init_params=lambda rng: init_params, on_eval=on_eval)
 
 
-def _write_json(path: str, obj) -> None:
-  tmp = f"{path}.{os.getpid()}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
-
-
 def run(config, workdir: str, pretrained_dir: str | None = None, log=print):
   """Pretrained run -> eval -> SFT -> eval. Returns (state, summary, report).
 
@@ -229,13 +188,13 @@ def run(config, workdir: str, pretrained_dir: str | None = None, log=print):
                      "or set config.pretrained.")
   sharding.maybe_initialize_distributed()
   workdir = train.prepare_workdir(workdir)
-  base = load_run(pretrained_dir)
+  base = runs.load_run(pretrained_dir)
   log(f"[sft] pretrained {base.config.preset} run {pretrained_dir} at step {base.step}")
   config = resolve(config, base, pretrained_dir)
   config_lib.save(config, workdir)
   shutil.copyfile(os.path.join(pretrained_dir, "tokenizer.model"),
                   os.path.join(workdir, "tokenizer.model"))
-  tokenizer, world, seq_len = base.tokenizer, world_of(config), config.model.max_len
+  tokenizer, world, seq_len = base.tokenizer, runs.world_of(config), config.model.max_len
 
   s = config.sft
   train_examples = instructions.make_mixture(world, s.n_demos, s.demo_seed, "train")
@@ -258,7 +217,7 @@ def run(config, workdir: str, pretrained_dir: str | None = None, log=print):
     log("[sft] evaluating the pretrained model ...")
     before = evaluator.evaluate(base.params, modes=("zero_shot", "few_shot", "chat"),
                                 degeneration_mode="zero_shot")
-    _write_json(before_path, before)
+    runs.write_json(before_path, before)
     writer.write(0, "gold_pretrained", **evaluation.flat_scores(before))
   log(evaluation.format_table({"pretrained": before}))
 
@@ -276,6 +235,6 @@ def run(config, workdir: str, pretrained_dir: str | None = None, log=print):
             "data": {"demonstrations": rows.n_conversations, "dropped": rows.n_dropped,
                      "rows": int(len(rows.ids)), "assistant_tokens": n_target},
             "steps": summary["steps"], "last_eval": summary.get("last_eval", {})}
-  _write_json(os.path.join(workdir, "eval.json"), report)
+  runs.write_json(os.path.join(workdir, "eval.json"), report)
   log(evaluation.format_table({"pretrained": before, "sft": after}))
   return state, summary, report

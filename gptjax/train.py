@@ -24,10 +24,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from gptjax import checkpoint as ckpt_lib
-from gptjax import metrics as metrics_lib
-from gptjax import model as model_lib
-from gptjax import sharding
+from gptjax import checkpoint as ckpt_lib, metrics as metrics_lib, model as model_lib, sharding
 
 
 @struct.dataclass

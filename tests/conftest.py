@@ -1,4 +1,5 @@
 import os
+
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -7,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 
 # data fixtures
 #
@@ -35,7 +35,7 @@ def data_cache_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_tokenizer(data_config, tmp_path_factory):
   """A 512-piece tokenizer trained on `data_config`'s mixture."""
-  from gptjax.tokenizer import load_or_train_tokenizer
+  from gptjax.data.tokenizer_corpus import load_or_train_tokenizer
   return load_or_train_tokenizer(data_config,
                                  tmp_path_factory.mktemp("tokenizer"))
 

@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, run_entry_point
 
 
@@ -26,9 +25,8 @@ def test_chat_answers_prompt(sft_run):
 
 @pytest.mark.slow
 def test_chat_keeps_history_and_truncates(sft_run):
-  from gptjax import sampling, sft
-  from gptjax import chat as chat_lib
-  run = sft.load_run(str(sft_run["sft"]))
+  from gptjax import chat as chat_lib, runs, sampling
+  run = runs.load_run(str(sft_run["sft"]))
   chat = chat_lib.Chat(run, sampling.GREEDY, max_new_tokens=16, system="Be brief.")
   out = []
   for question in ("What is 12 plus 30?", "Reverse the word 'cat'.", "Add 1 and 2.",

@@ -1,7 +1,6 @@
 """Bad command lines fail at start with one line naming the problem, not a traceback."""
 
 import pytest
-
 from conftest import run_entry_point
 
 
@@ -81,6 +80,7 @@ def test_stop_signal_saves_a_checkpoint_and_exits_130(tmp_path, data_cache_dir, 
   import subprocess
   import sys
   import time
+
   from conftest import REPO
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   env.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")

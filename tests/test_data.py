@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from gptjax.data import Pipeline, builder, pipeline, sources
+from gptjax.data import Pipeline, builder, packing, sources
 
 
 def doc_ids(spec, config, split):
@@ -84,12 +84,12 @@ def test_empty_directory_is_a_value_error(tmp_path, data_config):
   (tmp_path / "image.png").write_bytes(b"\x89PNG")
   with pytest.raises(ValueError, match="empty corpus directory.*" +
                      str(tmp_path.name)):
-    pipeline.validate_mixture({f"dir:{tmp_path}": 1.0})
+    packing.validate_mixture({f"dir:{tmp_path}": 1.0})
 
 
 def test_missing_directory_is_file_not_found(tmp_path):
   with pytest.raises(FileNotFoundError, match="does_not_exist"):
-    pipeline.validate_mixture({f"dir:{tmp_path / 'does_not_exist'}": 1.0})
+    packing.validate_mixture({f"dir:{tmp_path / 'does_not_exist'}": 1.0})
 
 
 @pytest.mark.parametrize("mixture, match", [
@@ -100,7 +100,7 @@ def test_missing_directory_is_file_not_found(tmp_path):
 ])
 def test_bad_mixture_is_a_value_error(mixture, match):
   with pytest.raises(ValueError, match=match):
-    pipeline.validate_mixture(mixture)
+    packing.validate_mixture(mixture)
 
 
 def test_register_source(data_config):
@@ -112,7 +112,7 @@ def test_register_source(data_config):
     assert "test_counting" in sources.source_names()
     validation = doc_ids("test_counting", data_config, "validation")
     assert 0 < len(validation) < 20
-    pipeline.validate_mixture({"test_counting": 1.0})
+    packing.validate_mixture({"test_counting": 1.0})
   finally:
     del sources._REGISTRY["test_counting"]
 

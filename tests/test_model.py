@@ -295,13 +295,13 @@ def test_count_params_and_flops_per_token_by_hand():
 def test_train_loop_flops_per_token_for_lm_and_scalar_head():
   """MFU numerator of every Transformer task: the LM's tied embedding is a matmul
   (the output projection); the reward model only looks it up, and adds a head."""
-  from gptjax import reward, train
+  from gptjax import heads, train
   cfg = model_lib.TransformerConfig(vocab_size=100, max_len=20, n_layer=3, n_head=2,
                                     d_model=8, d_ff=24)
   tokens = np.zeros((1, 20), np.int32)
   total, non_embedding = hand_count(cfg)
   for model, n_matmul in [(model_lib.Transformer(cfg), non_embedding + 800),
-                          (reward.ScalarHeadModel(cfg), non_embedding + 8 + 1)]:
+                          (heads.ScalarHeadModel(cfg), non_embedding + 8 + 1)]:
     params = nn.meta.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), tokens)["params"])
     task = train.Task(name="t", model=model, loss_fn=None, train_batch=None,
                       example_batch={"tokens": tokens}, tokens_per_step=20)

@@ -2,7 +2,6 @@
 shared by the end-to-end checks (slow): report, skipping, RLHF behaviour and
 resume, and the Colab notebook executed top to bottom."""
 
-import json
 import os
 
 import ml_collections
@@ -10,8 +9,8 @@ import numpy as np
 import pytest
 
 from configs import pipeline as pipeline_configs
-from gptjax import metrics, pipeline
-
+from gptjax import metrics
+from gptjax.pipeline import stages as pipeline_lib
 
 # ---------------------------------------------------------------- stage logic (fast)
 
@@ -21,13 +20,13 @@ def _stage(name, value, calls, after=()):
     calls.append(name)
     with open(os.path.join(d, "out.txt"), "w") as f:
       f.write(str(value))
-  return pipeline.Stage(name, cfg, run, after)
+  return pipeline_lib.Stage(name, cfg, run, after)
 
 
 def _run_all(stages, workdir):
   fps, records = {}, {}
   for s in stages:
-    records[s.name] = pipeline.run_stage(s, workdir, [fps[a] for a in s.after], log=lambda _: None)
+    records[s.name] = pipeline_lib.run_stage(s, workdir, [fps[a] for a in s.after], log=lambda _: None)
     fps[s.name] = records[s.name]["fingerprint"]
   return records
 
@@ -59,21 +58,21 @@ def test_interrupted_stage_resumes_and_keeps_its_files(tmp_path):
     raise KeyboardInterrupt
   cfg = ml_collections.ConfigDict({"v": 1})
   with pytest.raises(KeyboardInterrupt):
-    pipeline.run_stage(pipeline.Stage("s", cfg, crash), tmp_path, [], log=lambda _: None)
-  record = pipeline.read_stage(tmp_path / "s")
+    pipeline_lib.run_stage(pipeline_lib.Stage("s", cfg, crash), tmp_path, [], log=lambda _: None)
+  record = pipeline_lib.read_stage(tmp_path / "s")
   assert record["done"] is False
   seen = []
-  pipeline.run_stage(pipeline.Stage("s", cfg, lambda d: seen.append(os.listdir(d))), tmp_path, [],
+  pipeline_lib.run_stage(pipeline_lib.Stage("s", cfg, lambda d: seen.append(os.listdir(d))), tmp_path, [],
                      log=lambda _: None)
   assert "partial.txt" in seen[0]                 # resumed in place, not wiped
-  assert pipeline.read_stage(tmp_path / "s")["done"] is True
+  assert pipeline_lib.read_stage(tmp_path / "s")["done"] is True
 
 
 def test_foreign_directory_is_not_overwritten(tmp_path):
   (tmp_path / "s").mkdir()
   (tmp_path / "s" / "precious.txt").write_text("keep me")
   with pytest.raises(FileExistsError, match="not a pipeline stage"):
-    pipeline.run_stage(_stage("s", 1, []), tmp_path, [], log=lambda _: None)
+    pipeline_lib.run_stage(_stage("s", 1, []), tmp_path, [], log=lambda _: None)
   assert (tmp_path / "s" / "precious.txt").read_text() == "keep me"
 
 
@@ -83,12 +82,12 @@ def test_selected_stages_run_beside_each_other(tmp_path):
                     _stage("c", 3, calls, ("a",)), _stage("d", 4, calls, ("b", "c"))]
   quiet = lambda _: None
   with pytest.raises(ValueError, match="stage b needs a"):     # upstream not done yet
-    pipeline.run_stages(stages(), tmp_path, quiet, only=["b"])
-  pipeline.run_stages(stages(), tmp_path, quiet, only=["a"])
-  records = pipeline.run_stages(stages(), tmp_path, quiet, only=["c"])   # b's sibling
+    pipeline_lib.run_stages(stages(), tmp_path, quiet, only=["b"])
+  pipeline_lib.run_stages(stages(), tmp_path, quiet, only=["a"])
+  records = pipeline_lib.run_stages(stages(), tmp_path, quiet, only=["c"])   # b's sibling
   assert calls == ["a", "c"] and not records["b"]["done"] and records["c"]["done"]
-  pipeline.run_stages(stages(), tmp_path, quiet, only=["b"])
-  records = pipeline.run_stages(stages(), tmp_path, quiet)                # the rest: d only
+  pipeline_lib.run_stages(stages(), tmp_path, quiet, only=["b"])
+  records = pipeline_lib.run_stages(stages(), tmp_path, quiet)                # the rest: d only
   assert calls == ["a", "c", "b", "d"] and all(r["done"] for r in records.values())
   # The fingerprints chain as if the stages had run in one process.
   calls.clear()
@@ -96,10 +95,10 @@ def test_selected_stages_run_beside_each_other(tmp_path):
 
 
 def test_parse_stages():
-  assert pipeline.parse_stages("rlhf, rlhf_ptx") == ("rlhf", "rlhf_ptx")
-  assert pipeline.parse_stages(None) is None and pipeline.parse_stages("") is None
+  assert pipeline_lib.parse_stages("rlhf, rlhf_ptx") == ("rlhf", "rlhf_ptx")
+  assert pipeline_lib.parse_stages(None) is None and pipeline_lib.parse_stages("") is None
   with pytest.raises(ValueError, match="Unknown stage"):
-    pipeline.parse_stages("rlfh")
+    pipeline_lib.parse_stages("rlfh")
 
 
 def test_a_stage_running_in_another_process_is_not_entered(tmp_path):
@@ -108,19 +107,19 @@ def test_a_stage_running_in_another_process_is_not_entered(tmp_path):
   other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
   try:
     cfg = ml_collections.ConfigDict({"v": 1})
-    fp = pipeline.fingerprint(cfg, [])
+    fp = pipeline_lib.fingerprint(cfg, [])
     (tmp_path / "s").mkdir()
-    pipeline.write_stage(tmp_path / "s", {"fingerprint": fp, "done": False, "seconds": 1.0,
-                                          "pid": other.pid, "host": pipeline.socket.gethostname()})
+    pipeline_lib.write_stage(tmp_path / "s", {"fingerprint": fp, "done": False, "seconds": 1.0,
+                                          "pid": other.pid, "host": pipeline_lib.socket.gethostname()})
     with pytest.raises(FileExistsError, match=f"being run by pid {other.pid}"):
-      pipeline.run_stage(pipeline.Stage("s", cfg, lambda d: None), tmp_path, [], log=lambda _: None)
+      pipeline_lib.run_stage(pipeline_lib.Stage("s", cfg, lambda d: None), tmp_path, [], log=lambda _: None)
   finally:
     other.kill()
     other.wait()
   # The process is gone (a crash): the stage resumes.
-  record = pipeline.run_stage(pipeline.Stage("s", cfg, lambda d: None), tmp_path, [],
+  record = pipeline_lib.run_stage(pipeline_lib.Stage("s", cfg, lambda d: None), tmp_path, [],
                               log=lambda _: None)
-  assert record["done"] and "pid" not in pipeline.read_stage(tmp_path / "s")
+  assert record["done"] and "pid" not in pipeline_lib.read_stage(tmp_path / "s")
 
 
 def test_presets_are_valid():
@@ -137,13 +136,13 @@ def test_presets_are_valid():
 def pipeline_run(tmp_path_factory, data_cache_dir):
   workdir = str(tmp_path_factory.mktemp("pipeline"))
   config = pipeline_configs.get_config("test")
-  records = pipeline.run(config, workdir, str(data_cache_dir), log=lambda _: None)
+  records = pipeline_lib.run(config, workdir, str(data_cache_dir), log=lambda _: None)
   return workdir, config, records
 
 
 @pytest.mark.slow
 def test_pipeline_runs_every_stage_and_writes_the_report(pipeline_run):
-  from gptjax import report
+  from gptjax.pipeline import report
   workdir, config, records = pipeline_run
   assert list(records) == ["pretrain", "sft", "reward_model", "rlhf", "rlhf_ptx", "report"]
   assert all(r["done"] for r in records.values())
@@ -164,7 +163,7 @@ def test_pipeline_runs_every_stage_and_writes_the_report(pipeline_run):
 def test_rerun_skips_every_stage(pipeline_run, data_cache_dir):
   workdir, config, records = pipeline_run
   lines = []
-  again = pipeline.run(config, workdir, str(data_cache_dir), log=lines.append)
+  again = pipeline_lib.run(config, workdir, str(data_cache_dir), log=lines.append)
   assert again == records
   assert sum("skipped" in line for line in lines) == len(records)
 
@@ -181,10 +180,10 @@ def _rlhf_config(iterations, **ppo):
 
 @pytest.mark.slow
 def test_rlhf_raises_the_reward_while_kl_stays_bounded(pipeline_run, tmp_path, data_cache_dir):
-  from gptjax import rlhf
+  from gptjax.rlhf import loop as rlhf_loop
   workdir, _, _ = pipeline_run
   c = _rlhf_config(16, rollout_batch=32, minibatches=2, epochs=4)
-  rlhf.run(c, str(tmp_path), os.path.join(workdir, "sft"), os.path.join(workdir, "reward_model"),
+  rlhf_loop.run(c, str(tmp_path), os.path.join(workdir, "sft"), os.path.join(workdir, "reward_model"),
            log=lambda _: None, cache_dir=str(data_cache_dir))
   recs = metrics.read_metrics(str(tmp_path), "ppo")
   first = np.mean([r["rm_score"] for r in recs[:4]])
@@ -197,16 +196,16 @@ def test_rlhf_raises_the_reward_while_kl_stays_bounded(pipeline_run, tmp_path, d
 
 @pytest.mark.slow
 def test_rlhf_resume_equals_uninterrupted(pipeline_run, tmp_path, data_cache_dir):
-  from gptjax import rlhf
+  from gptjax.rlhf import loop as rlhf_loop
   workdir, _, _ = pipeline_run
   sft_dir, rm_dir = os.path.join(workdir, "sft"), os.path.join(workdir, "reward_model")
   quiet = lambda _: None
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
-  rlhf.run(_rlhf_config(4, kl_controller="adaptive"), straight, sft_dir, rm_dir, log=quiet,
+  rlhf_loop.run(_rlhf_config(4, kl_controller="adaptive"), straight, sft_dir, rm_dir, log=quiet,
            cache_dir=str(data_cache_dir))
-  rlhf.run(_rlhf_config(2, kl_controller="adaptive"), resumed, sft_dir, rm_dir, log=quiet,
+  rlhf_loop.run(_rlhf_config(2, kl_controller="adaptive"), resumed, sft_dir, rm_dir, log=quiet,
            cache_dir=str(data_cache_dir))
-  rlhf.run(_rlhf_config(4, kl_controller="adaptive"), resumed, sft_dir, rm_dir, log=quiet,
+  rlhf_loop.run(_rlhf_config(4, kl_controller="adaptive"), resumed, sft_dir, rm_dir, log=quiet,
            cache_dir=str(data_cache_dir))
   a = metrics.read_metrics(straight, "ppo")
   b = metrics.read_metrics(resumed, "ppo")
@@ -236,10 +235,10 @@ def test_colab_notebook_executes(pipeline_run):
 
 @pytest.mark.slow
 def test_iterated_rlhf_retrains_the_reward_model(pipeline_run, tmp_path, data_cache_dir):
-  from gptjax import rlhf
+  from gptjax.rlhf import loop as rlhf_loop
   workdir, _, _ = pipeline_run
   c = _rlhf_config(4, rounds=2, rm_steps_per_round=2)
-  rlhf.run(c, str(tmp_path), os.path.join(workdir, "sft"), os.path.join(workdir, "reward_model"),
+  rlhf_loop.run(c, str(tmp_path), os.path.join(workdir, "sft"), os.path.join(workdir, "reward_model"),
            log=lambda _: None, cache_dir=str(data_cache_dir))
   round_dir = tmp_path / "rounds" / "1"
   assert (round_dir / "comparisons" / "comparisons.npz").exists()

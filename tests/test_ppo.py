@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from gptjax import model as model_lib, ppo, ppo_math, reward, train
+from gptjax import heads, model as model_lib, train
+from gptjax.rlhf import ppo
 
 V = 8            # vocabulary = the bandit's arms
 BOS, STOP = 0, V + 100   # STOP is never sampled: every response is one token
@@ -19,7 +20,7 @@ def models():
   cfg = model_lib.TransformerConfig(vocab_size=V, max_len=8, n_layer=1, n_head=2, d_model=16,
                                     d_ff=32)
   policy = model_lib.Transformer(cfg)
-  critic = reward.ScalarHeadModel(cfg)
+  critic = heads.ScalarHeadModel(cfg)
   x = jnp.zeros((1, 2), jnp.int32)
   p_params = nn.meta.unbox(policy.init(jax.random.PRNGKey(0), x)["params"])
   v_params = nn.meta.unbox(critic.init(jax.random.PRNGKey(1), x)["params"])

@@ -7,8 +7,7 @@ import sys
 
 import pytest
 
-from gptjax import metrics as metrics_lib
-from gptjax import pretraining
+from gptjax import metrics as metrics_lib, pretraining
 
 pytestmark = pytest.mark.slow
 

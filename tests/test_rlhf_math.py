@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from gptjax import comparisons as comp_lib
-from gptjax import losses, model as model_lib, overoptimization, ppo_math, reward
-from gptjax import reward_modeling, rlhf
+from gptjax import heads, losses, model as model_lib
+from gptjax.reward_model import comparisons as comp_lib, training as rm_training
+from gptjax.rlhf import overoptimization, ppo_math, stats as rlhf_stats
 
 
 def log_sigmoid(x):
@@ -73,7 +73,7 @@ def test_grouped_batch_equals_loop_over_pairs():
 def rm():
   cfg = model_lib.TransformerConfig(vocab_size=50, max_len=16, n_layer=2, n_head=2,
                                     d_model=16, d_ff=32)
-  model = reward.ScalarHeadModel(cfg)
+  model = heads.ScalarHeadModel(cfg)
   params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))["params"])
   return model, params
 
@@ -81,7 +81,7 @@ def rm():
 def test_padding_never_changes_a_score(rm):
   model, params = rm
   seq = jnp.array([[5, 9, 3, 7, 11]])
-  alone = reward.score(model, params, seq, jnp.ones_like(seq, bool))
+  alone = heads.score(model, params, seq, jnp.ones_like(seq, bool))
   # right padding
   right = jnp.array([[5, 9, 3, 7, 11, 0, 0, 0]])
   right_mask = jnp.array([[1, 1, 1, 1, 1, 0, 0, 0]], bool)
@@ -89,12 +89,12 @@ def test_padding_never_changes_a_score(rm):
   left = jnp.array([[0, 0, 0, 5, 9, 3, 7, 11]])
   left_mask = right_mask[:, ::-1]
   left_pos = jnp.maximum(jnp.cumsum(left_mask, -1) - 1, 0)
-  np.testing.assert_allclose(reward.score(model, params, right, right_mask), alone, atol=1e-5)
-  np.testing.assert_allclose(reward.score(model, params, left, left_mask, left_pos), alone,
+  np.testing.assert_allclose(heads.score(model, params, right, right_mask), alone, atol=1e-5)
+  np.testing.assert_allclose(heads.score(model, params, left, left_mask, left_pos), alone,
                              atol=1e-5)
   # and different pad ids do not matter either
   right2 = right.at[:, 5:].set(42)
-  np.testing.assert_allclose(reward.score(model, params, right2, right_mask), alone, atol=1e-5)
+  np.testing.assert_allclose(heads.score(model, params, right2, right_mask), alone, atol=1e-5)
 
 
 def test_trimmed_comparisons_score_the_same(rm):
@@ -111,8 +111,8 @@ def test_trimmed_comparisons_score_the_same(rm):
   cut = comps.trimmed(multiple=4)
   assert cut.tokens.shape == (2, 2, 12)            # longest 11 -> 12, not the context's 16
   assert comps.trimmed(multiple=32).tokens.shape[-1] == 16   # never beyond the stored length
-  np.testing.assert_allclose(reward_modeling.score_all(model, params, cut),
-                             reward_modeling.score_all(model, params, comps), atol=1e-5)
+  np.testing.assert_allclose(rm_training.score_all(model, params, cut),
+                             rm_training.score_all(model, params, comps), atol=1e-5)
 
 
 def test_informative_prompts_drop_only_all_tied_groups():
@@ -122,7 +122,7 @@ def test_informative_prompts_drop_only_all_tied_groups():
   comps = comp_lib.Comparisons(np.arange(P * K * T).reshape(P, K, T), np.ones((P, K, T), bool),
                                np.tile(np.arange(K), (P, 1)), gold, list("abcd"),
                                [["x"] * K] * P, ["f"] * P)
-  kept = reward_modeling.informative_prompts(comps)
+  kept = rm_training.informative_prompts(comps)
   assert kept.prompts == ["b", "d"]              # a and c: every response equally good
   np.testing.assert_array_equal(kept.tokens, comps.tokens[[1, 3]])
   np.testing.assert_array_equal(kept.gold, gold[[1, 3]])
@@ -139,7 +139,7 @@ def test_reward_loss_fn_groups_k_responses(rm):
   total, weight, _ = losses.reward_loss_fn(model)(params, {
       "tokens": jnp.array(tokens), "token_mask": jnp.array(mask), "ranking": jnp.array(ranking)},
       None, False)
-  scores = np.array([[float(reward.score(model, params, jnp.array(tokens[b, k:k + 1]),
+  scores = np.array([[float(heads.score(model, params, jnp.array(tokens[b, k:k + 1]),
                                           jnp.array(mask[b, k:k + 1]))[0]) for k in range(K)]
                      for b in range(B)])
   expected = float(losses.ranking_loss(jnp.array(scores), jnp.array(ranking))[0])
@@ -151,9 +151,9 @@ def test_shift_bias_centres_scores(rm):
   model, params = rm
   tokens = jnp.array(np.random.default_rng(0).integers(1, 50, (8, 6)))
   mask = jnp.ones_like(tokens, bool)
-  s = reward.score(model, params, tokens, mask)
-  shifted = reward.shift_bias(params, -s.mean())
-  assert abs(float(reward.score(model, shifted, tokens, mask).mean())) < 1e-5
+  s = heads.score(model, params, tokens, mask)
+  shifted = heads.shift_bias(params, -s.mean())
+  assert abs(float(heads.score(model, shifted, tokens, mask).mean())) < 1e-5
 
 
 # ---------------------------------------------------------------- GAE
@@ -291,7 +291,7 @@ def test_overoptimization_curve_finds_the_gold_peak():
   # Gao et al.'s shape: gold = a*d - b*d^2 peaks at d = a / (2b) = 2; the proxy keeps rising.
   d = np.linspace(0.0, 4.0, 81)
   gold, proxy = 1.0 * d - 0.25 * d ** 2, 0.8 * d
-  c = rlhf.overoptimization_curve(d, proxy, gold, n_bins=8)
+  c = rlhf_stats.overoptimization_curve(d, proxy, gold, n_bins=8)
   assert len(c["sqrt_kl"]) == len(c["gold"]) == len(c["proxy"]) == 8
   np.testing.assert_allclose(c["sqrt_kl"], [(i + 0.5) * 0.5 for i in range(8)], atol=0.03)
   assert 1.5 <= c["peak_sqrt_kl"] <= 2.5 and c["turned_over"]
@@ -303,9 +303,9 @@ def test_overoptimization_curve_finds_the_gold_peak():
 
 def test_overoptimization_curve_without_turnover():
   d = np.linspace(0.0, 3.0, 30)
-  c = rlhf.overoptimization_curve(d, d, 0.5 * d)
+  c = rlhf_stats.overoptimization_curve(d, d, 0.5 * d)
   assert not c["turned_over"] and c["peak_sqrt_kl"] == c["sqrt_kl"][-1]
-  one = rlhf.overoptimization_curve([1.0], [0.2], [0.1])   # a single iteration
+  one = rlhf_stats.overoptimization_curve([1.0], [0.2], [0.1])   # a single iteration
   assert one["gold"] == [0.1] and not one["turned_over"]
 
 

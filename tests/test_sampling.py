@@ -5,8 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gptjax import model as model_lib
-from gptjax import sampling
+from gptjax import model as model_lib, sampling
 
 V = 8
 LOGITS = jnp.log(jnp.array([[0.05, 0.4, 0.1, 0.25, 0.02, 0.08, 0.06, 0.04],

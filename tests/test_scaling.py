@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from configs import scaling_sweep as sweep_configs
-from gptjax import scaling, sweep
-
+from gptjax.scaling import laws, probes as scaling_probes, sweep
 
 # ----------------------------------------------------------------------------
 # Fits recover known laws.
@@ -21,7 +20,7 @@ def test_power_law_fit_recovers_known_law(E, A, alpha):
   N = np.geomspace(1e4, 1e7, 20)
   clean = E + A * N ** -alpha
   noisy = clean * (1 + 0.002 * rng.standard_normal(len(N)))
-  out = scaling.fit_with_ci(N, noisy, n_boot=200, seed=1)
+  out = laws.fit_with_ci(N, noisy, n_boot=200, seed=1)
   fit = out["fit"]
   assert fit["alpha"] == pytest.approx(alpha, rel=0.15)
   assert fit["E"] == pytest.approx(E, rel=0.1)
@@ -29,12 +28,12 @@ def test_power_law_fit_recovers_known_law(E, A, alpha):
   lo, hi = out["ci"]["alpha"]
   assert lo <= alpha <= hi and hi - lo < alpha
   # The fitted curve reproduces the clean law well inside the noise.
-  assert np.max(np.abs(scaling.PowerLaw(**fit)(N) - clean) / clean) < 0.01
+  assert np.max(np.abs(laws.PowerLaw(**fit)(N) - clean) / clean) < 0.01
 
 
 def test_pure_power_law_is_exact_on_a_straight_line():
   D = np.geomspace(1e5, 1e9, 8)
-  law = scaling.fit_pure_power_law(D, 12.0 * D ** -0.095)
+  law = laws.fit_pure_power_law(D, 12.0 * D ** -0.095)
   assert law.alpha == pytest.approx(0.095, abs=1e-9) and law.A == pytest.approx(12.0)
   assert law.E == 0.0
 
@@ -45,16 +44,16 @@ def test_bootstrap_interval_covers_truth_in_most_repetitions():
     rng = np.random.default_rng(100 + seed)
     N = np.geomspace(1e3, 1e6, 12)
     y = 2.0 + 20.0 * N ** -truth + 0.01 * rng.standard_normal(len(N))
-    lo, hi = scaling.fit_with_ci(N, y, n_boot=100, seed=seed)["ci"]["alpha"]
+    lo, hi = laws.fit_with_ci(N, y, n_boot=100, seed=seed)["ci"]["alpha"]
     hits += lo <= truth <= hi
   assert hits >= 8
 
 
 def test_fit_rejects_bad_input():
   with pytest.raises(ValueError):
-    scaling.fit_power_law([1, 2], [3.0, 2.0])
+    laws.fit_power_law([1, 2], [3.0, 2.0])
   with pytest.raises(ValueError):
-    scaling.fit_power_law([1, -2, 3], [3.0, 2.0, 1.0])
+    laws.fit_power_law([1, -2, 3], [3.0, 2.0, 1.0])
 
 
 # ----------------------------------------------------------------------------
@@ -77,24 +76,24 @@ def _synthetic_isoflop(a, b, noise, seed=0, n_runs=7):
 @pytest.mark.parametrize("a", [0.5, 0.73])
 def test_isoflop_approach2_recovers_exponents(a):
   b = 1 - a                      # D = C / 6N
-  res = scaling.isoflop_analysis(_synthetic_isoflop(a, b, noise=0.003), n_boot=200, seed=0)
+  res = laws.isoflop_analysis(_synthetic_isoflop(a, b, noise=0.003), n_boot=200, seed=0)
   assert res["a"] == pytest.approx(a, abs=0.03)
   assert res["b"] == pytest.approx(b, abs=0.03)
   assert res["ci"]["a"][0] <= a <= res["ci"]["a"][1]
   assert res["ci"]["b"][0] <= b <= res["ci"]["b"][1]
   assert all(o["interior"] for o in res["optima"])
-  n, d = scaling.optimal_at(res, 1e17)
+  n, d = laws.optimal_at(res, 1e17)
   assert 6 * n * d == pytest.approx(1e17, rel=0.15)
 
 
 def test_isoflop_exact_parabola_vertex():
-  p = scaling.fit_parabola([1e3, 1e4, 1e5, 1e6], [3 + (z - math.log(3e4)) ** 2 for z in
+  p = laws.fit_parabola([1e3, 1e4, 1e5, 1e6], [3 + (z - math.log(3e4)) ** 2 for z in
                                                    np.log([1e3, 1e4, 1e5, 1e6])])
   assert p.x_opt == pytest.approx(3e4, rel=1e-6) and p.loss_opt == pytest.approx(3.0)
 
 
 def test_frontier_is_the_running_minimum():
-  c, l = scaling.frontier([4, 1, 3, 2, 5], [2.0, 5.0, 3.0, 4.0, 2.5])
+  c, l = laws.frontier([4, 1, 3, 2, 5], [2.0, 5.0, 3.0, 4.0, 2.5])
   assert c.tolist() == [1, 2, 3, 4] and l.tolist() == [5.0, 4.0, 3.0, 2.0]
 
 
@@ -102,44 +101,44 @@ def test_flops_accounting_matches_model():
   from gptjax import model as model_lib
   cfg = model_lib.TransformerConfig(vocab_size=512, max_len=64, n_layer=2, n_head=2,
                                     d_model=32, d_ff=128)
-  assert scaling.flops_per_token(1000, 2, 32, 64) == model_lib.flops_per_token(cfg, 1000, 64)
-  assert scaling.training_flops(1000, 2, 32, 64, 10) == 10 * (6 * 1000 + 12 * 2 * 32 * 64)
+  assert laws.flops_per_token(1000, 2, 32, 64) == model_lib.flops_per_token(cfg, 1000, 64)
+  assert laws.training_flops(1000, 2, 32, 64, 10) == 10 * (6 * 1000 + 12 * 2 * 32 * 64)
 
 
 # ----------------------------------------------------------------------------
 # Probes' scoring pieces.
 
 def test_logprob_batch_marks_target_positions():
-  b = scaling.logprob_batch([[2, 10, 11], [2]], [[20, 21], [30]], max_len=6, pad_id=0)
+  b = scaling_probes.logprob_batch([[2, 10, 11], [2]], [[20, 21], [30]], max_len=6, pad_id=0)
   assert b["tokens"].tolist() == [[2, 10, 11, 20, 21, 0], [2, 30, 0, 0, 0, 0]]
   # logits at position i score token i + 1
   assert b["predict"].tolist() == [[False, False, True, True, False, False],
                                    [True, False, False, False, False, False]]
   logits = np.zeros([2, 6, 40])
   logits[0, 2, 20] = logits[0, 3, 21] = logits[1, 0, 30] = 50.0   # certain of the gold
-  lp = scaling.target_logprobs(logits, b["tokens"], b["predict"])
+  lp = scaling_probes.target_logprobs(logits, b["tokens"], b["predict"])
   assert lp == pytest.approx([0.0, 0.0], abs=1e-9)
-  uniform = scaling.target_logprobs(np.zeros([2, 6, 40]), b["tokens"], b["predict"])
+  uniform = scaling_probes.target_logprobs(np.zeros([2, 6, 40]), b["tokens"], b["predict"])
   assert uniform == pytest.approx([-math.log(40)] * 2)
 
 
 def test_probe_items_are_well_formed():
   from gptjax.tasks.world import make_world
   world = make_world(0)
-  add2 = scaling.probe_items(world, "add2", 6, 3)
+  add2 = scaling_probes.probe_items(world, "add2", 6, 3)
   assert len(add2) == 6
   for it in add2:
     q = it.prompt.rsplit("Q: ", 1)[1]
     a, b = (int(t) for t in re.findall(r"\d+", q))
     assert 10 <= a <= 99 and 10 <= b <= 99 and ("plus" in q or "+" in q or "Add" in q)
     assert it.context.endswith("A: The answer is") and it.target == f" {a + b}"
-    assert scaling.exact_match(it, f" The answer is {a + b}.\n\nQ: next")
-    assert not scaling.exact_match(it, f" The answer is {a + b + 1}.")
+    assert scaling_probes.exact_match(it, f" The answer is {a + b}.\n\nQ: next")
+    assert not scaling_probes.exact_match(it, f" The answer is {a + b + 1}.")
     assert it.prompt.count("Q: ") == 4     # 3 demonstrations + the query
-  facts = scaling.probe_items(world, "facts", 5, 3)
+  facts = scaling_probes.probe_items(world, "facts", 5, 3)
   assert all(it.target.startswith(" ") and it.context == it.prompt for it in facts)
-  assert scaling.exact_match(facts[0], facts[0].target + ". More text")
-  rev = scaling.probe_items(world, "reverse", 4, 3)
+  assert scaling_probes.exact_match(facts[0], facts[0].target + ". More text")
+  rev = scaling_probes.probe_items(world, "reverse", 4, 3)
   assert all(it.context == it.prompt and it.target == " " + it.gold for it in rev)
 
 

@@ -161,6 +161,7 @@ def test_packed_conversation_computes_what_it_would_alone():
   import jax
   import jax.numpy as jnp
   from flax import linen as nn
+
   from gptjax import model as model_lib, sft
   cfg = model_lib.TransformerConfig(vocab_size=40, max_len=24, n_layer=2, n_head=2, d_model=16,
                                     d_ff=32)

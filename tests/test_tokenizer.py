@@ -2,7 +2,8 @@
 
 import pytest
 
-from gptjax.tokenizer import Tokenizer, load_or_train_tokenizer
+from gptjax.data.tokenizer_corpus import load_or_train_tokenizer
+from gptjax.tokenizer import Tokenizer
 
 ROUND_TRIP = {
     "english": "It was the best of times, it was the worst of times.",

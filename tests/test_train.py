@@ -23,9 +23,16 @@ import optax
 import pytest
 
 from configs import pretrain as pretrain_configs
-from gptjax import checkpoint as ckpt_lib
-from gptjax import config as config_lib
-from gptjax import losses, metrics, pretraining, sharding, train
+from gptjax import (
+  checkpoint as ckpt_lib,
+  config as config_lib,
+  losses,
+  metrics,
+  model as model_lib,
+  pretraining,
+  sharding,
+  train,
+)
 
 pytestmark = pytest.mark.usefixtures("jax_compilation_cache")
 
@@ -57,7 +64,7 @@ def toy_batch(seed: int, step: int) -> dict:
 
 
 def make_task(config, train_batch=None) -> train.Task:
-  model = pretraining.build_model(config)
+  model = model_lib.build(config)
   batch = functools.partial(toy_batch, config.seed)
   return train.Task(name="test", model=model, loss_fn=losses.lm_loss_fn(model),
                     train_batch=train_batch or batch, example_batch=batch(0),
@@ -522,7 +529,7 @@ def decayed_leaves(params) -> dict:
 @pytest.fixture(scope="module")
 def decay():
   """({leaf name: decayed?}, {leaf name: shape}) for the tiny model's parameters."""
-  model = pretraining.build_model(tiny_config())
+  model = model_lib.build(tiny_config())
   abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, T), jnp.int32))
   # All ones, so that decay moves every parameter it applies to.
   params = jax.tree_util.tree_map(lambda s: jnp.ones(s.shape, s.dtype),

@@ -3,7 +3,8 @@
   sources.py   named document sources ('english', 'code', 'dir:<path>',
                'tfds:<name>', and any `register_source`d one), hash splits, caps
   builder.py   the tfds builder that materialises a source (random access)
-  pipeline.py  tokenized streams, packing, and the index-based `Pipeline`
+  packing.py   tokenized streams, packing, and the index-based `Pipeline`
+  tokenizer_corpus.py  a run's tokenizer, trained on a sample of its mixture
 
 Caches live under `cache_dir` (default $GPTJAX_CACHE or ~/.cache/gptjax):
 `tfds/` for prepared documents (or config.data.tfds_dir when set) and
@@ -11,7 +12,7 @@ Caches live under `cache_dir` (default $GPTJAX_CACHE or ~/.cache/gptjax):
 """
 
 from gptjax.data.builder import default_cache_dir, prepare_documents
-from gptjax.data.pipeline import Pipeline, validate_mixture
+from gptjax.data.packing import Pipeline, validate_mixture
 from gptjax.data.sources import iter_split, register_source, source_names
 
 __all__ = [

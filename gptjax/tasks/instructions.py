@@ -38,8 +38,7 @@ import random
 import re
 from typing import Any, Callable, Sequence
 
-from gptjax.tasks.world import (KIND_ATTRS, RELATIONS, Entity, World,
-                                _word)
+from gptjax.tasks.world import KIND_ATTRS, RELATIONS, Entity, World, _word
 
 FAMILIES = ("arithmetic", "arithmetic_cot", "reverse", "sort", "count",
             "qa_known", "qa_unknown", "brackets", "format", "decline")

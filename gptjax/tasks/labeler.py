@@ -21,8 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from gptjax.tasks.instructions import (ENGLISH_WORDS, REFUSAL, Example,
-                                       make_mixture)
+from gptjax.tasks.instructions import ENGLISH_WORDS, REFUSAL, Example, make_mixture
 from gptjax.tasks.oracle import gold_score
 from gptjax.tasks.world import RELATIONS, World, make_world
 

@@ -28,8 +28,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from gptjax.tasks.instructions import (Example, closing_sequence,
-                                       parse_prompt)
+from gptjax.tasks.instructions import Example, closing_sequence, parse_prompt
 from gptjax.tasks.world import World
 
 BASE_SCORES = {"correct": 1.0, "partial": 0.5, "idk": 0.4, "refusal": 0.1,

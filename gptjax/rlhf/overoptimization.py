@@ -1,7 +1,7 @@
 """Reward over-optimisation across RLHF runs (Gao et al. 2022).
 
 One RLHF run traces a path through (sqrt(KL to SFT), proxy score, gold score)
-over its PPO iterations; `rlhf.overoptimization_curve` bins one such path.
+over its PPO iterations; `stats.overoptimization_curve` bins one such path.
 Runs that differ in beta (or in PPO-ptx, or in their reward model) walk
 different distances from the SFT policy, and Gao et al. plot them on one
 sqrt(KL) axis: the gold score rises, peaks and falls while the proxy keeps
@@ -18,7 +18,7 @@ import json
 import os
 
 from gptjax import metrics as metrics_lib
-from gptjax import rlhf
+from gptjax.rlhf import stats as rlhf_stats
 
 
 def load(run_dir: str) -> dict:
@@ -57,7 +57,7 @@ def compare(run_dirs: list[str], n_bins: int = 8) -> dict:
   runs = []
   for d in run_dirs:
     run = load(d)
-    curve = rlhf.overoptimization_curve(run["sqrt_kl"], run["proxy"], run["gold"], n_bins)
+    curve = rlhf_stats.overoptimization_curve(run["sqrt_kl"], run["proxy"], run["gold"], n_bins)
     runs.append({**run, "label": label(run), "iterations": len(run["iteration"]),
                  "curve": curve, "start_gold": curve["gold"][0],
                  "final_sqrt_kl": curve["sqrt_kl"][-1]})

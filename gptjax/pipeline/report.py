@@ -9,14 +9,19 @@ import json
 import os
 
 import matplotlib
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from gptjax import chat as chat_lib  # noqa: E402
-from gptjax import evaluation, metrics as metrics_lib, sft as sft_lib  # noqa: E402
-from gptjax import rlhf as rlhf_lib  # noqa: E402
+from gptjax import (  # noqa: E402
+  chat as chat_lib,  # noqa: E402
+  evaluation,
+  metrics as metrics_lib,
+  runs as runs_lib,
+)
+from gptjax.rlhf import stats as rlhf_stats
 from gptjax.tasks import instructions  # noqa: E402
 
 # Which evaluation mode suits each stage: a pretrained model never saw the chat
@@ -30,12 +35,12 @@ def _load_json(path: str):
 
 
 def stage_runs(workdir: str) -> dict[str, str]:
-  """Stage name -> a workdir loadable with sft.load_run."""
-  runs = {"pretrained": os.path.join(workdir, "pretrain"), "sft": os.path.join(workdir, "sft"),
+  """Stage name -> a workdir loadable with `runs.load_run`."""
+  out = {"pretrained": os.path.join(workdir, "pretrain"), "sft": os.path.join(workdir, "sft"),
           "rlhf": os.path.join(workdir, "rlhf", "policy")}
   if os.path.exists(os.path.join(workdir, "rlhf_ptx", "policy")):
-    runs["rlhf_ptx"] = os.path.join(workdir, "rlhf_ptx", "policy")
-  return runs
+    out["rlhf_ptx"] = os.path.join(workdir, "rlhf_ptx", "policy")
+  return out
 
 
 # ----------------------------------------------------------------------------
@@ -77,21 +82,24 @@ def plot_family_scores(table: dict[str, dict[str, float]], out: str, title: str)
 # ----------------------------------------------------------------------------
 # Side-by-side evaluation and transcripts
 
-def compare_stages(workdir: str, config, log=print) -> dict:
-  """Judgements of every stage's model on the same held-out prompts."""
-  runs = {name: sft_lib.load_run(path) for name, path in stage_runs(workdir).items()}
-  world = sft_lib.world_of(runs["sft"].config)
+def compare_stages(workdir: str, config, log=print) -> tuple[dict, dict, object]:
+  """Judgements of every stage's model on the same held-out prompts.
+
+  Returns (per-stage scores and summary, the loaded runs by stage, the world).
+  """
+  loaded = {name: runs_lib.load_run(path) for name, path in stage_runs(workdir).items()}
+  world = runs_lib.world_of(loaded["sft"].config)
   cfg = ml_collections.ConfigDict(config.rlhf.eval.to_dict())
   cfg.n_per_family = config.report.n_per_family
   out = {}
-  for name, run in runs.items():
+  for name, run in loaded.items():
     ev = evaluation.Evaluator(run.model, run.tokenizer, world, cfg)
     judgements, texts = ev.judgements(run.params, STAGE_MODES[name])
     out[name] = {"summary": evaluation.summarize(judgements),
                  "scores": [j["score"] for j in judgements],
                  "families": [j["family"] for j in judgements]}
     log(f"[report] {name}: mean gold {out[name]['summary']['mean_score']:.3f}")
-  return out, runs, world
+  return out, loaded, world
 
 
 def transcripts(runs: dict, world, max_new_tokens: int) -> list[dict]:
@@ -121,21 +129,24 @@ def _fmt(x, digits=3):
   return "n/a" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.{digits}f}"
 
 
-def write(workdir: str, report_dir: str, config, log=print) -> str:
-  """Evaluates the stages side by side and writes workdir/report.md. Returns its path."""
+def write(workdir: str, report_dir: str, config, stage_order, log=print) -> str:
+  """Evaluates the stages side by side and writes workdir/report.md. Returns its path.
+
+  stage_order: the pipeline's stage directories, in order (their stage.json
+  records give the wall-time table).
+  """
   sft_eval = _load_json(os.path.join(workdir, "sft", "eval.json"))
   rm_eval = _load_json(os.path.join(workdir, "reward_model", "eval.json"))
   rl_eval = _load_json(os.path.join(workdir, "rlhf", "eval.json"))
   ptx_path = os.path.join(workdir, "rlhf_ptx", "eval.json")
   ptx_eval = _load_json(ptx_path) if os.path.exists(ptx_path) else None
-  from gptjax.pipeline import ORDER
-  stages = {d: _load_json(os.path.join(workdir, d, "stage.json")) for d in ORDER
+  stages = {d: _load_json(os.path.join(workdir, d, "stage.json")) for d in stage_order
             if os.path.exists(os.path.join(workdir, d, "stage.json"))}
 
   plot_pretraining(workdir, os.path.join(workdir, "pretrain_loss.png"))
   plot_family_scores(sft_eval["table"], os.path.join(workdir, "sft_gold.png"),
                      "Gold score per family, held-out prompts: before and after SFT")
-  compared, runs, world = compare_stages(workdir, config, log)
+  compared, loaded, world = compare_stages(workdir, config, log)
   plot_family_scores(
       {f: {n: np.mean([s for s, ff in zip(c["scores"], c["families"]) if ff == f])
            for n, c in compared.items()} for f in instructions.FAMILIES},
@@ -144,11 +155,11 @@ def write(workdir: str, report_dir: str, config, log=print) -> str:
   for a, b in (("rlhf", "sft"), ("rlhf", "pretrained"), ("sft", "pretrained"),
                ("rlhf_ptx", "sft")):
     if a in compared and b in compared:
-      wins[f"{a} vs {b}"] = rlhf_lib.win_rate(compared[a]["scores"], compared[b]["scores"])
-  chats = transcripts(runs, world, config.report.chat_tokens)
+      wins[f"{a} vs {b}"] = rlhf_stats.win_rate(compared[a]["scores"], compared[b]["scores"])
+  chats = transcripts(loaded, world, config.report.chat_tokens)
 
   L = [f"# gptjax pipeline report ({config.preset} preset)", "",
-       "Generated by `gptjax.report` from this run's own files. Every number is "
+       "Generated by `gptjax.pipeline.report` from this run's own files. Every number is "
        "computed from held-out prompts judged by the oracle (`gptjax.tasks.oracle`).", ""]
   L += ["## Stages", "", "| stage | status | wall time |", "|---|---|---|"]
   L += [f"| {n} | {'done' if r['done'] else 'unfinished'} | "
@@ -179,7 +190,7 @@ def write(workdir: str, report_dir: str, config, log=print) -> str:
         "![over-optimisation](rlhf/overoptimization.png)", ""]
   ppo_recs = metrics_lib.read_metrics(os.path.join(workdir, "rlhf"), "ppo")
   if ppo_recs:
-    o = rlhf_lib.overoptimization_curve(*([r[k] for r in ppo_recs]
+    o = rlhf_stats.overoptimization_curve(*([r[k] for r in ppo_recs]
                                           for k in ("sqrt_kl", "rm_score", "gold_score")))
     L += [f"Over-optimisation: the gold score of rollouts peaks at {_fmt(o['peak_gold'])} at "
           f"sqrt(KL) = {o['peak_sqrt_kl']:.2f} and ends at {_fmt(o['final_gold'])} at "

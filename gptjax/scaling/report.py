@@ -1,7 +1,7 @@
 """Plots and report.md of a scaling sweep, generated from its results and fits.
 
 Every number in the report is read from the rows (done.json of each point)
-and the fits (`gptjax.sweep.compute_fits`); the comparison with Kaplan et al.
+and the fits (`gptjax.scaling.sweep.compute_fits`); the comparison with Kaplan et al.
 2020 and Hoffmann et al. 2022 is worded from those numbers.
 """
 
@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from gptjax import scaling
+from gptjax.scaling import laws, probes as scaling_probes
 
 
 def _plt():
@@ -75,7 +75,7 @@ def plots(rows, fits, curves, workdir) -> list[str]:
   for key, style in (("offset", "-"), ("pure", "--")):
     f = fits["L_N"].get(key, {})
     if "fit" in f:
-      ax.plot(xs, scaling.PowerLaw(**f["fit"])(xs), "k" + style, lw=1,
+      ax.plot(xs, laws.PowerLaw(**f["fit"])(xs), "k" + style, lw=1,
               label=_fit_label(f, "N"))
   ax.set(xscale="log", xlabel="non-embedding parameters N", ylabel="validation loss (nats/token)",
          title="L(N): loss vs model size (fit: sizes not data-limited)")
@@ -95,7 +95,7 @@ def plots(rows, fits, curves, workdir) -> list[str]:
     for key, style in (("offset", "-"), ("pure", "--")):
       f = f_d.get(key, {})
       if "fit" in f:
-        ax.plot(xs, scaling.PowerLaw(**f["fit"])(xs), "k" + style, lw=1,
+        ax.plot(xs, laws.PowerLaw(**f["fit"])(xs), "k" + style, lw=1,
                 label=f"{f_d['size']}: " + _fit_label(f, "D"))
   ax.set(xscale="log", xlabel="training tokens D", ylabel="validation loss (nats/token)",
          title="L(D): loss vs training tokens, per model size")
@@ -110,7 +110,7 @@ def plots(rows, fits, curves, workdir) -> list[str]:
     ax.plot([r["N"] for r in rs], [_loss(r) for r in rs], "o", color=bcolors[b],
             label=f"C={b:.0e}")
     if "parabola_N" in opt:
-      p = scaling.Parabola(**opt["parabola_N"])
+      p = laws.Parabola(**opt["parabola_N"])
       xs = np.geomspace(math.exp(p.z_min) / 1.3, math.exp(p.z_max) * 1.3, 80)
       ax.plot(xs, p(xs), "-", color=bcolors[b], lw=1)
       if p.interior:
@@ -146,7 +146,7 @@ def plots(rows, fits, curves, workdir) -> list[str]:
     all_l += list(l)
   for s in sizes:
     ax.plot([], [], "-", color=colors[s], label=s)
-  fc, fl = scaling.frontier(all_c, all_l)
+  fc, fl = laws.frontier(all_c, all_l)
   ax.plot(fc, fl, "k--", lw=1.5, label="frontier (best loss at <= C)")
   ax.set(xscale="log", xlabel="compute C (FLOPs)", ylabel="validation loss",
          title="loss vs compute of every run (evaluations along training)")
@@ -294,18 +294,18 @@ def report(rows, fits, missing, plot_names, sweep) -> str:
   add(f"\nCompute-optimal tokens per parameter (median over budgets): "
       f"{_num(tp['median_non_embedding'], '.1f')} per non-embedding parameter, "
       f"{_num(tp['median_all_params'], '.1f')} per parameter counting embeddings "
-      f"(Hoffmann et al.: ~{scaling.HOFFMANN_TOKENS_PER_PARAM:.0f}).\n")
+      f"(Hoffmann et al.: ~{laws.HOFFMANN_TOKENS_PER_PARAM:.0f}).\n")
 
   add("## Comparison with Kaplan et al. 2020 and Hoffmann et al. 2022\n")
   pure_n = ln.get("pure", {})
   pure_d = ld.get("pure", {}) if isinstance(ld, dict) else {}
   add("- " + _compare(pure_n.get("fit", {}).get("alpha"), pure_n.get("ci", {}).get("alpha"),
-                      scaling.KAPLAN_ALPHA_N, "alpha_N (Kaplan form)"))
+                      laws.KAPLAN_ALPHA_N, "alpha_N (Kaplan form)"))
   add("- " + _compare(pure_d.get("fit", {}).get("alpha"), pure_d.get("ci", {}).get("alpha"),
-                      scaling.KAPLAN_ALPHA_D, "alpha_D (Kaplan form)"))
-  add("- " + _compare(iso.get("a"), iso.get("ci", {}).get("a"), scaling.HOFFMANN_A,
+                      laws.KAPLAN_ALPHA_D, "alpha_D (Kaplan form)"))
+  add("- " + _compare(iso.get("a"), iso.get("ci", {}).get("a"), laws.HOFFMANN_A,
                       "a (N_opt ~ C^a)"))
-  add("- " + _compare(iso.get("b"), iso.get("ci", {}).get("b"), scaling.HOFFMANN_B,
+  add("- " + _compare(iso.get("b"), iso.get("ci", {}).get("b"), laws.HOFFMANN_B,
                       "b (D_opt ~ C^b)"))
   add("")
   add("What differs at this scale, and why:\n")
@@ -411,7 +411,7 @@ def _emergence(rows) -> list[str]:
       verdict = (f"exact match ranges {ex.min():.2f}-{ex.max():.2f} ({n_zero} of {len(ex)} runs "
                  f"at 0; Spearman with log C {rho_ex:+.2f}), gold log-prob "
                  f"{lp.min():.2f} to {lp.max():.2f} nats/token (Spearman {rho_lp:+.2f})")
-    out.append(f"**{name}** ({scaling.PROBES.get(name, '')}): {verdict}.")
+    out.append(f"**{name}** ({scaling_probes.PROBES.get(name, '')}): {verdict}.")
   out.append("Reading (Schaeffer et al. 2023): where the continuous metric improves smoothly "
              "with compute while exact match stays flat and then jumps, the jump is a property "
              "of the all-or-nothing metric applied to a multi-token answer (per-token "

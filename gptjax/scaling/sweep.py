@@ -34,11 +34,9 @@ from typing import Callable
 import jax
 import numpy as np
 
-from configs import pretrain as pretrain_configs
-from gptjax import metrics as metrics_lib
-from gptjax import model as model_lib
-from gptjax import pretraining, scaling
-from gptjax.tokenizer import load_or_train_tokenizer
+from gptjax import metrics as metrics_lib, model as model_lib, pretraining, runs
+from gptjax.data.tokenizer_corpus import load_or_train_tokenizer
+from gptjax.scaling import laws, probes as scaling_probes
 
 DONE = "done.json"
 ERROR = "error.txt"
@@ -106,7 +104,7 @@ def _param_counts(cfg: model_lib.TransformerConfig) -> tuple[int, int, int]:
 def make_points(sweep) -> list[Point]:
   """Every (budget, size) pair whose step count lies in [min_steps, max_steps],
   budget by budget, smallest size first: the order shards and names refer to."""
-  base = pretrain_configs.get_config(sweep.base_preset)
+  base = sweep.base
   points = []
   for budget in sweep.budgets:
     for size in sweep.sizes:
@@ -119,7 +117,7 @@ def make_points(sweep) -> list[Point]:
         _set(config, k, v)
       N, n_params, n_matmul = param_counts(config.model)
       T, B = config.model.max_len, config.train.batch_size
-      fpt = scaling.flops_per_token(n_matmul, size["n_layer"], size["d_model"], T)
+      fpt = laws.flops_per_token(n_matmul, size["n_layer"], size["d_model"], T)
       steps = int(round(budget / (fpt * B * T)))
       if not sweep.min_steps <= steps <= sweep.max_steps:
         continue
@@ -213,16 +211,15 @@ def final_metrics(pdir: str, config) -> dict:
 
 
 def run_probes(sweep, config, model, params, tokenizer) -> dict:
-  """Exact match and mean gold log-prob per probe (see gptjax.scaling.score_probes)."""
-  from gptjax import sft  # world_of: the world a run was pretrained on
-  world = sft.world_of(config)
+  """Exact match and mean gold log-prob per probe (see gptjax.scaling.probes.score_probes)."""
+  world = runs.world_of(config)
   p = sweep.probes
   out = {}
   names = list(p.families) + (["facts"] if p.n_facts else [])
   for name in names:
-    items = scaling.probe_items(world, name, p.n_facts if name == "facts" else p.n,
+    items = scaling_probes.probe_items(world, name, p.n_facts if name == "facts" else p.n,
                                 p.few_shot_k, p.seed)
-    s = scaling.score_probes(model, params, tokenizer, items,
+    s = scaling_probes.score_probes(model, params, tokenizer, items,
                              max_new_tokens=p.max_new_tokens, batch_size=p.batch_size)
     out[name] = {"exact": float(np.mean(s["exact"])), "logprob": float(np.mean(s["logprob"])),
                  "n": len(items), "example": {"prompt_tail": items[0].prompt[-80:],
@@ -247,7 +244,7 @@ def run_point(point: Point, sweep, workdir: str, cache_dir: str | None,
     state, summary, tokenizer, _ = pretraining.run(point.config, pdir, cache_dir, log=plog)
     train_s = time.perf_counter() - t0
     ev = final_metrics(pdir, point.config)
-    probe_results = run_probes(sweep, point.config, pretraining.build_model(point.config),
+    probe_results = run_probes(sweep, point.config, model_lib.build(point.config),
                                state.params, tokenizer)
     plog("probes: " + "  ".join(f"{k} exact {v['exact']:.2f} logp {v['logprob']:.2f}"
                                 for k, v in probe_results.items()))
@@ -390,7 +387,7 @@ def compute_fits(rows: list[dict], n_boot: int, seed: int = 0,
   for key, pure, need in (("offset", False, 3), ("pure", True, 2)):
     if len(ln) >= need:
       try:
-        fits["L_N"][key] = scaling.fit_with_ci(x, y, n_boot, seed, pure=pure)
+        fits["L_N"][key] = laws.fit_with_ci(x, y, n_boot, seed, pure=pure)
       except (ValueError, RuntimeError) as e:
         fits["L_N"][key] = {"error": str(e)}
 
@@ -402,7 +399,7 @@ def compute_fits(rows: list[dict], n_boot: int, seed: int = 0,
     x, y = [r["tokens"] for r in rs], [loss(r) for r in rs]
     for key, pure in (("offset", False), ("pure", True)):
       try:
-        fits["L_D"][key] = scaling.fit_with_ci(x, y, n_boot, seed + 1, pure=pure)
+        fits["L_D"][key] = laws.fit_with_ci(x, y, n_boot, seed + 1, pure=pure)
       except (ValueError, RuntimeError) as e:
         fits["L_D"][key] = {"error": str(e)}
   else:
@@ -417,7 +414,7 @@ def compute_fits(rows: list[dict], n_boot: int, seed: int = 0,
       groups.append({"C": float(np.mean([r["flops"] for r in rs])),
                      "N": [r[n_key] for r in rs], "D": [r["tokens"] for r in rs],
                      "loss": [loss(r) for r in rs]})
-    res = scaling.isoflop_analysis(groups, n_boot, seed + 2)
+    res = laws.isoflop_analysis(groups, n_boot, seed + 2)
     res["n_counted_as"] = n_key
     fits[key] = res
   tpp = [t for t in fits["isoflop"]["tokens_per_param"] if np.isfinite(t)]
@@ -443,7 +440,7 @@ def _nan_to_none(o):
 
 def analyze(sweep, workdir: str, log: Callable[[str], None] = print) -> dict:
   """results.csv, fits.json, PNG plots and report.md from the finished points."""
-  from gptjax import sweep_report
+  from gptjax.scaling import report as sweep_report
   workdir = os.path.abspath(workdir)
   rows, missing = load_results(sweep, workdir)
   if not rows:

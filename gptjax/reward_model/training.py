@@ -21,10 +21,17 @@ import jax
 import ml_collections
 import numpy as np
 
-from configs import reward_model as rm_configs
-from gptjax import comparisons as comp_lib
-from gptjax import config as config_lib
-from gptjax import losses, model as model_lib, reward, sft as sft_lib, sharding, train
+from gptjax import (
+  config as config_lib,
+  heads,
+  losses,
+  model as model_lib,
+  runs,
+  sft as sft_lib,
+  sharding,
+  train,
+)
+from gptjax.reward_model import comparisons as comp_lib
 from gptjax.tasks import instructions
 from gptjax.tokenizer import Tokenizer
 
@@ -32,7 +39,6 @@ NORMALIZATION_FILE = "reward_model.json"
 
 
 def validate(config) -> None:
-  config_lib.check_fields(config, rm_configs.get_config(config.preset))
   config_lib.validate_train(config.train)
   c = config.comparisons
   config_lib.require(2 <= c.k <= 16, "comparisons.k", c.k, "2..16 (InstructGPT: 4 to 9)")
@@ -90,7 +96,7 @@ def score_all(model, params, comps: comp_lib.Comparisons, batch: int = 64) -> np
   P, K, T = comps.tokens.shape
   tokens = comps.tokens.reshape(P * K, T)
   mask = comps.token_mask.reshape(P * K, T)
-  fn = jax.jit(lambda p, x, m: reward.score(model, p, x, m))
+  fn = jax.jit(lambda p, x, m: heads.score(model, p, x, m))
   out = []
   for s in range(0, P * K, batch):
     x, m = tokens[s:s + batch], mask[s:s + batch]
@@ -149,14 +155,14 @@ def _comparisons(config, policy, world, split: str, n: int, seed: int, directory
 def load_init(config, sft_dir: str):
   """(model, params) of the reward model before training: a trunk + a fresh head."""
   init_dir = config.rm.init_from or sft_dir
-  init_run = sft_lib.load_run(init_dir)
+  init_run = runs.load_run(init_dir)
   policy_tokenizer = Tokenizer.load(os.path.join(sft_dir, "tokenizer.model"))
   if init_run.tokenizer.fingerprint != policy_tokenizer.fingerprint:
     raise ValueError(f"rm.init_from={init_dir} uses a different tokenizer from the SFT "
                      f"policy {sft_dir}; a reward model must read the policy's tokens")
-  model = reward.ScalarHeadModel(init_run.model.cfg)
-  head = reward.init_head(model, jax.random.PRNGKey(config.seed))
-  return model, reward.from_lm_params(init_run.params, head), init_run.config
+  model = heads.ScalarHeadModel(init_run.model.cfg)
+  head = heads.init_head(model, jax.random.PRNGKey(config.seed))
+  return model, heads.from_lm_params(init_run.params, head), init_run.config
 
 
 def train_rm(config, workdir: str, model, init_params, train_comps, heldout, log):
@@ -177,8 +183,8 @@ def run(config, workdir: str, sft_dir: str | None = None, log=print) -> dict:
     raise ValueError("The reward model needs an SFT run: pass --sft=<sft workdir>.")
   sharding.maybe_initialize_distributed()
   workdir = train.prepare_workdir(workdir)
-  policy = sft_lib.load_run(sft_dir)
-  world = sft_lib.world_of(policy.config)
+  policy = runs.load_run(sft_dir)
+  world = runs.world_of(policy.config)
   config = ml_collections.ConfigDict(config.to_dict())
   config.sft = sft_dir
   config_lib.save(config, workdir)
@@ -218,7 +224,7 @@ def run(config, workdir: str, sft_dir: str | None = None, log=print) -> dict:
   shift, std = -float(sft_scores.mean()), float(sft_scores.std())
   with open(os.path.join(workdir, NORMALIZATION_FILE), "w") as f:
     json.dump({"bias_shift": shift, "sft_score_std": std}, f, indent=2)
-  params = reward.shift_bias(params, shift)
+  params = heads.shift_bias(params, shift)
 
   main = evaluate_rm(model, params, heldout)
   curve = [{"comparisons": len(train_comps), "fraction": 1.0,
@@ -313,9 +319,9 @@ def load_reward_model(workdir: str):
   if not os.path.exists(norm_path):
     raise FileNotFoundError(f"{workdir} has no {NORMALIZATION_FILE}: the reward-model run "
                             "did not finish")
-  model = reward.ScalarHeadModel(model_lib.TransformerConfig.from_config(config.model))
+  model = heads.ScalarHeadModel(model_lib.TransformerConfig.from_config(config.model))
   params, _ = train.restore_params(workdir, config, model,
                                    {"tokens": np.zeros((1, config.model.max_len), np.int32)})
   with open(norm_path) as f:
     norm = json.load(f)
-  return model, reward.shift_bias(params, norm["bias_shift"]), config
+  return model, heads.shift_bias(params, norm["bias_shift"]), config

@@ -1,7 +1,7 @@
 """RLHF as a composition: SFT policy + reward model -> PPO -> evaluation.
 
 `experiments/rlhf.py` is its command line. The loop per iteration is in
-`gptjax.ppo`; this module owns state, resume, metrics and evaluation.
+`gptjax.rlhf.ppo`; this module owns state, resume, metrics and evaluation.
 
 Workdir layout:
   config.json, tokenizer.model
@@ -27,18 +27,24 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from configs import rlhf as rlhf_configs
-from gptjax import checkpoint as ckpt_lib
-from gptjax import comparisons as comp_lib
-from gptjax import config as config_lib
-from gptjax import evaluation, losses, metrics as metrics_lib, ppo, ppo_math, reward
-from gptjax import reward_modeling, sft as sft_lib, sharding, train
-from gptjax.data.pipeline import Pipeline
+from gptjax import (
+  checkpoint as ckpt_lib,
+  config as config_lib,
+  evaluation,
+  heads,
+  losses,
+  metrics as metrics_lib,
+  runs,
+  sharding,
+  train,
+)
+from gptjax.data.packing import Pipeline
+from gptjax.reward_model import comparisons as comp_lib, training as rm_training
+from gptjax.rlhf import ppo, ppo_math, stats
 from gptjax.tasks import instructions, oracle
 
 
 def validate(config) -> None:
-  config_lib.check_fields(config, rlhf_configs.get_config(config.preset))
   p = config.ppo
   for name in ("iterations", "rollout_batch", "max_new_tokens", "epochs", "minibatches",
                "rounds"):
@@ -98,8 +104,8 @@ def fresh_state(config, models: Models, sft_params, value_params, rm_params, tx_
 def initial_value_params(config, models: Models, sft_params, rm_params):
   if config.ppo.value_init == "reward_model":
     return rm_params
-  head = reward.init_head(models.value, jax.random.PRNGKey(config.seed + 1))
-  return reward.from_lm_params(sft_params, head)
+  head = heads.init_head(models.value, jax.random.PRNGKey(config.seed + 1))
+  return heads.from_lm_params(sft_params, head)
 
 
 def prompts_for(config, models: Models, iteration: int) -> tuple[list, list[str]]:
@@ -122,12 +128,12 @@ def run(config, workdir: str, sft_dir: str | None = None, rm_dir: str | None = N
   config.sft, config.reward_model = sft_dir, rm_dir
   config_lib.save(config, workdir)
 
-  sft = sft_lib.load_run(sft_dir)
-  rm_model, rm_params, rm_config = reward_modeling.load_reward_model(rm_dir)
+  sft = runs.load_run(sft_dir)
+  rm_model, rm_params, rm_config = rm_training.load_reward_model(rm_dir)
   shutil.copyfile(os.path.join(sft_dir, "tokenizer.model"), os.path.join(workdir, "tokenizer.model"))
   value_model = rm_model if config.ppo.value_init == "reward_model" else \
-      reward.ScalarHeadModel(sft.model.cfg)
-  models = Models(sft.model, value_model, rm_model, sft.tokenizer, sft_lib.world_of(sft.config),
+      heads.ScalarHeadModel(sft.model.cfg)
+  models = Models(sft.model, value_model, rm_model, sft.tokenizer, runs.world_of(sft.config),
                   sft.config, rm_config, rm_dir, ref_params=sft.params,
                   cache_dir=cache_dir)
   p = config.ppo
@@ -250,28 +256,28 @@ def retrain_reward_model(config, models: Models, state: dict, round_index: int, 
   rdir = os.path.join(workdir, "rounds", str(round_index))
   with open(os.path.join(models.rm_dir, "comparisons", "train", "report.json")) as f:
     noise = json.load(f)["labeler_noise"]
-  policy_run = sft_lib.LoadedRun(models.sft_config, models.policy, state["policy"].params,
+  policy_run = runs.LoadedRun(models.sft_config, models.policy, state["policy"].params,
                                  models.tokenizer, int(state["policy"].step),
                                  f"{workdir}#policy")
   c = rc.comparisons
   n = max(rc.train.batch_size, c.n_prompts // config.ppo.rounds)
-  comps, _ = reward_modeling._comparisons(rc, policy_run, models.world, "train", n,
+  comps, _ = rm_training._comparisons(rc, policy_run, models.world, "train", n,
                                           c.seed + 7919 * round_index,
                                           os.path.join(rdir, "comparisons"), noise, log)
   rc.rm.epochs = config.ppo.rm_steps_per_round * rc.train.batch_size / len(comps)
   rc.eval.data_fractions = ()
   heldout = comps.subset(np.arange(min(len(comps), rc.train.batch_size)))
-  params, _ = reward_modeling.train_rm(rc, os.path.join(rdir, "rm"), models.reward, state["rm"],
+  params, _ = rm_training.train_rm(rc, os.path.join(rdir, "rm"), models.reward, state["rm"],
                                        comps, heldout, log)
-  shift = -float(reward_modeling.score_all(models.reward, params, comps).mean())
+  shift = -float(rm_training.score_all(models.reward, params, comps).mean())
   log(f"[rlhf] round {round_index}: reward model retrained on {len(comps)} new comparisons "
       f"(recentred by {shift:+.3f})")
-  return reward.shift_bias(params, shift)
+  return heads.shift_bias(params, shift)
 
 
-def export_policy(workdir: str, sft: sft_lib.LoadedRun, params, iteration: int) -> str:
+def export_policy(workdir: str, sft: runs.LoadedRun, params, iteration: int) -> str:
   """Writes the final policy as a standard LM run in workdir/policy/ (config.json,
-  tokenizer.model, checkpoints/), so `sft.load_run`, chat and later stages load it
+  tokenizer.model, checkpoints/), so `runs.load_run`, chat and later stages load it
   like any SFT run. The optimizer state in it is fresh (only params matter)."""
   pdir = os.path.join(workdir, "policy")
   os.makedirs(pdir, exist_ok=True)
@@ -289,40 +295,6 @@ def export_policy(workdir: str, sft: sft_lib.LoadedRun, params, iteration: int) 
 
 # ----------------------------------------------------------------------------
 # Evaluation (held-out prompts; the oracle is the judge)
-
-def win_rate(a: list[float], b: list[float]) -> dict:
-  """P(a beats b) with ties counted half, and a 95% normal-approximation interval."""
-  a, b = np.asarray(a), np.asarray(b)
-  wins = (a > b + 1e-9).astype(float) + 0.5 * (np.abs(a - b) <= 1e-9)
-  n = len(wins)
-  p = float(wins.mean())
-  half = 1.96 * math.sqrt(max(wins.var(), 1e-12) / n)
-  return {"win_rate": p, "ci95": [p - half, p + half], "n": n,
-          "wins": int((a > b + 1e-9).sum()), "ties": int((np.abs(a - b) <= 1e-9).sum()),
-          "losses": int((a < b - 1e-9).sum())}
-
-
-def overoptimization_curve(sqrt_kl, proxy, gold, n_bins: int = 8) -> dict:
-  """Gao et al. (2022): mean proxy and gold score in equal-width bins of
-  sqrt(KL to SFT), and where the gold curve turns over.
-
-  sqrt_kl, proxy, gold: per-PPO-iteration values [N]. Returns the bin centres
-  and means (empty bins dropped), the sqrt-KL of the gold peak, the gold score
-  there and at the largest KL, and `turned_over`: the peak lies before the
-  last bin and the gold score then fell (the proxy kept rising or not).
-  """
-  x = np.asarray(sqrt_kl, float)
-  edges = np.linspace(x.min(), x.max() + 1e-9, max(min(n_bins, len(x)), 1) + 1)
-  which = np.clip(np.digitize(x, edges) - 1, 0, len(edges) - 2)
-  bins = [b for b in range(len(edges) - 1) if (which == b).any()]
-  mean = lambda y: [float(np.asarray(y, float)[which == b].mean()) for b in bins]
-  centre = [float(x[which == b].mean()) for b in bins]
-  g = mean(gold)
-  peak = int(np.argmax(g))
-  return {"sqrt_kl": centre, "proxy": mean(proxy), "gold": g,
-          "peak_sqrt_kl": centre[peak], "peak_gold": g[peak], "final_gold": g[-1],
-          "turned_over": bool(peak < len(g) - 1 and g[-1] < g[peak])}
-
 
 def pretraining_loss(models: Models, params, n_batches: int, batch_size: int = 8) -> dict:
   """Validation LM loss per pretraining source: the alignment tax on language modelling."""
@@ -346,7 +318,7 @@ def evaluate(config, models: Models, sft_params, rlhf_params, workdir: str, log)
          for name, p in (("sft", sft_params), ("rlhf", rlhf_params))}
   g_sft, g_rl = res["sft"]["chat"]["scores"], res["rlhf"]["chat"]["scores"]   # paired by prompt
   families = [e.family for e in ev.examples]
-  per_family_win = {f: win_rate([g for g, ff in zip(g_rl, families) if ff == f],
+  per_family_win = {f: stats.win_rate([g for g, ff in zip(g_rl, families) if ff == f],
                                 [g for g, ff in zip(g_sft, families) if ff == f])["win_rate"]
                     for f in sorted(set(families))}
   tax = {name: pretraining_loss(models, p, config.eval.ptx_eval_batches)
@@ -355,7 +327,7 @@ def evaluate(config, models: Models, sft_params, rlhf_params, workdir: str, log)
                                                   "honest_idk_rate", "decline_rate",
                                                   "over_refusal_rate")}
   result = {
-      "win_rate_vs_sft": win_rate(g_rl, g_sft),
+      "win_rate_vs_sft": stats.win_rate(g_rl, g_sft),
       "win_rate_vs_sft_per_family": per_family_win,
       "gold_mean": {"sft": float(np.mean(g_sft)), "rlhf": float(np.mean(g_rl))},
       "sft": summary(res["sft"]), "rlhf": summary(res["rlhf"]),
@@ -370,7 +342,7 @@ def evaluate(config, models: Models, sft_params, rlhf_params, workdir: str, log)
   }
   recs = metrics_lib.read_metrics(workdir, "ppo")
   if recs:
-    result["overoptimization"] = overoptimization_curve(
+    result["overoptimization"] = stats.overoptimization_curve(
         [r["sqrt_kl"] for r in recs], [r["rm_score"] for r in recs],
         [r["gold_score"] for r in recs])
   with open(os.path.join(workdir, "eval.json"), "w") as f:
@@ -414,7 +386,7 @@ def plot(workdir: str) -> None:
 
   fig, ax = plt.subplots(figsize=(4.8, 3.6))
   x = [r["sqrt_kl"] for r in recs]
-  curve = overoptimization_curve(x, [r["rm_score"] for r in recs],
+  curve = stats.overoptimization_curve(x, [r["rm_score"] for r in recs],
                                  [r["gold_score"] for r in recs])
   for key, curve_key, label, marker in (("rm_score", "proxy", "reward model (proxy)", "o"),
                                         ("gold_score", "gold", "gold", "s")):

@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gptjax import losses, ppo_math, reward, sampling
+from gptjax import heads, losses, sampling
+from gptjax.rlhf import ppo_math
 from gptjax.train import TrainState
 
 
@@ -81,7 +82,7 @@ def score_rollout(policy, value_model, reward_model, policy_params, ref_params, 
   logp, _ = response_logprobs(policy, policy_params, tokens, token_mask, positions, n_response)
   ref_logp, _ = response_logprobs(policy, ref_params, tokens, token_mask, positions, n_response)
   values = response_values(value_model, value_params, tokens, token_mask, positions, n_response)
-  score = reward.score(reward_model, rm_params, tokens, token_mask, positions)
+  score = heads.score(reward_model, rm_params, tokens, token_mask, positions)
   return logp, ref_logp, values, score
 
 

@@ -25,8 +25,9 @@ from typing import Callable, Sequence
 
 import ml_collections
 
-from gptjax import metrics as metrics_lib
-from gptjax import pretraining, reward_modeling, rlhf, sft, train
+from gptjax import metrics as metrics_lib, pretraining, sft, train
+from gptjax.reward_model import training as rm_training
+from gptjax.rlhf import loop as rlhf_loop
 
 STAGE_FILE = "stage.json"
 ORDER = ("pretrain", "sft", "reward_model", "rlhf", "rlhf_ptx", "report")
@@ -125,21 +126,21 @@ def stages(config, workdir: str, cache_dir: str | None, log=print) -> list[Stage
       Stage("sft", config.sft, lambda d: sft.run(config.sft, d, path("pretrain"), log=log),
             after=("pretrain",)),
       Stage("reward_model", config.reward_model,
-            lambda d: reward_modeling.run(config.reward_model, d, path("sft"), log=log),
+            lambda d: rm_training.run(config.reward_model, d, path("sft"), log=log),
             after=("sft",)),
       Stage("rlhf", _without_ptx(config.rlhf),
-            lambda d: rlhf.run(_without_ptx(config.rlhf), d, path("sft"), path("reward_model"),
+            lambda d: rlhf_loop.run(_without_ptx(config.rlhf), d, path("sft"), path("reward_model"),
                                log=log, cache_dir=cache_dir), after=("sft", "reward_model")),
   ]
   if config.ptx_coef > 0:
     ptx_cfg = _with_ptx(config.rlhf, config.ptx_coef)
     out.append(Stage("rlhf_ptx", ptx_cfg,
-                     lambda d: rlhf.run(ptx_cfg, d, path("sft"), path("reward_model"), log=log,
+                     lambda d: rlhf_loop.run(ptx_cfg, d, path("sft"), path("reward_model"), log=log,
                                         cache_dir=cache_dir),
                      after=("sft", "reward_model")))
-  from gptjax import report  # matplotlib only when the report is made
+  from gptjax.pipeline import report
   out.append(Stage("report", config.report,
-                   lambda d: report.write(workdir, d, config, log=log),
+                   lambda d: report.write(workdir, d, config, ORDER, log=log),
                    after=tuple(s.name for s in out)))
   return out
 
