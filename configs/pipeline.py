@@ -32,7 +32,7 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   p = _stage_preset(preset)
   c = ml_collections.ConfigDict()
   c.preset = preset
-  c.pretrain = pretrain.get_config(p + "+world")   # world knowledge comes from pretraining
+  c.pretrain = pretrain.get_config(p + "+world")  # world knowledge comes from pretraining
   c.sft = sft.get_config(p)
   c.reward_model = reward_model.get_config(p)
   c.rlhf = rlhf.get_config(p)
@@ -66,7 +66,7 @@ def _shrink_for_tests(c: ml_collections.ConfigDict) -> None:
   c.reward_model.comparisons.n_prompts = 64
   c.reward_model.comparisons.n_heldout = 32
   c.reward_model.rm.epochs = 1.0
-  c.reward_model.rm.skip_tied_prompts = True    # the small/base path, exercised end to end
+  c.reward_model.rm.skip_tied_prompts = True  # the small/base path, exercised end to end
   c.reward_model.eval.data_fractions = ()
   c.rlhf.ppo.iterations = 4
   c.rlhf.ppo.rollout_batch = 16

@@ -25,7 +25,7 @@ import ml_collections
 
 PRESETS = ("tiny", "small", "base")
 DEFAULT_MIXTURE = {"english": 0.7, "code": 0.3}
-WORLD_MIXTURE = {"english": 0.45, "code": 0.25, "world": 0.3}   # the `+world` presets
+WORLD_MIXTURE = {"english": 0.45, "code": 0.25, "world": 0.3}  # the `+world` presets
 
 
 def model_config(preset: str) -> ml_collections.ConfigDict:
@@ -38,8 +38,8 @@ def model_config(preset: str) -> ml_collections.ConfigDict:
   m.d_model = {"tiny": 64, "small": 384, "base": 768}[preset]
   m.d_ff = 4 * m.d_model
   m.dropout = {"tiny": 0.0, "small": 0.0, "base": 0.1}[preset]
-  m.dtype = "float32"          # activations: float32 | bfloat16
-  m.param_dtype = "float32"    # parameters:  float32 | bfloat16
+  m.dtype = "float32"  # activations: float32 | bfloat16
+  m.param_dtype = "float32"  # parameters:  float32 | bfloat16
   return m
 
 
@@ -54,14 +54,14 @@ def data_config(preset: str) -> ml_collections.ConfigDict:
   # Cap on training characters per source (0 = everything); keeps tiny runs fast.
   # Validation keeps val_fraction of that (see gptjax.data.sources.split_cap).
   d.max_chars = {"tiny": 400_000, "small": 0, "base": 0}[preset]
-  d.val_fraction = 0.05        # of documents, chosen by a hash of their id
-  d.tfds_dir = ""              # '' = <cache_dir>/tfds (default ~/.cache/gptjax/tfds)
+  d.val_fraction = 0.05  # of documents, chosen by a hash of their id
+  d.tfds_dir = ""  # '' = <cache_dir>/tfds (default ~/.cache/gptjax/tfds)
   d.tokenizer_chars = {"tiny": 300_000, "small": 6_000_000, "base": 20_000_000}[preset]
   # The 'world' source: one pass writes every known fact in 13 templates
   # (~560k characters for 240 entities); SFT and evaluation rebuild the same
   # world from these fields of the pretraining run's config.json.
   d.world_seed = 0
-  d.world_entities = 240       # known entities (plus 30 unknown, 30 held out)
+  d.world_entities = 240  # known entities (plus 30 unknown, 30 held out)
   d.world_passes = {"tiny": 1, "small": 4, "base": 20}[preset]
   return d
 
@@ -69,10 +69,10 @@ def data_config(preset: str) -> ml_collections.ConfigDict:
 def train_config(preset: str) -> ml_collections.ConfigDict:
   t = ml_collections.ConfigDict()
   t.steps = {"tiny": 300, "small": 800, "base": 100_000}[preset]  # small: ~1 h on 2 CPU cores
-  t.batch_size = {"tiny": 16, "small": 16, "base": 512}[preset]   # global, sequences
-  t.grad_accum = 1             # micro-batches per optimizer step
+  t.batch_size = {"tiny": 16, "small": 16, "base": 512}[preset]  # global, sequences
+  t.grad_accum = 1  # micro-batches per optimizer step
   t.lr = {"tiny": 3e-3, "small": 1e-3, "base": 6e-4}[preset]
-  t.min_lr_ratio = 0.1         # cosine decays to lr * min_lr_ratio
+  t.min_lr_ratio = 0.1  # cosine decays to lr * min_lr_ratio
   t.warmup_steps = {"tiny": 30, "small": 80, "base": 2000}[preset]
   t.weight_decay = 0.1
   t.b1 = 0.9
@@ -84,7 +84,7 @@ def train_config(preset: str) -> ml_collections.ConfigDict:
   t.ckpt_every = {"tiny": 100, "small": 100, "base": 2000}[preset]
   t.keep_checkpoints = 3
   t.sample_tokens = {"tiny": 32, "small": 96, "base": 128}[preset]
-  t.measure_peak = True        # time a large matmul at start: the MFU denominator
+  t.measure_peak = True  # time a large matmul at start: the MFU denominator
   return t
 
 
@@ -94,7 +94,7 @@ def mesh_config() -> ml_collections.ConfigDict:
   m.data = -1
   m.fsdp = 1
   m.tensor = 1
-  m.num_devices = -1           # -1 = every device; N = the first N (small meshes in tests)
+  m.num_devices = -1  # -1 = every device; N = the first N (small meshes in tests)
   return m
 
 
@@ -102,8 +102,10 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   """`preset` is one of PRESETS, optionally with `+world` (e.g. 'tiny+world')."""
   preset, plus, extra = preset.partition("+")
   if preset not in PRESETS or (plus and extra != "world"):
-    raise ValueError(f"Unknown preset {preset + plus + extra!r}; choose one of {PRESETS}, "
-                     "optionally with '+world' (e.g. 'tiny+world').")
+    raise ValueError(
+      f"Unknown preset {preset + plus + extra!r}; choose one of {PRESETS}, "
+      "optionally with '+world' (e.g. 'tiny+world')."
+    )
   c = ml_collections.ConfigDict()
   c.preset = preset
   c.seed = 0

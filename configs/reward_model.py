@@ -20,11 +20,11 @@ PRESETS = pretrain_configs.PRESETS
 
 def comparisons_config(preset: str) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.k = 4                      # responses ranked per prompt (InstructGPT: 4 to 9)
+  c.k = 4  # responses ranked per prompt (InstructGPT: 4 to 9)
   c.n_prompts = {"tiny": 1024, "small": 2000, "base": 20000}[preset]
   c.n_heldout = {"tiny": 96, "small": 300, "base": 2000}[preset]
-  c.labeler_agreement = 0.73   # target pairwise agreement with the gold order
-  c.labeler_noise = -1.0       # < 0: calibrate to labeler_agreement on the samples
+  c.labeler_agreement = 0.73  # target pairwise agreement with the gold order
+  c.labeler_noise = -1.0  # < 0: calibrate to labeler_agreement on the samples
   c.max_new_tokens = {"tiny": 24, "small": 48, "base": 96}[preset]
   c.sample_batch = {"tiny": 64, "small": 64, "base": 256}[preset]
   c.seed = 0
@@ -33,7 +33,7 @@ def comparisons_config(preset: str) -> ml_collections.ConfigDict:
 
 def rm_config(preset: str) -> ml_collections.ConfigDict:
   r = ml_collections.ConfigDict()
-  r.init_from = ""             # '' = the SFT workdir (--sft)
+  r.init_from = ""  # '' = the SFT workdir (--sft)
   # Passes over the training prompts. InstructGPT used 1 (more overfits at
   # scale); the CPU presets see few informative pairs and need a few.
   r.epochs = {"tiny": 4.0, "small": 4.0, "base": 1.0}[preset]
@@ -50,14 +50,14 @@ def rm_config(preset: str) -> ml_collections.ConfigDict:
 
 def train_config(preset: str) -> ml_collections.ConfigDict:
   t = pretrain_configs.train_config(preset)
-  t.steps = 1                  # derived from rm.epochs at run time
-  t.batch_size = {"tiny": 16, "small": 16, "base": 64}[preset]   # prompts (x K sequences)
+  t.steps = 1  # derived from rm.epochs at run time
+  t.batch_size = {"tiny": 16, "small": 16, "base": 64}[preset]  # prompts (x K sequences)
   t.lr = {"tiny": 1e-3, "small": 1e-4, "base": 9e-6}[preset]
   t.warmup_steps = {"tiny": 5, "small": 10, "base": 50}[preset]
   t.weight_decay = 0.0
   t.log_every = {"tiny": 5, "small": 10, "base": 20}[preset]
   t.eval_every = {"tiny": 1000, "small": 1000, "base": 1000}[preset]
-  t.eval_batches = 1           # unused: the held-out set is evaluated whole
+  t.eval_batches = 1  # unused: the held-out set is evaluated whole
   t.ckpt_every = {"tiny": 1000, "small": 1000, "base": 1000}[preset]
   t.measure_peak = False
   del t.sample_tokens
@@ -79,7 +79,7 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.preset = preset
   c.seed = 0
-  c.sft = ""                   # SFT workdir (or --sft)
+  c.sft = ""  # SFT workdir (or --sft)
   c.comparisons = comparisons_config(preset)
   c.rm = rm_config(preset)
   c.train = train_config(preset)

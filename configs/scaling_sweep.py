@@ -37,22 +37,45 @@ PRESETS = ("tiny", "small", "base")
 
 
 def _size(n_layer: int, d_model: int, n_head: int, lr: float) -> dict:
-  return {"name": f"L{n_layer}-d{d_model}", "n_layer": n_layer, "d_model": d_model,
-          "n_head": n_head, "lr": lr}
+  return {
+    "name": f"L{n_layer}-d{d_model}",
+    "n_layer": n_layer,
+    "d_model": d_model,
+    "n_head": n_head,
+    "lr": lr,
+  }
 
 
 def sizes(preset: str) -> list[dict]:
   """Model shapes (d_ff = 4 d_model) and their peak learning rates."""
   if preset == "tiny":
-    return [_size(1, 16, 2, 3e-3), _size(1, 32, 2, 3e-3), _size(2, 32, 2, 3e-3),
-            _size(2, 64, 4, 3e-3)]
+    return [
+      _size(1, 16, 2, 3e-3),
+      _size(1, 32, 2, 3e-3),
+      _size(2, 32, 2, 3e-3),
+      _size(2, 64, 4, 3e-3),
+    ]
   if preset == "small":
-    return [_size(1, 24, 2, 3e-3), _size(1, 48, 4, 3e-3), _size(2, 64, 4, 3e-3),
-            _size(2, 96, 4, 2.5e-3), _size(3, 128, 4, 2e-3), _size(4, 160, 5, 2e-3),
-            _size(4, 192, 6, 1.5e-3), _size(5, 224, 7, 1.5e-3)]
-  return [_size(4, 256, 4, 1e-3), _size(6, 384, 6, 8e-4), _size(8, 512, 8, 7e-4),
-          _size(10, 640, 10, 6e-4), _size(12, 768, 12, 6e-4), _size(16, 1024, 16, 4e-4),
-          _size(20, 1280, 20, 3e-4), _size(24, 1536, 24, 2.5e-4)]
+    return [
+      _size(1, 24, 2, 3e-3),
+      _size(1, 48, 4, 3e-3),
+      _size(2, 64, 4, 3e-3),
+      _size(2, 96, 4, 2.5e-3),
+      _size(3, 128, 4, 2e-3),
+      _size(4, 160, 5, 2e-3),
+      _size(4, 192, 6, 1.5e-3),
+      _size(5, 224, 7, 1.5e-3),
+    ]
+  return [
+    _size(4, 256, 4, 1e-3),
+    _size(6, 384, 6, 8e-4),
+    _size(8, 512, 8, 7e-4),
+    _size(10, 640, 10, 6e-4),
+    _size(12, 768, 12, 6e-4),
+    _size(16, 1024, 16, 4e-4),
+    _size(20, 1280, 20, 3e-4),
+    _size(24, 1536, 24, 2.5e-4),
+  ]
 
 
 def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
@@ -67,32 +90,42 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   # measure_peak off: the sweep plots loss against FLOPs, not MFU, and on a
   # CPU timing the matmul peak costs as much as a tiny run.
   c.overrides = {
-      "tiny": {"train": {"batch_size": 16, "eval_batches": 4, "sample_tokens": 8,
-                         "measure_peak": False}},
-      "small": {"model": {"vocab_size": 2048, "max_len": 128},
-                "train": {"batch_size": 16, "eval_batches": 8, "sample_tokens": 8,
-                          "keep_checkpoints": 1, "measure_peak": False},
-                "data": {"tokenizer_chars": 3_000_000}},
-      "base": {"train": {"batch_size": 256, "eval_batches": 32}},
+    "tiny": {
+      "train": {"batch_size": 16, "eval_batches": 4, "sample_tokens": 8, "measure_peak": False}
+    },
+    "small": {
+      "model": {"vocab_size": 2048, "max_len": 128},
+      "train": {
+        "batch_size": 16,
+        "eval_batches": 8,
+        "sample_tokens": 8,
+        "keep_checkpoints": 1,
+        "measure_peak": False,
+      },
+      "data": {"tokenizer_chars": 3_000_000},
+    },
+    "base": {"train": {"batch_size": 256, "eval_batches": 32}},
   }[preset]
-  c.sizes = tuple(sizes(preset))   # a tuple: ml_collections cannot hold a list override
+  c.sizes = tuple(sizes(preset))  # a tuple: ml_collections cannot hold a list override
   # Compute budgets in FLOPs (one IsoFLOP profile each), and the step range a
   # point must fall in to be run.
-  c.budgets = {"tiny": (1e10, 3e10, 1e11),
-               "small": (1e12, 3e12, 1e13),
-               "base": (1e17, 3e17, 1e18, 3e18, 1e19)}[preset]
+  c.budgets = {
+    "tiny": (1e10, 3e10, 1e11),
+    "small": (1e12, 3e12, 1e13),
+    "base": (1e17, 3e17, 1e18, 3e18, 1e19),
+  }[preset]
   c.min_steps = {"tiny": 30, "small": 120, "base": 1000}[preset]
   c.max_steps = {"tiny": 500, "small": 6000, "base": 50_000}[preset]
-  c.warmup_fraction = 0.1     # warmup = min(base preset's warmup, fraction x steps)
-  c.evals_per_run = 4         # validation evaluations per run (the last at the end)
-  c.checkpoints_per_run = 2   # checkpoints per run (the last at the end): resume granularity
+  c.warmup_fraction = 0.1  # warmup = min(base preset's warmup, fraction x steps)
+  c.evals_per_run = 4  # validation evaluations per run (the last at the end)
+  c.checkpoints_per_run = 2  # checkpoints per run (the last at the end): resume granularity
 
   # Emergence probes on each point's final parameters.
   p = ml_collections.ConfigDict()
-  p.n = {"tiny": 8, "small": 32, "base": 64}[preset]           # queries per probe
-  p.few_shot_k = 3                                             # demonstrations per query
-  p.families = ("add2", "add3", "reverse")                     # see gptjax/scaling.PROBES
-  p.n_facts = {"tiny": 16, "small": 48, "base": 200}[preset]   # world facts for recall
+  p.n = {"tiny": 8, "small": 32, "base": 64}[preset]  # queries per probe
+  p.few_shot_k = 3  # demonstrations per query
+  p.families = ("add2", "add3", "reverse")  # see gptjax/scaling.PROBES
+  p.n_facts = {"tiny": 16, "small": 48, "base": 200}[preset]  # world facts for recall
   p.max_new_tokens = 12
   p.batch_size = 32
   p.seed = 0
@@ -102,5 +135,5 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   # tokens per non-embedding parameter (Hoffmann et al.'s compute-optimal ~20);
   # below it a run is data-limited and its loss says little about its size.
   c.fit_min_tokens_per_param = 20.0
-  c.bootstrap = {"tiny": 200, "small": 1000, "base": 1000}[preset]   # resamples for CIs
+  c.bootstrap = {"tiny": 200, "small": 1000, "base": 1000}[preset]  # resamples for CIs
   return c

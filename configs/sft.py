@@ -22,9 +22,9 @@ PRESETS = pretrain_configs.PRESETS
 def sft_config(preset: str) -> ml_collections.ConfigDict:
   """The demonstrations (InstructGPT's SFT set had ~13k)."""
   s = ml_collections.ConfigDict()
-  s.n_demos = 10_000           # spread evenly over the task families
+  s.n_demos = 10_000  # spread evenly over the task families
   s.demo_seed = 0
-  s.system_prompt = ""         # '' = no system message in the demonstrations
+  s.system_prompt = ""  # '' = no system message in the demonstrations
   s.n_heldout = {"tiny": 256, "small": 512, "base": 2048}[preset]  # held-out SFT loss
   return s
 
@@ -40,7 +40,7 @@ def train_config(preset: str) -> ml_collections.ConfigDict:
   t.eval_every = {"tiny": 300, "small": 200, "base": 500}[preset]
   t.eval_batches = {"tiny": 4, "small": 8, "base": 16}[preset]
   t.ckpt_every = {"tiny": 300, "small": 100, "base": 500}[preset]
-  t.measure_peak = preset != "tiny"     # the MFU denominator; seconds on a CPU
+  t.measure_peak = preset != "tiny"  # the MFU denominator; seconds on a CPU
   del t.sample_tokens
   return t
 
@@ -49,7 +49,7 @@ def eval_config(preset: str) -> ml_collections.ConfigDict:
   """Gold-score evaluation on held-out prompts, before and after SFT."""
   e = ml_collections.ConfigDict()
   e.n_per_family = {"tiny": 16, "small": 50, "base": 200}[preset]
-  e.seed = 1                   # which held-out prompts
+  e.seed = 1  # which held-out prompts
   e.few_shot_k = {"tiny": 1, "small": 3, "base": 5}[preset]
   e.max_new_tokens = {"tiny": 24, "small": 64, "base": 96}[preset]
   e.batch_size = {"tiny": 32, "small": 32, "base": 64}[preset]
@@ -66,7 +66,7 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.preset = preset
   c.seed = 0
-  c.pretrained = ""            # pretraining workdir (or --pretrained)
+  c.pretrained = ""  # pretraining workdir (or --pretrained)
   c.sft = sft_config(preset)
   c.train = train_config(preset)
   c.eval = eval_config(preset)

@@ -5,8 +5,9 @@ Run:
   python -m experiments.chat --workdir=/tmp/sft_tiny --prompt "What is 12 plus 30?"
   python -m experiments.chat --workdir=runs/small --temperature=0.8 --top_p=0.9
 
---workdir is an SFT, pretraining or RLHF run (RLHF: its exported policy/): its config.json, tokenizer.model and
-latest checkpoint are loaded. The conversation is kept in the chat template;
+--workdir is an SFT, pretraining or RLHF run (RLHF: its exported policy/): its
+config.json, tokenizer.model and latest checkpoint are loaded. The conversation
+is kept in the chat template;
 when it outgrows the context, the oldest turns are dropped and the system
 message is kept. Commands: /reset (forget the history), /system <text> (set
 the system message and reset), /quit. --prompt answers once and exits.
@@ -19,15 +20,17 @@ from absl import app, flags, logging
 from gptjax import cli, sampling
 from gptjax.chat import Chat, load
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "An SFT or pretraining run's workdir.",
-                               required=True)
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "An SFT or pretraining run's workdir.", required=True
+)
 _PROMPT = flags.DEFINE_string("prompt", None, "Answer this one message and exit.")
 _SYSTEM = flags.DEFINE_string("system", "", "System message ('' = none).")
 _TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "0 = greedy.")
 _TOP_K = flags.DEFINE_integer("top_k", 0, "Keep the k most likely tokens (0 = off).")
 _TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (1 = off).")
-_MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", None,
-                                       "Longest answer (default: a third of the context).")
+_MAX_NEW_TOKENS = flags.DEFINE_integer(
+  "max_new_tokens", None, "Longest answer (default: a third of the context)."
+)
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 
 HELP = "commands: /reset  /system <text>  /quit"
@@ -50,7 +53,7 @@ def interactive(chat: Chat) -> None:
       print("(history cleared)")
       continue
     if line.startswith("/system"):
-      chat.set_system(line[len("/system"):].strip())
+      chat.set_system(line[len("/system") :].strip())
       print(f"(system message set to {chat.system!r}; history cleared)")
       continue
     if line.startswith("/"):
@@ -74,10 +77,13 @@ def main(argv):
     sys.exit(f"error: {e}")
   max_new = _MAX_NEW_TOKENS.value or max(1, run.model.cfg.max_len // 3)
   if not 0 < max_new < run.model.cfg.max_len:
-    sys.exit(f"error: --max_new_tokens={max_new} must be in [1, {run.model.cfg.max_len}) "
-             "(the model's context)")
-  params_sampling = sampling.SamplingParams(temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
-                                            top_p=_TOP_P.value)
+    sys.exit(
+      f"error: --max_new_tokens={max_new} must be in [1, {run.model.cfg.max_len}) "
+      "(the model's context)"
+    )
+  params_sampling = sampling.SamplingParams(
+    temperature=_TEMPERATURE.value, top_k=_TOP_K.value, top_p=_TOP_P.value
+  )
   try:
     chat = Chat(run, params_sampling, max_new, _SYSTEM.value, _SEED.value)
   except ValueError as e:
@@ -89,8 +95,7 @@ def main(argv):
       sys.exit(f"error: {e}")
     print()
     return
-  print(f"[chat] {_WORKDIR.value} (step {run.step}), {params_sampling}, "
-        f"max_new_tokens {max_new}")
+  print(f"[chat] {_WORKDIR.value} (step {run.step}), {params_sampling}, max_new_tokens {max_new}")
   interactive(chat)
 
 

@@ -29,11 +29,14 @@ from configs import pipeline as pipeline_configs
 from gptjax import cli, metrics
 from gptjax.pipeline import stages
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/pipeline.py:tiny", "Config and preset.")
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", "configs/pipeline.py:tiny", "Config and preset."
+)
 _WORKDIR = flags.DEFINE_string("workdir", "runs/pipeline", "Where every stage writes.")
 _CACHE_DIR = flags.DEFINE_string("cache_dir", None, "Prepared datasets (default ~/.cache/gptjax).")
-_STAGES = flags.DEFINE_string("stages", None, "Comma-separated stages to run (default: all): "
-                              + ",".join(stages.ORDER) + ".")
+_STAGES = flags.DEFINE_string(
+  "stages", None, "Comma-separated stages to run (default: all): " + ",".join(stages.ORDER) + "."
+)
 
 
 def main(argv):
@@ -44,8 +47,9 @@ def main(argv):
   records = stages.run(config, _WORKDIR.value, _CACHE_DIR.value, only=_STAGES.value)
   print("\nstage            status     wall time")
   for name, r in records.items():
-    print(f"{name:<16} {'done' if r['done'] else 'not done':<10} "
-          f"{metrics.format_seconds(r['seconds'])}")
+    print(
+      f"{name:<16} {'done' if r['done'] else 'not done':<10} {metrics.format_seconds(r['seconds'])}"
+    )
   print(f"\nreport: {os.path.join(os.path.abspath(_WORKDIR.value), 'report.md')}")
 
 

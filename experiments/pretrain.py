@@ -17,10 +17,12 @@ from configs import pretrain as pretrain_configs
 from gptjax import cli, pretraining
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/pretrain.py:tiny", "Config file and preset, e.g. configs/pretrain.py:small.")
+  "config", "configs/pretrain.py:tiny", "Config file and preset, e.g. configs/pretrain.py:small."
+)
 _WORKDIR = flags.DEFINE_string("workdir", "runs/pretrain", "Where checkpoints and metrics go.")
-_CACHE_DIR = flags.DEFINE_string("cache_dir", None,
-                                 "Prepared datasets and token streams (default ~/.cache/gptjax).")
+_CACHE_DIR = flags.DEFINE_string(
+  "cache_dir", None, "Prepared datasets and token streams (default ~/.cache/gptjax)."
+)
 
 
 def main(argv):
@@ -30,8 +32,10 @@ def main(argv):
   config = cli.checked(_CONFIG.value, pretrain_configs.get_config)
   _, summary, _, _ = pretraining.run(config, _WORKDIR.value, _CACHE_DIR.value)
   ev = summary.get("last_eval", {})
-  print(f"done: {summary['steps']} steps; unigram entropy {summary['unigram_entropy']:.3f} nats; "
-        + "  ".join(f"{k} {v:.3f}" for k, v in ev.items() if k.endswith("/loss")))
+  print(
+    f"done: {summary['steps']} steps; unigram entropy {summary['unigram_entropy']:.3f} nats; "
+    + "  ".join(f"{k} {v:.3f}" for k, v in ev.items() if k.endswith("/loss"))
+  )
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ from gptjax import cli
 from gptjax.reward_model import training as rm_training
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/reward_model.py:tiny", "Config file and preset.")
+  "config", "configs/reward_model.py:tiny", "Config file and preset."
+)
 _WORKDIR = flags.DEFINE_string("workdir", "runs/reward_model", "Where outputs go.")
 _SFT = flags.DEFINE_string("sft", None, "The SFT run's workdir (the policy).")
 

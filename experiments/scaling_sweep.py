@@ -25,10 +25,12 @@ from gptjax import cli
 from gptjax.scaling import sweep
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/scaling_sweep.py:tiny", "Sweep config and preset.")
+  "config", "configs/scaling_sweep.py:tiny", "Sweep config and preset."
+)
 _WORKDIR = flags.DEFINE_string("workdir", "runs/sweep", "Where the points and results go.")
-_CACHE_DIR = flags.DEFINE_string("cache_dir", None,
-                                 "Prepared datasets and token streams (default ~/.cache/gptjax).")
+_CACHE_DIR = flags.DEFINE_string(
+  "cache_dir", None, "Prepared datasets and token streams (default ~/.cache/gptjax)."
+)
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print each point's command; run nothing.")
 _SHARD = flags.DEFINE_string("shard", "0/1", "'i/n': run points i, i+n, i+2n, ...")
 _ANALYZE_ONLY = flags.DEFINE_bool("analyze_only", False, "Only write results, fits, plots.")
@@ -45,13 +47,17 @@ def main(argv):
   if _DRY_RUN.value:
     points = sweep.make_points(config)
     for p in sweep.shard(points, i, n):
-      print(f"# {p.index:3d} {p.name}: N={p.N:,} (all {p.n_params:,}) D={p.tokens:,} "
-            f"C={p.flops:.3g}\n{sweep.point_command(p, config, workdir)}")
+      print(
+        f"# {p.index:3d} {p.name}: N={p.N:,} (all {p.n_params:,}) D={p.tokens:,} "
+        f"C={p.flops:.3g}\n{sweep.point_command(p, config, workdir)}"
+      )
     return
   if not _ANALYZE_ONLY.value:
     status = sweep.run_sweep(config, workdir, _CACHE_DIR.value, (i, n))
-    print(f"done: ran {len(status['ran'])}, skipped {len(status['skipped'])} finished, "
-          f"failed {len(status['failed'])}")
+    print(
+      f"done: ran {len(status['ran'])}, skipped {len(status['skipped'])} finished, "
+      f"failed {len(status['failed'])}"
+    )
     for f in status["failed"]:
       print(f"  FAILED {f['name']}: {f['error']}  ({f['traceback']})")
     if n > 1 or _SKIP_ANALYSIS.value:

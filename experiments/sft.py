@@ -20,10 +20,11 @@ from configs import sft as sft_configs
 from gptjax import cli, sft
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/sft.py:tiny", "Config file and preset, e.g. configs/sft.py:small.")
-_PRETRAINED = flags.DEFINE_string("pretrained", None,
-                                  "Workdir of the pretraining run to start from "
-                                  "(default: config.pretrained).")
+  "config", "configs/sft.py:tiny", "Config file and preset, e.g. configs/sft.py:small."
+)
+_PRETRAINED = flags.DEFINE_string(
+  "pretrained", None, "Workdir of the pretraining run to start from (default: config.pretrained)."
+)
 _WORKDIR = flags.DEFINE_string("workdir", "runs/sft", "Where checkpoints and metrics go.")
 
 
@@ -34,9 +35,11 @@ def main(argv):
   config = cli.checked(_CONFIG.value, sft_configs.get_config)
   _, summary, report = sft.run(config, _WORKDIR.value, _PRETRAINED.value)
   table = report["table"]["MEAN"]
-  print(f"done: {summary['steps']} steps; mean gold score "
-        + "  ".join(f"{k} {v:.3f}" for k, v in table.items())
-        + f"; eval.json in {_WORKDIR.value}")
+  print(
+    f"done: {summary['steps']} steps; mean gold score "
+    + "  ".join(f"{k} {v:.3f}" for k, v in table.items())
+    + f"; eval.json in {_WORKDIR.value}"
+  )
 
 
 if __name__ == "__main__":

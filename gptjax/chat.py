@@ -17,8 +17,14 @@ from gptjax import runs, sampling
 class Chat:
   """A conversation with one loaded run; `reply` streams the answer."""
 
-  def __init__(self, run: runs.LoadedRun, params_sampling: sampling.SamplingParams,
-               max_new_tokens: int, system: str = "", seed: int = 0):
+  def __init__(
+    self,
+    run: runs.LoadedRun,
+    params_sampling: sampling.SamplingParams,
+    max_new_tokens: int,
+    system: str = "",
+    seed: int = 0,
+  ):
     self.run, self.sampling = run, params_sampling.validate()
     self.params = jax.device_put(jax.device_get(run.params), jax.devices()[0])
     self.max_new_tokens = max_new_tokens
@@ -45,20 +51,26 @@ class Chat:
       raise
     self.rng, rng = jax.random.split(self.rng)
     ids, shown = [], ""
-    for t in sampling.stream(self.run.model, self.params, prompt,
-                             max_new_tokens=self.max_new_tokens, rng=rng,
-                             eos_id=tok.end_turn_id, pad_id=tok.pad_id,
-                             sampling=self.sampling):
+    for t in sampling.stream(
+      self.run.model,
+      self.params,
+      prompt,
+      max_new_tokens=self.max_new_tokens,
+      rng=rng,
+      eos_id=tok.end_turn_id,
+      pad_id=tok.pad_id,
+      sampling=self.sampling,
+    ):
       if t in (tok.end_turn_id, tok.eos_id):
         break
       ids.append(t)
       text = tok.decode(ids)
-      if not text.endswith("\ufffd"):        # wait for the rest of a multi-byte character
-        write(text[len(shown):])
+      if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+        write(text[len(shown) :])
         shown = text
       sys.stdout.flush()
     answer = tok.decode(ids)
-    write(answer[len(shown):])
+    write(answer[len(shown) :])
     self.messages.append({"role": "assistant", "content": answer})
     return answer
 
@@ -71,13 +83,14 @@ def load(workdir: str) -> runs.LoadedRun:
   return runs.load_run(workdir)
 
 
-def transcript(run: runs.LoadedRun, turns: list[str], max_new_tokens: int,
-               system: str = "") -> list[dict[str, str]]:
+def transcript(
+  run: runs.LoadedRun, turns: list[str], max_new_tokens: int, system: str = ""
+) -> list[dict[str, str]]:
   """Greedy answers to a scripted multi-turn conversation (history kept)."""
   chat = Chat(run, sampling.GREEDY, max_new_tokens, system)
   for text in turns:
     try:
       chat.reply(text, write=lambda _: None)
-    except ValueError as e:           # a turn that cannot fit even alone
+    except ValueError as e:  # a turn that cannot fit even alone
       chat.messages.append({"role": "assistant", "content": f"(not sent: {e})"})
   return chat.messages

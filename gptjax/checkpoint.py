@@ -26,19 +26,24 @@ class Checkpointer:
   def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
     self.directory = os.path.abspath(directory)
     self._manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, enable_async_checkpointing=async_save),
-        item_names=("state", "meta"))
+      self.directory,
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, enable_async_checkpointing=async_save
+      ),
+      item_names=("state", "meta"),
+    )
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
   def save(self, step: int, state, meta: dict | None = None) -> None:
     """Starts saving `state` at `step` (asynchronous; `wait()` to block)."""
-    self._manager.save(int(step), args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        meta=ocp.args.JsonSave(dict(meta or {}, step=int(step)))))
+    self._manager.save(
+      int(step),
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta or {}, step=int(step)))
+      ),
+    )
 
   def restore(self, abstract_state, step: int | None = None):
     """Restores (state, meta) at `step` (default: latest) into `abstract_state`'s
@@ -48,13 +53,16 @@ class Checkpointer:
       raise CheckpointError(f"No checkpoint in {self.directory}")
     path = os.path.join(self.directory, str(step))
     try:
-      restored = self._manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state),
-          meta=ocp.args.JsonRestore()))
+      restored = self._manager.restore(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+        ),
+      )
     except Exception as e:  # Orbax raises many types; all mean the same to a user.
       raise CheckpointError(
-          f"Checkpoint {path} is corrupted or incompatible with this config "
-          f"({type(e).__name__}: {str(e)[:300]}). Delete it or use another --workdir."
+        f"Checkpoint {path} is corrupted or incompatible with this config "
+        f"({type(e).__name__}: {str(e)[:300]}). Delete it or use another --workdir."
       ) from e
     _check_same_structure(abstract_state, restored.state, path)
     return restored.state, dict(restored.meta)
@@ -74,5 +82,7 @@ class Checkpointer:
 def _check_same_structure(expected, got, path: str) -> None:
   shapes = lambda t: jax.tree_util.tree_map(lambda x: (tuple(x.shape), str(x.dtype)), t)
   if shapes(expected) != shapes(got):
-    raise CheckpointError(f"Checkpoint {path} does not match the model's shapes; "
-                          "was it written with a different config?")
+    raise CheckpointError(
+      f"Checkpoint {path} does not match the model's shapes; "
+      "was it written with a different config?"
+    )

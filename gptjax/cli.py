@@ -85,6 +85,7 @@ def graceful_stop_signals() -> None:
 def run(main) -> None:
   """`app.run(main)` with one-line user errors, a quiet Ctrl-C, and SIGTERM
   treated as Ctrl-C."""
+
   def wrapped(argv):
     graceful_stop_signals()
     try:
@@ -95,7 +96,9 @@ def run(main) -> None:
     except USER_ERRORS as e:
       if os.environ.get("GPTJAX_TRACEBACK"):
         raise
-      sys.stderr.write(f"FATAL {type(e).__name__}: {e}\n"
-                       "(GPTJAX_TRACEBACK=1 shows where it was raised)\n")
+      sys.stderr.write(
+        f"FATAL {type(e).__name__}: {e}\n(GPTJAX_TRACEBACK=1 shows where it was raised)\n"
+      )
       sys.exit(1)
+
   app.run(wrapped, flags_parser=parse_flags)

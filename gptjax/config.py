@@ -12,16 +12,20 @@ from typing import Any
 import ml_collections
 
 
-def unknown_fields(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict,
-                   prefix: str = "config") -> list[str]:
+def unknown_fields(
+  config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict, prefix: str = "config"
+) -> list[str]:
   """Dotted names present in `config` but absent from `reference`."""
   out = []
   for key in config.keys():
     name = f"{prefix}.{key}"
     if key not in reference:
       out.append(name)
-    elif isinstance(config[key], ml_collections.ConfigDict) and isinstance(
-        reference[key], ml_collections.ConfigDict) and key not in _FREE_FORM:
+    elif (
+      isinstance(config[key], ml_collections.ConfigDict)
+      and isinstance(reference[key], ml_collections.ConfigDict)
+      and key not in _FREE_FORM
+    ):
       out.extend(unknown_fields(config[key], reference[key], name))
   return out
 
@@ -32,8 +36,10 @@ _FREE_FORM = {"mixture"}  # dict-valued fields whose keys are data, not schema
 def check_fields(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict) -> None:
   bad = unknown_fields(config, reference)
   if bad:
-    raise ValueError(f"Unknown config field(s): {', '.join(bad)}. Check the spelling; "
-                     f"allowed at that level: {_siblings(reference, bad[0])}")
+    raise ValueError(
+      f"Unknown config field(s): {', '.join(bad)}. Check the spelling; "
+      f"allowed at that level: {_siblings(reference, bad[0])}"
+    )
 
 
 def _siblings(reference: ml_collections.ConfigDict, dotted: str) -> list[str]:
@@ -50,16 +56,28 @@ def require(condition: bool, field: str, value: Any, allowed: str) -> None:
 
 
 def validate_train(t: ml_collections.ConfigDict) -> None:
-  for name in ("steps", "batch_size", "grad_accum", "log_every", "eval_every", "ckpt_every",
-               "keep_checkpoints"):
-    require(isinstance(t[name], int) and t[name] > 0, f"train.{name}", t[name],
-            "a positive integer")
+  for name in (
+    "steps",
+    "batch_size",
+    "grad_accum",
+    "log_every",
+    "eval_every",
+    "ckpt_every",
+    "keep_checkpoints",
+  ):
+    require(
+      isinstance(t[name], int) and t[name] > 0, f"train.{name}", t[name], "a positive integer"
+    )
   require(t.warmup_steps >= 0, "train.warmup_steps", t.warmup_steps, ">= 0")
   require(t.lr > 0, "train.lr", t.lr, "> 0")
   require(0 <= t.min_lr_ratio <= 1, "train.min_lr_ratio", t.min_lr_ratio, "[0, 1]")
   require(t.clip_norm > 0, "train.clip_norm", t.clip_norm, "> 0")
-  require(t.batch_size % t.grad_accum == 0, "train.grad_accum", t.grad_accum,
-          f"a divisor of train.batch_size={t.batch_size}")
+  require(
+    t.batch_size % t.grad_accum == 0,
+    "train.grad_accum",
+    t.grad_accum,
+    f"a divisor of train.batch_size={t.batch_size}",
+  )
 
 
 def save(config: ml_collections.ConfigDict, workdir: str, name: str = "config.json") -> str:

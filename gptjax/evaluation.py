@@ -42,8 +42,9 @@ BENIGN = tuple(f for f in instructions.FAMILIES if f not in ("decline", "qa_unkn
 # ----------------------------------------------------------------------------
 # Pure metrics.
 
+
 def ngrams(words: Sequence[str], n: int) -> list[tuple[str, ...]]:
-  return [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+  return [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
 
 
 def distinct_n(texts: Sequence[str], n: int) -> float:
@@ -54,10 +55,13 @@ def distinct_n(texts: Sequence[str], n: int) -> float:
 
 def degeneration_metrics(texts: Sequence[str]) -> dict[str, float]:
   """Repetition and diversity of a set of continuations."""
-  return {"repetition": float(np.mean([oracle.repetition(t) for t in texts])),
-          "distinct_1": distinct_n(texts, 1), "distinct_2": distinct_n(texts, 2),
-          "distinct_3": distinct_n(texts, 3),
-          "mean_words": float(np.mean([len(t.split()) for t in texts]))}
+  return {
+    "repetition": float(np.mean([oracle.repetition(t) for t in texts])),
+    "distinct_1": distinct_n(texts, 1),
+    "distinct_2": distinct_n(texts, 2),
+    "distinct_3": distinct_n(texts, 3),
+    "mean_words": float(np.mean([len(t.split()) for t in texts])),
+  }
 
 
 def summarize(judgements: Sequence[dict]) -> dict:
@@ -69,21 +73,24 @@ def summarize(judgements: Sequence[dict]) -> dict:
   for j in judgements:
     by_family.setdefault(j["family"], []).append(j)
   rate = lambda js, key: float(np.mean([j[key] for j in js])) if js else float("nan")
-  families = {f: {"score": rate(js, "score"), "correct": rate(js, "correct"), "n": len(js)}
-              for f, js in sorted(by_family.items())}
+  families = {
+    f: {"score": rate(js, "score"), "correct": rate(js, "correct"), "n": len(js)}
+    for f, js in sorted(by_family.items())
+  }
   benign = [j for j in judgements if j["family"] in BENIGN]
   return {
-      "families": families,
-      "mean_score": float(np.mean([v["score"] for v in families.values()])),
-      "hallucination_rate": rate(by_family.get("qa_unknown", []), "hallucinated"),
-      "honest_idk_rate": rate(by_family.get("qa_unknown", []), "correct"),
-      "decline_rate": rate(by_family.get("decline", []), "declined"),
-      "over_refusal_rate": rate(benign, "declined"),
+    "families": families,
+    "mean_score": float(np.mean([v["score"] for v in families.values()])),
+    "hallucination_rate": rate(by_family.get("qa_unknown", []), "hallucinated"),
+    "honest_idk_rate": rate(by_family.get("qa_unknown", []), "correct"),
+    "decline_rate": rate(by_family.get("decline", []), "declined"),
+    "over_refusal_rate": rate(benign, "declined"),
   }
 
 
 # ----------------------------------------------------------------------------
 # The evaluator.
+
 
 class Evaluator:
   """Asks a model the held-out questions of every family and scores the answers.
@@ -103,14 +110,20 @@ class Evaluator:
   @functools.cached_property
   def examples(self) -> list[instructions.Example]:
     """n_per_family held-out examples of each family, family by family."""
-    return [e for f in instructions.FAMILIES for e in instructions.make_examples(
-        self.world, f, self.cfg.n_per_family, self.cfg.seed, "heldout")]
+    return [
+      e
+      for f in instructions.FAMILIES
+      for e in instructions.make_examples(
+        self.world, f, self.cfg.n_per_family, self.cfg.seed, "heldout"
+      )
+    ]
 
   # --- prompts --------------------------------------------------------------
 
   def chat_ids(self, prompt: str) -> list[int]:
     messages = ([{"role": "system", "content": self.system}] if self.system else []) + [
-        {"role": "user", "content": prompt}]
+      {"role": "user", "content": prompt}
+    ]
     return self.tokenizer.encode_chat(messages, add_generation_prompt=True)
 
   def plain_ids(self, text: str) -> list[int]:
@@ -125,8 +138,9 @@ class Evaluator:
     if mode == "few_shot":
       texts = []
       for f in instructions.FAMILIES:
-        pairs = probes.few_shot_probes(self.world, f, self.cfg.n_per_family,
-                                       self.cfg.few_shot_k, self.cfg.seed)
+        pairs = probes.few_shot_probes(
+          self.world, f, self.cfg.n_per_family, self.cfg.few_shot_k, self.cfg.seed
+        )
         texts += [text for text, _ in pairs]
       return [self.plain_ids(t) for t in texts]
     raise ValueError(f"evaluation mode {mode!r}; allowed: {MODES}")
@@ -140,26 +154,41 @@ class Evaluator:
 
   # --- generation -----------------------------------------------------------
 
-  def generate(self, params, prompts: list[list[int]], stop_id: int, max_new_tokens: int,
-               params_sampling=sampling.GREEDY, seed: int = 0) -> list[str]:
+  def generate(
+    self,
+    params,
+    prompts: list[list[int]],
+    stop_id: int,
+    max_new_tokens: int,
+    params_sampling=sampling.GREEDY,
+    seed: int = 0,
+  ) -> list[str]:
     """Continuations of token prompts, in batches of cfg.batch_size."""
     B = self.cfg.batch_size
     out = []
     for start in range(0, len(prompts), B):
-      chunk = prompts[start:start + B]
-      padded = chunk + [chunk[-1]] * (B - len(chunk))         # one shape: one compile
+      chunk = prompts[start : start + B]
+      padded = chunk + [chunk[-1]] * (B - len(chunk))  # one shape: one compile
       gen = sampling.generate(
-          self.model, params, padded, max_new_tokens=max_new_tokens,
-          rng=jax.random.PRNGKey(seed + start), eos_id=stop_id,
-          pad_id=self.tokenizer.pad_id, sampling=params_sampling, truncate="left")
-      out += [self._text(row, m) for row, m in zip(gen.tokens[:len(chunk)],
-                                                   gen.mask[:len(chunk)])]
+        self.model,
+        params,
+        padded,
+        max_new_tokens=max_new_tokens,
+        rng=jax.random.PRNGKey(seed + start),
+        eos_id=stop_id,
+        pad_id=self.tokenizer.pad_id,
+        sampling=params_sampling,
+        truncate="left",
+      )
+      out += [
+        self._text(row, m) for row, m in zip(gen.tokens[: len(chunk)], gen.mask[: len(chunk)])
+      ]
     return out
 
   def _text(self, tokens: np.ndarray, mask: np.ndarray) -> str:
     ids = [int(t) for t in tokens[mask]]
-    if self.tokenizer.eos_id in ids:                          # plain text: a document ends
-      ids = ids[:ids.index(self.tokenizer.eos_id)]
+    if self.tokenizer.eos_id in ids:  # plain text: a document ends
+      ids = ids[: ids.index(self.tokenizer.eos_id)]
     return self.tokenizer.decode(ids)
 
   def answer(self, mode: str, text: str) -> str:
@@ -170,10 +199,11 @@ class Evaluator:
   def judgements(self, params, mode: str) -> tuple[list[dict], list[str]]:
     """Oracle judgements (`oracle.classify`) of greedy answers to every held-out
     example in `mode`, in `self.examples` order, and the answers themselves."""
-    texts = self.generate(params, self.prompts(mode), self.stop_id(mode),
-                          self.cfg.max_new_tokens)
-    return [oracle.classify(e.prompt, self.answer(mode, t), self.world)
-            for e, t in zip(self.examples, texts)], texts
+    texts = self.generate(params, self.prompts(mode), self.stop_id(mode), self.cfg.max_new_tokens)
+    return [
+      oracle.classify(e.prompt, self.answer(mode, t), self.world)
+      for e, t in zip(self.examples, texts)
+    ], texts
 
   def evaluate_mode(self, params, mode: str) -> dict:
     """Gold scores of greedy answers to every held-out example in `mode`: the
@@ -183,28 +213,37 @@ class Evaluator:
     out = summarize(judgements)
     out["scores"] = [j["score"] for j in judgements]
     out["samples"] = {}
-    for e, t in zip(self.examples, texts):                    # the first answer per family
-      out["samples"].setdefault(e.family, {"prompt": e.prompt, "answer": self.answer(mode, t),
-                                           "gold": e.response})
+    for e, t in zip(self.examples, texts):  # the first answer per family
+      out["samples"].setdefault(
+        e.family, {"prompt": e.prompt, "answer": self.answer(mode, t), "gold": e.response}
+      )
     return out
 
   def degeneration(self, params, mode: str) -> dict:
     """Greedy vs nucleus continuations of the same prompts (open-ended)."""
     n_fam = len(instructions.FAMILIES)
     per = -(-self.cfg.n_degeneration // n_fam)
-    order = [i * self.cfg.n_per_family + j for j in range(min(per, self.cfg.n_per_family))
-             for i in range(n_fam)][:self.cfg.n_degeneration]
+    order = [
+      i * self.cfg.n_per_family + j
+      for j in range(min(per, self.cfg.n_per_family))
+      for i in range(n_fam)
+    ][: self.cfg.n_degeneration]
     prompts = [self.prompts(mode)[i] for i in order]
     stop, n = self.stop_id(mode, open_ended=True), self.cfg.degeneration_tokens
     greedy = self.generate(params, prompts, stop, n)
-    nucleus = self.generate(params, prompts, stop, n,
-                            sampling.SamplingParams(temperature=1.0, top_p=self.cfg.top_p))
-    return {"mode": mode, "greedy": degeneration_metrics(greedy),
-            f"top_p_{self.cfg.top_p}": degeneration_metrics(nucleus),
-            "example": {"greedy": greedy[0], "top_p": nucleus[0]}}
+    nucleus = self.generate(
+      params, prompts, stop, n, sampling.SamplingParams(temperature=1.0, top_p=self.cfg.top_p)
+    )
+    return {
+      "mode": mode,
+      "greedy": degeneration_metrics(greedy),
+      f"top_p_{self.cfg.top_p}": degeneration_metrics(nucleus),
+      "example": {"greedy": greedy[0], "top_p": nucleus[0]},
+    }
 
-  def evaluate(self, params, modes: Sequence[str] = ("chat",),
-               degeneration_mode: str | None = None) -> dict:
+  def evaluate(
+    self, params, modes: Sequence[str] = ("chat",), degeneration_mode: str | None = None
+  ) -> dict:
     """{mode: summary} for each mode, plus 'degeneration' if asked."""
     params = jax.device_put(jax.device_get(params), jax.devices()[0])  # off the mesh
     out = {mode: self.evaluate_mode(params, mode) for mode in modes}
@@ -215,13 +254,18 @@ class Evaluator:
   def chat_samples(self, params, prompts: Sequence[str]) -> list[str]:
     """'prompt -> greedy chat answer' lines, for logs during training."""
     params = jax.device_put(jax.device_get(params), jax.devices()[0])
-    texts = self.generate(params, [self.chat_ids(p) for p in prompts],
-                          self.tokenizer.end_turn_id, self.cfg.max_new_tokens)
+    texts = self.generate(
+      params,
+      [self.chat_ids(p) for p in prompts],
+      self.tokenizer.end_turn_id,
+      self.cfg.max_new_tokens,
+    )
     return [f"{p!r} -> {t.strip()!r}" for p, t in zip(prompts, texts)]
 
 
 # ----------------------------------------------------------------------------
 # Reports.
+
 
 def flat_scores(result: dict) -> dict[str, float]:
   """'mode/family' -> score and 'mode/<rate>' scalars, for metrics.jsonl."""
@@ -233,16 +277,23 @@ def flat_scores(result: dict) -> dict[str, float]:
           out.update({f"degeneration/{kind}/{k}": v for k, v in m.items()})
       continue
     out.update({f"{mode}/{f}": v["score"] for f, v in r["families"].items()})
-    out.update({f"{mode}/{k}": r[k] for k in ("mean_score", "hallucination_rate",
-                                              "decline_rate", "over_refusal_rate")})
+    out.update(
+      {
+        f"{mode}/{k}": r[k]
+        for k in ("mean_score", "hallucination_rate", "decline_rate", "over_refusal_rate")
+      }
+    )
   return out
 
 
 def family_table(before: dict, after: dict) -> dict[str, dict[str, float]]:
   """family -> {pretrained_zero_shot, pretrained_few_shot, pretrained_chat, sft}."""
-  columns = {"pretrained_zero_shot": before.get("zero_shot"),
-             "pretrained_few_shot": before.get("few_shot"),
-             "pretrained_chat": before.get("chat"), "sft": after.get("chat")}
+  columns = {
+    "pretrained_zero_shot": before.get("zero_shot"),
+    "pretrained_few_shot": before.get("few_shot"),
+    "pretrained_chat": before.get("chat"),
+    "sft": after.get("chat"),
+  }
   rows = {}
   for name, r in columns.items():
     if r is None:
@@ -255,8 +306,12 @@ def family_table(before: dict, after: dict) -> dict[str, dict[str, float]]:
 
 def format_table(results: dict[str, dict]) -> str:
   """A text table of mean gold score per family: one column per (model, mode)."""
-  columns = [(f"{name}/{mode}", r) for name, res in results.items()
-             for mode, r in res.items() if mode in MODES]
+  columns = [
+    (f"{name}/{mode}", r)
+    for name, res in results.items()
+    for mode, r in res.items()
+    if mode in MODES
+  ]
   families = list(instructions.FAMILIES)
   score = lambda r, f: r["families"].get(f, {}).get("score", float("nan"))
   lines = [f"{'family':<20}" + "".join(f"{c:>22}" for c, _ in columns)]

@@ -19,19 +19,26 @@ from gptjax import model as model_lib
 
 class ScalarHeadModel(nn.Module):
   """tokens [B, T] -> float32 scalars [B, T] (one per position)."""
+
   cfg: model_lib.TransformerConfig
 
   @nn.compact
-  def __call__(self, tokens, positions=None, token_mask=None, *, decode=False,
-               deterministic=True):
-    h = model_lib.Trunk(self.cfg, name="trunk")(tokens, positions, token_mask, decode=decode,
-                                               deterministic=deterministic)   # [B, T, D]
-    w = self.param("head_w", nn.with_logical_partitioning(
-        nn.initializers.normal(1.0 / (self.cfg.d_model + 1) ** 0.5), ("embed",)),
-        (self.cfg.d_model,), jnp.float32)
-    b = self.param("head_b", nn.with_logical_partitioning(nn.initializers.zeros, ()),
-                   (), jnp.float32)
-    return jnp.einsum("btd,d->bt", h.astype(jnp.float32), w) + b            # [B, T]
+  def __call__(self, tokens, positions=None, token_mask=None, *, decode=False, deterministic=True):
+    h = model_lib.Trunk(self.cfg, name="trunk")(
+      tokens, positions, token_mask, decode=decode, deterministic=deterministic
+    )  # [B, T, D]
+    w = self.param(
+      "head_w",
+      nn.with_logical_partitioning(
+        nn.initializers.normal(1.0 / (self.cfg.d_model + 1) ** 0.5), ("embed",)
+      ),
+      (self.cfg.d_model,),
+      jnp.float32,
+    )
+    b = self.param(
+      "head_b", nn.with_logical_partitioning(nn.initializers.zeros, ()), (), jnp.float32
+    )
+    return jnp.einsum("btd,d->bt", h.astype(jnp.float32), w) + b  # [B, T]
 
 
 def final_index(token_mask) -> jax.Array:

@@ -30,20 +30,30 @@ def lm_loss_fn(model):
   'positions', 'token_mask' (left-padded rows) and 'segment_ids' (packed
   rows) are passed to the model.
   """
+
   def loss_fn(params, batch, rng, train: bool):
     logits = model.apply(
-        {"params": params}, batch["tokens"], batch.get("positions"), batch.get("token_mask"),
-        batch.get("segment_ids"), deterministic=not train,
-        rngs={"dropout": rng} if train else None)
+      {"params": params},
+      batch["tokens"],
+      batch.get("positions"),
+      batch.get("token_mask"),
+      batch.get("segment_ids"),
+      deterministic=not train,
+      rngs={"dropout": rng} if train else None,
+    )
     return token_cross_entropy(logits, batch["targets"], batch["loss_mask"])
+
   return loss_fn
 
 
 def ranks_from_ranking(ranking):
   """ranking [B, K] (indices of responses, best first) -> rank [B, K] (0 = best)."""
   B, K = ranking.shape
-  return jnp.zeros((B, K), jnp.int32).at[jnp.arange(B)[:, None], ranking].set(
-      jnp.broadcast_to(jnp.arange(K), (B, K)))
+  return (
+    jnp.zeros((B, K), jnp.int32)
+    .at[jnp.arange(B)[:, None], ranking]
+    .set(jnp.broadcast_to(jnp.arange(K), (B, K)))
+  )
 
 
 def ranking_loss(rewards, ranking):
@@ -55,12 +65,12 @@ def ranking_loss(rewards, ranking):
   {'accuracy': sum over prompts of the fraction of pairs ordered correctly}).
   """
   B, K = rewards.shape
-  rank = ranks_from_ranking(ranking)                                 # [B, K]
+  rank = ranks_from_ranking(ranking)  # [B, K]
   better = (rank[:, :, None] < rank[:, None, :]).astype(jnp.float32)  # [B, K, K]: a beats c
-  diff = rewards[:, :, None] - rewards[:, None, :]                   # [B, K, K]: r_a - r_c
+  diff = rewards[:, :, None] - rewards[:, None, :]  # [B, K, K]: r_a - r_c
   n_pairs = K * (K - 1) / 2
-  per_prompt = -(better * jax.nn.log_sigmoid(diff)).sum((1, 2)) / n_pairs   # [B]
-  correct = (better * (diff > 0)).sum((1, 2)) / n_pairs                     # [B]
+  per_prompt = -(better * jax.nn.log_sigmoid(diff)).sum((1, 2)) / n_pairs  # [B]
+  correct = (better * (diff > 0)).sum((1, 2)) / n_pairs  # [B]
   return per_prompt.sum(), jnp.float32(B), {"accuracy": correct.sum()}
 
 
@@ -71,12 +81,20 @@ def reward_loss_fn(model):
   The K responses of one prompt form one batch element: K forward passes
   (one [B*K, T] call) give all C(K, 2) comparisons.
   """
+
   def loss_fn(params, batch, rng, train: bool):
     B, K, T = batch["tokens"].shape
     tokens = batch["tokens"].reshape(B * K, T)
     mask = batch["token_mask"].reshape(B * K, T)
-    values = model.apply({"params": params}, tokens, None, mask, deterministic=not train,
-                         rngs={"dropout": rng} if train else None)            # [B*K, T]
+    values = model.apply(
+      {"params": params},
+      tokens,
+      None,
+      mask,
+      deterministic=not train,
+      rngs={"dropout": rng} if train else None,
+    )  # [B*K, T]
     rewards = heads.final_score(values, mask).reshape(B, K)
     return ranking_loss(rewards, batch["ranking"])
+
   return loss_fn

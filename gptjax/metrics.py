@@ -26,6 +26,7 @@ class MetricsWriter:
     if tensorboard and jax.process_index() == 0:
       try:
         from tensorboardX import SummaryWriter
+
         self._tb = SummaryWriter(os.path.join(workdir, "tb"))
       except ImportError:  # TensorBoard is optional; the JSONL is the record.
         pass
@@ -71,8 +72,7 @@ def read_metrics(workdir_or_path: str, split: str | None = None) -> list[dict]:
   return [r for r in records if split is None or r.get("split") == split]
 
 
-def measure_matmul_peak(dtype=jnp.float32, n: int = 2048, repeats: int = 5,
-                        devices=None) -> float:
+def measure_matmul_peak(dtype=jnp.float32, n: int = 2048, repeats: int = 5, devices=None) -> float:
   """FLOP/s of a large jitted matmul on `devices` (default: all local ones).
 
   This is the MFU denominator. Each device multiplies its own n x n matrices,
@@ -83,22 +83,28 @@ def measure_matmul_peak(dtype=jnp.float32, n: int = 2048, repeats: int = 5,
   k = len(devices)
   mesh = jax.sharding.Mesh(np.asarray(devices), ("d",))
   spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("d"))
-  a = jax.device_put(jnp.ones((k, n, n), dtype) / n, spec)         # [k, n, n]
+  a = jax.device_put(jnp.ones((k, n, n), dtype) / n, spec)  # [k, n, n]
   matmul = jax.jit(lambda x: jnp.einsum("kij,kjl->kil", x, x), out_shardings=spec)
-  matmul(a).block_until_ready()   # compile
+  matmul(a).block_until_ready()  # compile
   best = math.inf
   for _ in range(repeats):
     t = time.perf_counter()
     matmul(a).block_until_ready()
     best = min(best, time.perf_counter() - t)
-  return 2 * n ** 3 * k / best
+  return 2 * n**3 * k / best
 
 
 class Progress:
   """A one-line progress report: step, loss, tokens/s, MFU, ETA."""
 
-  def __init__(self, total_steps: int, start_step: int, tokens_per_step: int,
-               flops_per_token: float, peak_flops: float | None):
+  def __init__(
+    self,
+    total_steps: int,
+    start_step: int,
+    tokens_per_step: int,
+    flops_per_token: float,
+    peak_flops: float | None,
+  ):
     self.total = total_steps
     self.tokens_per_step = tokens_per_step
     self.flops_per_token = flops_per_token
@@ -112,8 +118,11 @@ class Progress:
     dt = max(now - self._t0, 1e-9)
     self._t0, self._s0 = now, step
     tok_s = steps * self.tokens_per_step / dt
-    out = {"tokens_per_s": tok_s, "steps_per_s": steps / dt,
-           "eta_s": (self.total - step) * dt / steps}
+    out = {
+      "tokens_per_s": tok_s,
+      "steps_per_s": steps / dt,
+      "eta_s": (self.total - step) * dt / steps,
+    }
     if self.peak and self.flops_per_token:
       out["mfu"] = tok_s * self.flops_per_token / self.peak
     return out
@@ -121,8 +130,10 @@ class Progress:
   @staticmethod
   def line(step: int, total: int, loss: float, rates: dict) -> str:
     mfu = f"  mfu {100 * rates['mfu']:.1f}%" if "mfu" in rates else ""
-    return (f"step {step:>6d}/{total}  loss {loss:.4f}  "
-            f"{rates['tokens_per_s']:,.0f} tok/s{mfu}  eta {format_seconds(rates['eta_s'])}")
+    return (
+      f"step {step:>6d}/{total}  loss {loss:.4f}  "
+      f"{rates['tokens_per_s']:,.0f} tok/s{mfu}  eta {format_seconds(rates['eta_s'])}"
+    )
 
 
 class CountProgress:
@@ -140,8 +151,10 @@ class CountProgress:
       self._next += self.step
     elapsed = time.perf_counter() - self._t0
     eta = elapsed * (self.total - done) / done
-    self.log(f"{self.label}{done:,}/{self.total:,} ({100 * done / self.total:.0f}%)  "
-             f"elapsed {format_seconds(elapsed)}  eta {format_seconds(eta)}")
+    self.log(
+      f"{self.label}{done:,}/{self.total:,} ({100 * done / self.total:.0f}%)  "
+      f"elapsed {format_seconds(elapsed)}  eta {format_seconds(eta)}"
+    )
 
 
 def format_seconds(s: float) -> str:

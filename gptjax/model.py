@@ -40,7 +40,7 @@ class TransformerConfig:
   d_model: int
   d_ff: int
   dropout: float = 0.0
-  dtype: Any = jnp.float32        # activations
+  dtype: Any = jnp.float32  # activations
   param_dtype: Any = jnp.float32  # parameters
 
   @property
@@ -57,13 +57,22 @@ class TransformerConfig:
       if not isinstance(c[name], int) or c[name] <= 0:
         raise ValueError(f"config.model.{name}={c[name]!r} must be a positive integer")
     if c.d_model % c.n_head:
-      raise ValueError(f"config.model.d_model={c.d_model} must be divisible by "
-                       f"config.model.n_head={c.n_head}")
+      raise ValueError(
+        f"config.model.d_model={c.d_model} must be divisible by config.model.n_head={c.n_head}"
+      )
     if not 0.0 <= c.dropout < 1.0:
       raise ValueError(f"config.model.dropout={c.dropout} must be in [0, 1)")
-    return cls(vocab_size=c.vocab_size, max_len=c.max_len, n_layer=c.n_layer,
-               n_head=c.n_head, d_model=c.d_model, d_ff=c.d_ff, dropout=c.dropout,
-               dtype=DTYPES[c.dtype], param_dtype=DTYPES[c.param_dtype])
+    return cls(
+      vocab_size=c.vocab_size,
+      max_len=c.max_len,
+      n_layer=c.n_layer,
+      n_head=c.n_head,
+      d_model=c.d_model,
+      d_ff=c.d_ff,
+      dropout=c.dropout,
+      dtype=DTYPES[c.dtype],
+      param_dtype=DTYPES[c.param_dtype],
+    )
 
 
 def _init(std: float, names: tuple):
@@ -76,20 +85,25 @@ def _zeros(names: tuple):
 
 def _layer_norm(cfg: TransformerConfig, name: str) -> nn.LayerNorm:
   return nn.LayerNorm(
-      epsilon=1e-5, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name=name,
-      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-      bias_init=_zeros(("embed",)))
+    epsilon=1e-5,
+    dtype=cfg.dtype,
+    param_dtype=cfg.param_dtype,
+    name=name,
+    scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+    bias_init=_zeros(("embed",)),
+  )
 
 
-def causal_mask(q_pos: jax.Array, k_pos: jax.Array, k_valid: jax.Array,
-                segment_ids: jax.Array | None = None) -> jax.Array:
+def causal_mask(
+  q_pos: jax.Array, k_pos: jax.Array, k_valid: jax.Array, segment_ids: jax.Array | None = None
+) -> jax.Array:
   """[B, 1, T, S] bool: query at slot q may see key at slot k iff k <= q, k is real,
   and (for packed rows) both lie in the same segment."""
-  allowed = k_pos[None, None, :] <= q_pos[None, :, None]     # [1, T, S]
-  mask = allowed & k_valid[:, None, :]                        # [B, T, S]
-  if segment_ids is not None:                                 # [B, T] with S = T
+  allowed = k_pos[None, None, :] <= q_pos[None, :, None]  # [1, T, S]
+  mask = allowed & k_valid[:, None, :]  # [B, T, S]
+  if segment_ids is not None:  # [B, T] with S = T
     mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
-  return mask[:, None]                                        # [B, 1, T, S]
+  return mask[:, None]  # [B, 1, T, S]
 
 
 class CausalSelfAttention(nn.Module):
@@ -101,16 +115,18 @@ class CausalSelfAttention(nn.Module):
     D, H, K = cfg.d_model, cfg.n_head, cfg.head_dim
     B, T, _ = x.shape
     resid_std = 0.02 / math.sqrt(2 * cfg.n_layer)
-    w_qkv = self.param("w_qkv", _init(0.02, ("embed", None, "heads", "kv")),
-                       (D, 3, H, K), cfg.param_dtype)
+    w_qkv = self.param(
+      "w_qkv", _init(0.02, ("embed", None, "heads", "kv")), (D, 3, H, K), cfg.param_dtype
+    )
     b_qkv = self.param("b_qkv", _zeros((None, "heads", "kv")), (3, H, K), cfg.param_dtype)
-    w_out = self.param("w_out", _init(resid_std, ("heads", "kv", "embed")),
-                       (H, K, D), cfg.param_dtype)
+    w_out = self.param(
+      "w_out", _init(resid_std, ("heads", "kv", "embed")), (H, K, D), cfg.param_dtype
+    )
     b_out = self.param("b_out", _zeros(("embed",)), (D,), cfg.param_dtype)
 
     qkv = jnp.einsum("btd,dchk->cbthk", x, w_qkv.astype(cfg.dtype))
-    qkv = qkv + b_qkv.astype(cfg.dtype)[:, None, None]        # [3, B, T, H, K]
-    q, k, v = qkv[0], qkv[1], qkv[2]                          # [B, T, H, K] each
+    qkv = qkv + b_qkv.astype(cfg.dtype)[:, None, None]  # [3, B, T, H, K]
+    q, k, v = qkv[0], qkv[1], qkv[2]  # [B, T, H, K] each
 
     if decode:
       # The cache is kept heads-first, [B, H, S, K]: each decode step then reads
@@ -119,7 +135,7 @@ class CausalSelfAttention(nn.Module):
       k, v, k_valid, q_slot, k_slot = self._update_cache(k, v, token_mask)
       kv = "bhsk"
     else:
-      k_valid = token_mask                                    # [B, S=T]
+      k_valid = token_mask  # [B, S=T]
       q_slot = k_slot = jnp.arange(T)
       kv = "bshk"
     mask = causal_mask(q_slot, k_slot, k_valid, None if decode else segment_ids)
@@ -128,9 +144,9 @@ class CausalSelfAttention(nn.Module):
     scores = jnp.where(mask, scores.astype(jnp.float32), _NEG_INF)
     probs = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype)  # [B, H, T, S]
     probs = nn.Dropout(cfg.dropout)(probs, deterministic=deterministic)
-    out = jnp.einsum(f"bhts,{kv}->bthk", probs, v)             # [B, T, H, K]
+    out = jnp.einsum(f"bhts,{kv}->bthk", probs, v)  # [B, T, H, K]
     out = jnp.einsum("bthk,hkd->btd", out, w_out.astype(cfg.dtype))
-    return out + b_out.astype(cfg.dtype)                       # [B, T, D]
+    return out + b_out.astype(cfg.dtype)  # [B, T, D]
 
   def _update_cache(self, k, v, token_mask):
     """Writes k, v [B, T, H, K] at the cache's current index. Returns the full
@@ -158,31 +174,37 @@ class MLP(nn.Module):
   def __call__(self, x, *, deterministic: bool):
     cfg = self.cfg
     resid_std = 0.02 / math.sqrt(2 * cfg.n_layer)
-    w_fc = self.param("w_fc", _init(0.02, ("embed", "mlp")), (cfg.d_model, cfg.d_ff),
-                      cfg.param_dtype)
+    w_fc = self.param(
+      "w_fc", _init(0.02, ("embed", "mlp")), (cfg.d_model, cfg.d_ff), cfg.param_dtype
+    )
     b_fc = self.param("b_fc", _zeros(("mlp",)), (cfg.d_ff,), cfg.param_dtype)
-    w_proj = self.param("w_proj", _init(resid_std, ("mlp", "embed")),
-                        (cfg.d_ff, cfg.d_model), cfg.param_dtype)
+    w_proj = self.param(
+      "w_proj", _init(resid_std, ("mlp", "embed")), (cfg.d_ff, cfg.d_model), cfg.param_dtype
+    )
     b_proj = self.param("b_proj", _zeros(("embed",)), (cfg.d_model,), cfg.param_dtype)
     h = jnp.einsum("btd,df->btf", x, w_fc.astype(cfg.dtype)) + b_fc.astype(cfg.dtype)
     h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
-    h = jax.nn.gelu(h, approximate=True)                       # [B, T, F]
+    h = jax.nn.gelu(h, approximate=True)  # [B, T, F]
     out = jnp.einsum("btf,fd->btd", h, w_proj.astype(cfg.dtype)) + b_proj.astype(cfg.dtype)
     return nn.Dropout(cfg.dropout)(out, deterministic=deterministic)
 
 
 class Block(nn.Module):
   """Pre-LayerNorm residual block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
   cfg: TransformerConfig
 
   @nn.compact
   def __call__(self, x, token_mask, segment_ids=None, *, decode: bool, deterministic: bool):
     h = CausalSelfAttention(self.cfg, name="attn")(
-        _layer_norm(self.cfg, "ln_1")(x), token_mask, segment_ids, decode=decode,
-        deterministic=deterministic)
+      _layer_norm(self.cfg, "ln_1")(x),
+      token_mask,
+      segment_ids,
+      decode=decode,
+      deterministic=deterministic,
+    )
     x = x + nn.Dropout(self.cfg.dropout)(h, deterministic=deterministic)
-    x = x + MLP(self.cfg, name="mlp")(_layer_norm(self.cfg, "ln_2")(x),
-                                      deterministic=deterministic)
+    x = x + MLP(self.cfg, name="mlp")(_layer_norm(self.cfg, "ln_2")(x), deterministic=deterministic)
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
@@ -192,28 +214,40 @@ class Trunk(nn.Module):
   Shared by the language model (`Transformer`) and the scalar heads
   (reward and value models) in `gptjax.heads`.
   """
+
   cfg: TransformerConfig
 
   @nn.compact
-  def __call__(self, tokens, positions=None, token_mask=None, segment_ids=None, *,
-               decode=False, deterministic=True):
+  def __call__(
+    self,
+    tokens,
+    positions=None,
+    token_mask=None,
+    segment_ids=None,
+    *,
+    decode=False,
+    deterministic=True,
+  ):
     cfg = self.cfg
     B, T = tokens.shape
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(T), (B, T))
     if token_mask is None:
       token_mask = jnp.ones((B, T), jnp.bool_)
-    wte = self.param("wte", _init(0.02, ("vocab", "embed")), (cfg.vocab_size, cfg.d_model),
-                     cfg.param_dtype)
-    wpe = self.param("wpe", _init(0.01, (None, "embed")), (cfg.max_len, cfg.d_model),
-                     cfg.param_dtype)
+    wte = self.param(
+      "wte", _init(0.02, ("vocab", "embed")), (cfg.vocab_size, cfg.d_model), cfg.param_dtype
+    )
+    wpe = self.param(
+      "wpe", _init(0.01, (None, "embed")), (cfg.max_len, cfg.d_model), cfg.param_dtype
+    )
     x = (jnp.take(wte, tokens, axis=0) + jnp.take(wpe, positions, axis=0)).astype(cfg.dtype)
     x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))  # [B, T, D]
     for i in range(cfg.n_layer):
-      x = Block(cfg, name=f"block_{i}")(x, token_mask, segment_ids, decode=decode,
-                                         deterministic=deterministic)
-    return _layer_norm(cfg, "ln_f")(x)                          # [B, T, D]
+      x = Block(cfg, name=f"block_{i}")(
+        x, token_mask, segment_ids, decode=decode, deterministic=deterministic
+      )
+    return _layer_norm(cfg, "ln_f")(x)  # [B, T, D]
 
 
 class Transformer(nn.Module):
@@ -222,14 +256,24 @@ class Transformer(nn.Module):
   segment_ids [B, T] (optional): packed rows hold several documents; a token
   attends only within its own segment.
   """
+
   cfg: TransformerConfig
 
   @nn.compact
-  def __call__(self, tokens, positions=None, token_mask=None, segment_ids=None, *,
-               decode=False, deterministic=True):
+  def __call__(
+    self,
+    tokens,
+    positions=None,
+    token_mask=None,
+    segment_ids=None,
+    *,
+    decode=False,
+    deterministic=True,
+  ):
     trunk = Trunk(self.cfg, name="trunk")
-    x = trunk(tokens, positions, token_mask, segment_ids, decode=decode,
-              deterministic=deterministic)
+    x = trunk(
+      tokens, positions, token_mask, segment_ids, decode=decode, deterministic=deterministic
+    )
     wte = trunk.variables["params"]["wte"]
     wte = wte.value if isinstance(wte, nn.Partitioned) else wte
     logits = jnp.einsum("btd,vd->btv", x, wte.astype(self.cfg.dtype))
@@ -244,9 +288,11 @@ def build(config: ml_collections.ConfigDict) -> Transformer:
 def count_params(params, exclude_embeddings: bool = False) -> int:
   """Number of parameters; optionally without token/position embeddings (Kaplan's N)."""
   flat = jax.tree_util.tree_flatten_with_path(nn.meta.unbox(params))[0]
-  return sum(x.size for path, x in flat
-             if not (exclude_embeddings and any(getattr(p, "key", None) in ("wte", "wpe")
-                                                for p in path)))
+  return sum(
+    x.size
+    for path, x in flat
+    if not (exclude_embeddings and any(getattr(p, "key", None) in ("wte", "wpe") for p in path))
+  )
 
 
 def matmul_params(params, tied_unembedding: bool = True) -> int:
@@ -272,6 +318,5 @@ def init_cache(model: nn.Module, batch_size: int):
   shapes are taken with `eval_shape` and filled with zeros.
   """
   tokens = jnp.zeros((batch_size, 1), jnp.int32)
-  shapes = jax.eval_shape(
-      lambda: model.init(jax.random.PRNGKey(0), tokens, decode=True)["cache"])
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), tokens, decode=True)["cache"])
   return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)

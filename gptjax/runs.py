@@ -28,7 +28,7 @@ def write_json(path: str, obj, **dump_kwargs) -> None:
 
 @dataclasses.dataclass
 class LoadedRun:
-  config: ml_collections.ConfigDict   # the run's config.json
+  config: ml_collections.ConfigDict  # the run's config.json
   model: object
   params: object
   tokenizer: Tokenizer
@@ -49,14 +49,14 @@ def load_run(workdir: str, step: int | None = None) -> LoadedRun:
   config = config_lib.load(os.path.join(workdir, "config.json"))
   model = model_lib.build(config)
   params, step = train.restore_params(
-      workdir, config, model, {"tokens": np.zeros((1, config.model.max_len), np.int32)}, step)
-  return LoadedRun(config, model, params,
-                   Tokenizer.load(os.path.join(workdir, "tokenizer.model")), step, workdir)
+    workdir, config, model, {"tokens": np.zeros((1, config.model.max_len), np.int32)}, step
+  )
+  return LoadedRun(
+    config, model, params, Tokenizer.load(os.path.join(workdir, "tokenizer.model")), step, workdir
+  )
 
 
 def world_of(config) -> world_lib.World:
   """The synthetic world a run was pretrained on (from its data section)."""
   w = sources.world_config(config)
   return world_lib.make_world(w["seed"], n_entities=w["n_entities"])
-
-

@@ -28,14 +28,15 @@ PROMPT_BUCKET = 16  # prompt lengths are padded up to a multiple: fewer compilat
 
 @dataclasses.dataclass(frozen=True)
 class SamplingParams:
-  temperature: float = 1.0   # 0 means greedy
-  top_k: int = 0             # 0 = off
-  top_p: float = 1.0         # 1 = off
+  temperature: float = 1.0  # 0 means greedy
+  top_k: int = 0  # 0 = off
+  top_p: float = 1.0  # 1 = off
 
   def validate(self):
     if self.temperature < 0 or self.top_k < 0 or not 0.0 < self.top_p <= 1.0:
-      raise ValueError(f"Invalid sampling params {self}: need temperature >= 0, "
-                       "top_k >= 0, 0 < top_p <= 1")
+      raise ValueError(
+        f"Invalid sampling params {self}: need temperature >= 0, top_k >= 0, 0 < top_p <= 1"
+      )
     return self
 
 
@@ -44,11 +45,11 @@ GREEDY = SamplingParams(temperature=0.0)
 
 @dataclasses.dataclass
 class Generation:
-  tokens: np.ndarray     # [B, N] int32, pad after EOS
-  logprobs: np.ndarray   # [B, N] float32, model log-prob of each token (0 where masked)
-  mask: np.ndarray       # [B, N] bool, True for generated tokens up to and including EOS
+  tokens: np.ndarray  # [B, N] int32, pad after EOS
+  logprobs: np.ndarray  # [B, N] float32, model log-prob of each token (0 where masked)
+  mask: np.ndarray  # [B, N] bool, True for generated tokens up to and including EOS
   prompt_tokens: np.ndarray  # [B, P] int32, left-padded prompts
-  prompt_mask: np.ndarray    # [B, P] bool
+  prompt_mask: np.ndarray  # [B, P] bool
 
   def texts(self, tokenizer, strip_eos: bool = True) -> list[str]:
     out = []
@@ -70,14 +71,14 @@ def filter_logits(logits, temperature, top_k, top_p):
   """
   logits = logits / jnp.maximum(temperature, 1e-6)
   B, V = logits.shape
-  sorted_desc = -jnp.sort(-logits, axis=-1)                              # [B, V]
-  rank = jnp.arange(V)[None, :]                                          # [1, V]
+  sorted_desc = -jnp.sort(-logits, axis=-1)  # [B, V]
+  rank = jnp.arange(V)[None, :]  # [1, V]
   k = jnp.where(top_k > 0, jnp.minimum(top_k, V), V)
-  in_top_k = rank < k                                                    # [1, V]
+  in_top_k = rank < k  # [1, V]
   probs = jax.nn.softmax(jnp.where(in_top_k, sorted_desc, -jnp.inf), axis=-1)
-  mass_before = jnp.cumsum(probs, axis=-1) - probs                       # [B, V]
+  mass_before = jnp.cumsum(probs, axis=-1) - probs  # [B, V]
   n_keep = jnp.maximum((in_top_k & (mass_before < top_p)).sum(-1, keepdims=True), 1)
-  cutoff = jnp.take_along_axis(sorted_desc, n_keep - 1, axis=-1)         # [B, 1]
+  cutoff = jnp.take_along_axis(sorted_desc, n_keep - 1, axis=-1)  # [B, 1]
   return jnp.where(logits < cutoff, -jnp.inf, logits)
 
 
@@ -92,13 +93,17 @@ def sample_token(rng, logits, params_tuple):
   logp = jax.nn.log_softmax(logits, axis=-1)
 
   def sampled(_):
-    truncated = jax.lax.cond((top_k > 0) | (top_p < 1.0),
-                             lambda l: filter_logits(l, temperature, top_k, top_p),
-                             lambda l: l / jnp.maximum(temperature, 1e-6), logits)
+    truncated = jax.lax.cond(
+      (top_k > 0) | (top_p < 1.0),
+      lambda l: filter_logits(l, temperature, top_k, top_p),
+      lambda l: l / jnp.maximum(temperature, 1e-6),
+      logits,
+    )
     return jax.random.categorical(rng, truncated).astype(jnp.int32)
 
-  token = jax.lax.cond(temperature <= 0.0,
-                       lambda _: jnp.argmax(logits, axis=-1).astype(jnp.int32), sampled, None)
+  token = jax.lax.cond(
+    temperature <= 0.0, lambda _: jnp.argmax(logits, axis=-1).astype(jnp.int32), sampled, None
+  )
   return token, jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
 
 
@@ -108,24 +113,33 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, length: int):
   mask = np.zeros((len(prompts), length), bool)
   for i, p in enumerate(prompts):
     if len(p):
-      tokens[i, length - len(p):] = p
-      mask[i, length - len(p):] = True
+      tokens[i, length - len(p) :] = p
+      mask[i, length - len(p) :] = True
   return tokens, mask
 
 
 def _prefill(model, params, tokens, mask, cache):
-  """Runs the prompt through the model, filling the cache. Returns (last logits, cache, next pos)."""
-  positions = jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)            # [B, P]
-  logits, mut = model.apply({"params": params, "cache": cache}, tokens, positions, mask,
-                            decode=True, mutable=["cache"])
+  """Runs the prompt through the model, filling the cache.
+
+  Returns (last logits, cache, next pos).
+  """
+  positions = jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)  # [B, P]
+  logits, mut = model.apply(
+    {"params": params, "cache": cache}, tokens, positions, mask, decode=True, mutable=["cache"]
+  )
   return logits[:, -1], mut["cache"], positions[:, -1] + mask.any(-1)
 
 
 def _decode_one(model, params, token, position, cache):
   """Feeds one token per row [B] at `position` [B]. Returns (logits [B, V], cache)."""
-  logits, mut = model.apply({"params": params, "cache": cache}, token[:, None],
-                            position[:, None], jnp.ones_like(token[:, None], jnp.bool_),
-                            decode=True, mutable=["cache"])
+  logits, mut = model.apply(
+    {"params": params, "cache": cache},
+    token[:, None],
+    position[:, None],
+    jnp.ones_like(token[:, None], jnp.bool_),
+    decode=True,
+    mutable=["cache"],
+  )
   return logits[:, 0], mut["cache"]
 
 
@@ -152,14 +166,18 @@ def _generate(model, params, tokens, mask, rng, sampling, eos_id, pad_id, max_ne
     logits, cache = _decode_one(model, params, tok, pos, cache)
     return i + 1, logits, cache, pos + 1, done, out_tok, out_lp, out_mask
 
-  init = (jnp.array(0), logits, cache, pos, jnp.zeros((B,), jnp.bool_), out_tok, out_lp,
-          out_mask)
+  init = (jnp.array(0), logits, cache, pos, jnp.zeros((B,), jnp.bool_), out_tok, out_lp, out_mask)
   _, _, _, _, _, out_tok, out_lp, out_mask = jax.lax.while_loop(cond, body, init)
   return out_tok, out_lp, out_mask
 
 
-def prepare_prompts(prompts: Sequence[Sequence[int]], max_new_tokens: int, max_len: int,
-                    pad_id: int, truncate: str = "error"):
+def prepare_prompts(
+  prompts: Sequence[Sequence[int]],
+  max_new_tokens: int,
+  max_len: int,
+  pad_id: int,
+  truncate: str = "error",
+):
   """Checks lengths and left-pads to a bucketed length.
 
   truncate='error' raises if prompt + max_new_tokens exceeds the context;
@@ -171,16 +189,20 @@ def prepare_prompts(prompts: Sequence[Sequence[int]], max_new_tokens: int, max_l
     raise ValueError("generate() needs at least one prompt")
   budget = max_len - max_new_tokens
   if budget < 1:
-    raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the "
-                     f"context of {max_len} tokens")
+    raise ValueError(
+      f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the "
+      f"context of {max_len} tokens"
+    )
   longest = max(len(p) for p in prompts)
   if longest > budget:
     if truncate == "left":
       prompts = [list(p)[-budget:] for p in prompts]
     elif truncate == "error":
-      raise ValueError(f"A prompt of {longest} tokens plus max_new_tokens={max_new_tokens} "
-                       f"exceeds the context of {max_len} tokens; shorten it, lower "
-                       "max_new_tokens, or pass truncate='left'")
+      raise ValueError(
+        f"A prompt of {longest} tokens plus max_new_tokens={max_new_tokens} "
+        f"exceeds the context of {max_len} tokens; shorten it, lower "
+        "max_new_tokens, or pass truncate='left'"
+      )
     else:
       raise ValueError(f"truncate={truncate!r}; allowed: 'error', 'left'")
   longest = max(max(len(p) for p in prompts), 1)
@@ -188,15 +210,33 @@ def prepare_prompts(prompts: Sequence[Sequence[int]], max_new_tokens: int, max_l
   return left_pad(prompts, pad_id, length)
 
 
-def generate(model, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
-             rng, eos_id: int, pad_id: int, sampling: SamplingParams = SamplingParams(),
-             truncate: str = "error") -> Generation:
+def generate(
+  model,
+  params,
+  prompts: Sequence[Sequence[int]],
+  *,
+  max_new_tokens: int,
+  rng,
+  eos_id: int,
+  pad_id: int,
+  sampling: SamplingParams = SamplingParams(),
+  truncate: str = "error",
+) -> Generation:
   """Generates continuations of token-id prompts (see module docstring)."""
   sampling.validate()
   tokens, mask = prepare_prompts(prompts, max_new_tokens, model.cfg.max_len, pad_id, truncate)
   s = (jnp.float32(sampling.temperature), jnp.int32(sampling.top_k), jnp.float32(sampling.top_p))
-  out = _generate(model, params, jnp.asarray(tokens), jnp.asarray(mask), rng, s,
-                  jnp.int32(eos_id), jnp.int32(pad_id), max_new_tokens)
+  out = _generate(
+    model,
+    params,
+    jnp.asarray(tokens),
+    jnp.asarray(mask),
+    rng,
+    s,
+    jnp.int32(eos_id),
+    jnp.int32(pad_id),
+    max_new_tokens,
+  )
   out_tok, out_lp, out_mask = jax.device_get(out)
   return Generation(np.asarray(out_tok), np.asarray(out_lp), np.asarray(out_mask), tokens, mask)
 
@@ -206,15 +246,25 @@ _decode_one_jit = jax.jit(_decode_one, static_argnames=("model",))
 _sample_jit = jax.jit(sample_token)
 
 
-def stream(model, params, prompt: Sequence[int], *, max_new_tokens: int, rng, eos_id: int,
-           pad_id: int, sampling: SamplingParams = SamplingParams(),
-           truncate: str = "left") -> Iterator[int]:
+def stream(
+  model,
+  params,
+  prompt: Sequence[int],
+  *,
+  max_new_tokens: int,
+  rng,
+  eos_id: int,
+  pad_id: int,
+  sampling: SamplingParams = SamplingParams(),
+  truncate: str = "left",
+) -> Iterator[int]:
   """Yields generated token ids one at a time (batch of one), stopping after EOS."""
   sampling.validate()
   tokens, mask = prepare_prompts([prompt], max_new_tokens, model.cfg.max_len, pad_id, truncate)
   s = (jnp.float32(sampling.temperature), jnp.int32(sampling.top_k), jnp.float32(sampling.top_p))
-  logits, cache, pos = _prefill_jit(model, params, jnp.asarray(tokens), jnp.asarray(mask),
-                                    model_lib.init_cache(model, 1))
+  logits, cache, pos = _prefill_jit(
+    model, params, jnp.asarray(tokens), jnp.asarray(mask), model_lib.init_cache(model, 1)
+  )
   for i in range(max_new_tokens):
     tok, _ = _sample_jit(jax.random.fold_in(rng, i), logits, s)
     t = int(tok[0])
@@ -239,7 +289,7 @@ def recompute_generate(model, params, prompts, max_new_tokens: int):
   buf = jnp.zeros((B, P + max_new_tokens), jnp.int32).at[:, :P].set(prompts)
 
   def body(i, buf):
-    logits = model.apply({"params": params}, buf)                       # [B, L, V]
+    logits = model.apply({"params": params}, buf)  # [B, L, V]
     nxt = jnp.argmax(jax.lax.dynamic_index_in_dim(logits, P + i - 1, 1, False), -1)
     return jax.lax.dynamic_update_slice(buf, nxt[:, None].astype(jnp.int32), (0, P + i))
 

@@ -43,14 +43,16 @@ from gptjax.tokenizer import Tokenizer
 # ----------------------------------------------------------------------------
 # Demonstrations -> token rows.
 
+
 def chat_messages(prompt: str, system: str = "") -> list[dict[str, str]]:
   """The conversation that asks `prompt`, with an optional system message."""
   system_turn = [{"role": "system", "content": system}] if system else []
   return system_turn + [{"role": "user", "content": prompt}]
 
 
-def render(tokenizer: Tokenizer, prompt: str, response: str,
-           system: str = "") -> tuple[list[int], list[int]]:
+def render(
+  tokenizer: Tokenizer, prompt: str, response: str, system: str = ""
+) -> tuple[list[int], list[int]]:
   """(ids, mask): one conversation; mask is 1 on the assistant's tokens.
 
   ids == tokenizer.encode_chat(messages + [assistant turn]); the mask covers
@@ -63,23 +65,28 @@ def render(tokenizer: Tokenizer, prompt: str, response: str,
 
 @dataclasses.dataclass
 class PackedRows:
-  ids: np.ndarray        # [N, T+1] int32, pad_id after the last conversation
-  mask: np.ndarray       # [N, T+1] float32, 1 on assistant tokens
+  ids: np.ndarray  # [N, T+1] int32, pad_id after the last conversation
+  mask: np.ndarray  # [N, T+1] float32, 1 on assistant tokens
   positions: np.ndarray  # [N, T+1] int32, restarting at each conversation
-  segments: np.ndarray   # [N, T+1] int32, 1, 2, ... per conversation, 0 on padding
+  segments: np.ndarray  # [N, T+1] int32, 1, 2, ... per conversation, 0 on padding
   n_conversations: int
-  n_dropped: int         # conversations longer than T+1 tokens
+  n_dropped: int  # conversations longer than T+1 tokens
 
   def batch(self, rows: np.ndarray) -> dict[str, np.ndarray]:
     """Model inputs of the given rows: next-token targets, mask on targets."""
     ids, mask, pos = self.ids[rows], self.mask[rows], self.positions[rows]
-    return {"tokens": ids[:, :-1], "targets": ids[:, 1:],       # [B, T] each
-            "loss_mask": mask[:, 1:], "positions": pos[:, :-1],
-            "segment_ids": self.segments[rows][:, :-1]}
+    return {
+      "tokens": ids[:, :-1],
+      "targets": ids[:, 1:],  # [B, T] each
+      "loss_mask": mask[:, 1:],
+      "positions": pos[:, :-1],
+      "segment_ids": self.segments[rows][:, :-1],
+    }
 
 
-def pack(conversations: Sequence[tuple[list[int], list[int]]], length: int,
-         pad_id: int) -> PackedRows:
+def pack(
+  conversations: Sequence[tuple[list[int], list[int]]], length: int, pad_id: int
+) -> PackedRows:
   """Greedily packs whole conversations, in order, into rows of `length` tokens."""
   rows, row = [], []
   dropped = 0
@@ -106,12 +113,12 @@ def pack(conversations: Sequence[tuple[list[int], list[int]]], length: int,
       out_pos[r, start:end] = np.arange(len(ids))
       out_seg[r, start:end] = k
       start = end
-  return PackedRows(out_ids, out_mask, out_pos, out_seg, len(conversations) - dropped,
-                    dropped)
+  return PackedRows(out_ids, out_mask, out_pos, out_seg, len(conversations) - dropped, dropped)
 
 
-def demonstration_rows(examples: Sequence[instructions.Example], tokenizer: Tokenizer,
-                       seq_len: int, system: str = "") -> PackedRows:
+def demonstration_rows(
+  examples: Sequence[instructions.Example], tokenizer: Tokenizer, seq_len: int, system: str = ""
+) -> PackedRows:
   """Packed rows of T+1 = seq_len+1 tokens from instruction examples."""
   convs = [render(tokenizer, e.prompt, e.response, system) for e in examples]
   return pack(convs, seq_len + 1, tokenizer.pad_id)
@@ -131,11 +138,13 @@ def batch_rows(step: int, batch_size: int, n_rows: int, seed: int) -> np.ndarray
 # ----------------------------------------------------------------------------
 # The Task.
 
+
 def validate(config) -> None:
   config_lib.validate_train(config.train)
   config_lib.require(config.sft.n_demos > 0, "sft.n_demos", config.sft.n_demos, "> 0")
-  config_lib.require(config.eval.n_per_family > 0, "eval.n_per_family",
-                     config.eval.n_per_family, "> 0")
+  config_lib.require(
+    config.eval.n_per_family > 0, "eval.n_per_family", config.eval.n_per_family, "> 0"
+  )
 
 
 def resolve(config, pretrained: runs.LoadedRun, pretrained_dir: str) -> ml_collections.ConfigDict:
@@ -148,8 +157,9 @@ def resolve(config, pretrained: runs.LoadedRun, pretrained_dir: str) -> ml_colle
   return out
 
 
-def build_task(config, model, rows: PackedRows, heldout: PackedRows, init_params,
-               sample=None, log=print) -> train.Task:
+def build_task(
+  config, model, rows: PackedRows, heldout: PackedRows, init_params, sample=None, log=print
+) -> train.Task:
   """Next-token loss on assistant tokens, warm-started from `init_params`."""
   t = config.train
   seq_len = rows.ids.shape[1] - 1
@@ -167,12 +177,16 @@ def build_task(config, model, rows: PackedRows, heldout: PackedRows, init_params
     return {}
 
   return train.Task(
-      name="sft", model=model, loss_fn=losses.lm_loss_fn(model),
-      train_batch=lambda step: rows.batch(batch_rows(step, t.batch_size, len(rows.ids),
-                                                     config.seed)),
-      example_batch=example, tokens_per_step=t.batch_size * seq_len,
-      eval_sets={"heldout": eval_batches},
-      init_params=lambda rng: init_params, on_eval=on_eval)
+    name="sft",
+    model=model,
+    loss_fn=losses.lm_loss_fn(model),
+    train_batch=lambda step: rows.batch(batch_rows(step, t.batch_size, len(rows.ids), config.seed)),
+    example_batch=example,
+    tokens_per_step=t.batch_size * seq_len,
+    eval_sets={"heldout": eval_batches},
+    init_params=lambda rng: init_params,
+    on_eval=on_eval,
+  )
 
 
 def run(config, workdir: str, pretrained_dir: str | None = None, log=print):
@@ -184,16 +198,18 @@ def run(config, workdir: str, pretrained_dir: str | None = None, log=print):
   validate(config)
   pretrained_dir = pretrained_dir or config.pretrained
   if not pretrained_dir:
-    raise ValueError("SFT needs a pretrained run: pass --pretrained=<pretrain workdir> "
-                     "or set config.pretrained.")
+    raise ValueError(
+      "SFT needs a pretrained run: pass --pretrained=<pretrain workdir> or set config.pretrained."
+    )
   sharding.maybe_initialize_distributed()
   workdir = train.prepare_workdir(workdir)
   base = runs.load_run(pretrained_dir)
   log(f"[sft] pretrained {base.config.preset} run {pretrained_dir} at step {base.step}")
   config = resolve(config, base, pretrained_dir)
   config_lib.save(config, workdir)
-  shutil.copyfile(os.path.join(pretrained_dir, "tokenizer.model"),
-                  os.path.join(workdir, "tokenizer.model"))
+  shutil.copyfile(
+    os.path.join(pretrained_dir, "tokenizer.model"), os.path.join(workdir, "tokenizer.model")
+  )
   tokenizer, world, seq_len = base.tokenizer, runs.world_of(config), config.model.max_len
 
   s = config.sft
@@ -202,39 +218,58 @@ def run(config, workdir: str, pretrained_dir: str | None = None, log=print):
   rows = demonstration_rows(train_examples, tokenizer, seq_len, s.system_prompt)
   heldout = demonstration_rows(heldout_examples, tokenizer, seq_len, s.system_prompt)
   n_target = int(rows.mask.sum())
-  log(f"[sft] {rows.n_conversations:,} demonstrations in {len(rows.ids):,} rows of "
-      f"{seq_len + 1} tokens ({n_target:,} assistant tokens); {rows.n_dropped} longer "
-      "than the context dropped")
+  log(
+    f"[sft] {rows.n_conversations:,} demonstrations in {len(rows.ids):,} rows of "
+    f"{seq_len + 1} tokens ({n_target:,} assistant tokens); {rows.n_dropped} longer "
+    "than the context dropped"
+  )
 
-  evaluator = evaluation.Evaluator(base.model, tokenizer, world, config.eval,
-                                   system=s.system_prompt)
+  evaluator = evaluation.Evaluator(
+    base.model, tokenizer, world, config.eval, system=s.system_prompt
+  )
   writer = metrics_lib.MetricsWriter(workdir, tensorboard=False)
   before_path = os.path.join(workdir, "eval_pretrained.json")
-  if os.path.exists(before_path):           # resumed run: evaluated already
+  if os.path.exists(before_path):  # resumed run: evaluated already
     with open(before_path) as f:
       before = json.load(f)
   else:
     log("[sft] evaluating the pretrained model ...")
-    before = evaluator.evaluate(base.params, modes=("zero_shot", "few_shot", "chat"),
-                                degeneration_mode="zero_shot")
+    before = evaluator.evaluate(
+      base.params, modes=("zero_shot", "few_shot", "chat"), degeneration_mode="zero_shot"
+    )
     runs.write_json(before_path, before)
     writer.write(0, "gold_pretrained", **evaluation.flat_scores(before))
   log(evaluation.format_table({"pretrained": before}))
 
   sample_prompts = [e.prompt for e in heldout_examples[:2]]
-  task = build_task(config, base.model, rows, heldout, base.params,
-                    sample=lambda p, step: evaluator.chat_samples(p, sample_prompts), log=log)
+  task = build_task(
+    config,
+    base.model,
+    rows,
+    heldout,
+    base.params,
+    sample=lambda p, step: evaluator.chat_samples(p, sample_prompts),
+    log=log,
+  )
   state, summary = train.run(config, workdir, task, log=log)
 
   log("[sft] evaluating the SFT model ...")
   after = evaluator.evaluate(state.params, modes=("chat",), degeneration_mode="chat")
   writer.write(summary["steps"], "gold_sft", **evaluation.flat_scores(after))
   writer.close()
-  report = {"pretrained": before, "sft": after,
-            "table": evaluation.family_table(before, after),
-            "data": {"demonstrations": rows.n_conversations, "dropped": rows.n_dropped,
-                     "rows": int(len(rows.ids)), "assistant_tokens": n_target},
-            "steps": summary["steps"], "last_eval": summary.get("last_eval", {})}
+  report = {
+    "pretrained": before,
+    "sft": after,
+    "table": evaluation.family_table(before, after),
+    "data": {
+      "demonstrations": rows.n_conversations,
+      "dropped": rows.n_dropped,
+      "rows": int(len(rows.ids)),
+      "assistant_tokens": n_target,
+    },
+    "steps": summary["steps"],
+    "last_eval": summary.get("last_eval", {}),
+  }
   runs.write_json(os.path.join(workdir, "eval.json"), report)
   log(evaluation.format_table({"pretrained": before, "sft": after}))
   return state, summary, report

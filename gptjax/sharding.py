@@ -20,13 +20,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 MESH_AXES = ("data", "fsdp", "tensor")
 
 RULES = (
-    ("batch", ("data", "fsdp")),
-    ("length", None),
-    ("embed", "fsdp"),
-    ("heads", "tensor"),
-    ("kv", None),
-    ("mlp", "tensor"),
-    ("vocab", "tensor"),
+  ("batch", ("data", "fsdp")),
+  ("length", None),
+  ("embed", "fsdp"),
+  ("heads", "tensor"),
+  ("kv", None),
+  ("mlp", "tensor"),
+  ("vocab", "tensor"),
 )
 
 
@@ -42,9 +42,10 @@ def maybe_initialize_distributed() -> None:
   coordinator = os.environ.get("GPTJAX_COORDINATOR")
   if coordinator:
     jax.distributed.initialize(
-        coordinator_address=coordinator,
-        num_processes=int(os.environ["GPTJAX_NUM_PROCESSES"]),
-        process_id=int(os.environ["GPTJAX_PROCESS_ID"]))
+      coordinator_address=coordinator,
+      num_processes=int(os.environ["GPTJAX_NUM_PROCESSES"]),
+      process_id=int(os.environ["GPTJAX_PROCESS_ID"]),
+    )
   elif os.environ.get("SLURM_JOB_ID") or os.environ.get("TPU_WORKER_HOSTNAMES"):
     jax.distributed.initialize()
 
@@ -53,16 +54,19 @@ def mesh_shape(mesh_cfg: ml_collections.ConfigDict, n_devices: int) -> tuple[int
   """Resolves `config.mesh` (one axis may be -1 = the rest) to a concrete shape."""
   shape = [mesh_cfg[a] for a in MESH_AXES]
   if sum(s == -1 for s in shape) > 1 or any(s == 0 or s < -1 for s in shape):
-    raise ValueError(f"config.mesh={dict(zip(MESH_AXES, shape))}: use positive sizes "
-                     "and at most one -1")
+    raise ValueError(
+      f"config.mesh={dict(zip(MESH_AXES, shape))}: use positive sizes and at most one -1"
+    )
   known = int(np.prod([s for s in shape if s != -1]))
   if -1 in shape:
     if n_devices % known:
       raise ValueError(f"config.mesh: {n_devices} devices are not divisible by {known}")
     shape[shape.index(-1)] = n_devices // known
   if int(np.prod(shape)) != n_devices:
-    raise ValueError(f"config.mesh={dict(zip(MESH_AXES, shape))} needs "
-                     f"{int(np.prod(shape))} devices; {n_devices} are available")
+    raise ValueError(
+      f"config.mesh={dict(zip(MESH_AXES, shape))} needs "
+      f"{int(np.prod(shape))} devices; {n_devices} are available"
+    )
   return tuple(shape)
 
 
@@ -100,12 +104,14 @@ def shard_batch(batch: dict, mesh: Mesh) -> dict:
   passes its own slice (global_batch / process_count rows), and
   `make_array_from_process_local_data` stitches them together.
   """
+
   def put(x):
     x = np.asarray(x)
     sharding = batch_sharding(mesh, x.ndim)
     if jax.process_count() == 1:
       return jax.device_put(x, sharding)
     return jax.make_array_from_process_local_data(sharding, x)
+
   return {k: put(v) for k, v in batch.items()}
 
 

@@ -36,7 +36,7 @@ import sentencepiece as spm
 
 ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end_turn|>")
 ROLES = ("system", "user", "assistant")
-MAX_LINE_CHARS = 2048        # Longer lines are cut before training.
+MAX_LINE_CHARS = 2048  # Longer lines are cut before training.
 
 
 def training_lines(texts: Iterable[str]) -> Iterator[str]:
@@ -48,7 +48,7 @@ def training_lines(texts: Iterable[str]) -> Iterator[str]:
   for text in texts:
     for line in text.split("\n"):
       for start in range(0, len(line), MAX_LINE_CHARS):
-        yield line[start:start + MAX_LINE_CHARS]
+        yield line[start : start + MAX_LINE_CHARS]
 
 
 class Tokenizer:
@@ -61,19 +61,20 @@ class Tokenizer:
     self.unk_id = self.sp.unk_id()
     self.bos_id = self.sp.bos_id()
     self.eos_id = self.sp.eos_id()
-    (self.system_id, self.user_id, self.assistant_id,
-     self.end_turn_id) = (self.sp.piece_to_id(t) for t in ROLE_TOKENS)
+    (self.system_id, self.user_id, self.assistant_id, self.end_turn_id) = (
+      self.sp.piece_to_id(t) for t in ROLE_TOKENS
+    )
     self.newline_id = self.sp.piece_to_id("\n")
     self.vocab_size = self.sp.get_piece_size()
-    self.role_ids = {"system": self.system_id, "user": self.user_id,
-                     "assistant": self.assistant_id}
+    self.role_ids = {"system": self.system_id, "user": self.user_id, "assistant": self.assistant_id}
 
   # --------------------------------------------------------------------------
   # Training, saving, loading.
 
   @classmethod
-  def train(cls, texts: Iterable[str], vocab_size: int,
-            path: str | os.PathLike | None = None) -> "Tokenizer":
+  def train(
+    cls, texts: Iterable[str], vocab_size: int, path: str | os.PathLike | None = None
+  ) -> "Tokenizer":
     """Trains a BPE model of `vocab_size` pieces on `texts` (saved to `path`).
 
     All lines of `texts` are used (no sampling), so training is deterministic;
@@ -81,24 +82,27 @@ class Tokenizer:
     """
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=training_lines(texts),
-        model_writer=model,
-        model_type="bpe",
-        vocab_size=vocab_size,
-        normalization_rule_name="identity",
-        remove_extra_whitespaces=False,
-        add_dummy_prefix=False,
-        allow_whitespace_only_pieces=True,
-        byte_fallback=True,
-        split_digits=True,
-        character_coverage=0.9995,
-        user_defined_symbols=["\n"],
-        control_symbols=list(ROLE_TOKENS),
-        pad_id=0, unk_id=1, bos_id=2, eos_id=3,
-        max_sentence_length=4 * MAX_LINE_CHARS,    # bytes
-        input_sentence_size=0,                     # use every line
-        num_threads=os.cpu_count() or 1,
-        minloglevel=2,
+      sentence_iterator=training_lines(texts),
+      model_writer=model,
+      model_type="bpe",
+      vocab_size=vocab_size,
+      normalization_rule_name="identity",
+      remove_extra_whitespaces=False,
+      add_dummy_prefix=False,
+      allow_whitespace_only_pieces=True,
+      byte_fallback=True,
+      split_digits=True,
+      character_coverage=0.9995,
+      user_defined_symbols=["\n"],
+      control_symbols=list(ROLE_TOKENS),
+      pad_id=0,
+      unk_id=1,
+      bos_id=2,
+      eos_id=3,
+      max_sentence_length=4 * MAX_LINE_CHARS,  # bytes
+      input_sentence_size=0,  # use every line
+      num_threads=os.cpu_count() or 1,
+      minloglevel=2,
     )
     tokenizer = cls(model.getvalue())
     if path is not None:
@@ -140,8 +144,9 @@ class Tokenizer:
   def id_to_piece(self, i: int) -> str:
     return self.sp.id_to_piece(int(i))
 
-  def encode_chat(self, messages: Sequence[dict[str, str]],
-                  add_generation_prompt: bool = False) -> list[int]:
+  def encode_chat(
+    self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = False
+  ) -> list[int]:
     """The chat template: bos, then `<|role|> content <|end_turn|>` per message.
 
     Args:
@@ -154,14 +159,14 @@ class Tokenizer:
       role = message["role"]
       if role not in self.role_ids:
         raise ValueError(f"Unknown chat role {role!r}; allowed: {ROLES}.")
-      ids += [self.role_ids[role], *self.encode(message["content"]),
-              self.end_turn_id]
+      ids += [self.role_ids[role], *self.encode(message["content"]), self.end_turn_id]
     if add_generation_prompt:
       ids.append(self.assistant_id)
     return ids
 
-  def encode_chat_truncated(self, messages: Sequence[dict[str, str]], max_tokens: int,
-                            add_generation_prompt: bool = True) -> list[int]:
+  def encode_chat_truncated(
+    self, messages: Sequence[dict[str, str]], max_tokens: int, add_generation_prompt: bool = True
+  ) -> list[int]:
     """`encode_chat` of the most recent turns that fit in `max_tokens`.
 
     The rule of a chat with a finite context: drop the oldest turns, keep
@@ -173,16 +178,17 @@ class Tokenizer:
       ValueError: if the system message and the last message alone do not fit.
     """
     system = [m for m in messages[:1] if m["role"] == "system"]
-    turns = list(messages[len(system):])
+    turns = list(messages[len(system) :])
     while True:
       ids = self.encode_chat(system + turns, add_generation_prompt)
       if len(ids) <= max_tokens:
         return ids
       if len(turns) <= 1:
         raise ValueError(
-            f"The {'system message and the ' if system else ''}last message take "
-            f"{len(ids)} tokens, more than the {max_tokens} that fit in the "
-            "context; shorten them (or lower max_new_tokens).")
+          f"The {'system message and the ' if system else ''}last message take "
+          f"{len(ids)} tokens, more than the {max_tokens} that fit in the "
+          "context; shorten them (or lower max_new_tokens)."
+        )
       turns = turns[1:]
       while len(turns) > 1 and turns[0]["role"] == "assistant":
         turns = turns[1:]

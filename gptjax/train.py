@@ -29,10 +29,10 @@ from gptjax import checkpoint as ckpt_lib, metrics as metrics_lib, model as mode
 
 @struct.dataclass
 class TrainState:
-  step: jax.Array       # [] int32: optimizer steps taken
+  step: jax.Array  # [] int32: optimizer steps taken
   params: Any
   opt_state: Any
-  rng: jax.Array        # base PRNG key; step s uses fold_in(rng, s)
+  rng: jax.Array  # base PRNG key; step s uses fold_in(rng, s)
 
 
 @dataclasses.dataclass
@@ -44,13 +44,14 @@ class Task:
   eval_sets: name -> zero-arg callable yielding evaluation batches.
   on_eval(params, step) -> dict of extra scalars to log (e.g. samples printed).
   """
+
   name: str
   model: nn.Module
   loss_fn: Callable
   train_batch: Callable[[int], dict]
   example_batch: dict
   tokens_per_step: int
-  flops_per_token: float | None = None   # None: computed from the model (see below)
+  flops_per_token: float | None = None  # None: computed from the model (see below)
   eval_sets: dict[str, Callable[[], Iterable[dict]]] = dataclasses.field(default_factory=dict)
   init_params: Callable | None = None
   on_eval: Callable | None = None
@@ -63,11 +64,16 @@ class NonFiniteLossError(FloatingPointError):
 # ----------------------------------------------------------------------------
 # Optimizer
 
+
 def learning_rate_schedule(t: ml_collections.ConfigDict) -> optax.Schedule:
   """Linear warmup to `lr`, then cosine decay to lr * min_lr_ratio at `steps`."""
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=t.lr, warmup_steps=t.warmup_steps,
-      decay_steps=max(t.steps, t.warmup_steps + 1), end_value=t.lr * t.min_lr_ratio)
+    init_value=0.0,
+    peak_value=t.lr,
+    warmup_steps=t.warmup_steps,
+    decay_steps=max(t.steps, t.warmup_steps + 1),
+    end_value=t.lr * t.min_lr_ratio,
+  )
 
 
 def decays(path, x) -> bool:
@@ -80,20 +86,29 @@ def make_optimizer(t: ml_collections.ConfigDict) -> optax.GradientTransformation
   """AdamW with global-norm clipping; no weight decay on biases and LayerNorms."""
   decay_mask = lambda params: jax.tree_util.tree_map_with_path(decays, params)
   return optax.chain(
-      optax.clip_by_global_norm(t.clip_norm),
-      optax.adamw(learning_rate_schedule(t), b1=t.b1, b2=t.b2,
-                  weight_decay=t.weight_decay, mask=decay_mask))
+    optax.clip_by_global_norm(t.clip_norm),
+    optax.adamw(
+      learning_rate_schedule(t), b1=t.b1, b2=t.b2, weight_decay=t.weight_decay, mask=decay_mask
+    ),
+  )
 
 
 # ----------------------------------------------------------------------------
 # Steps (module level, jitted once in `run`)
 
+
 def _split_microbatches(batch: dict, n: int) -> dict:
   return jax.tree_util.tree_map(lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:]), batch)
 
 
-def train_step(state: TrainState, batch: dict, *, loss_fn: Callable,
-               tx: optax.GradientTransformation, grad_accum: int = 1):
+def train_step(
+  state: TrainState,
+  batch: dict,
+  *,
+  loss_fn: Callable,
+  tx: optax.GradientTransformation,
+  grad_accum: int = 1,
+):
   """One optimizer step over `grad_accum` micro-batches. Returns (state, metrics)."""
   rng = jax.random.fold_in(state.rng, state.step)
   grad_fn = jax.value_and_grad(lambda p, b, r: _totals(loss_fn(p, b, r, True)), has_aux=True)
@@ -101,16 +116,19 @@ def train_step(state: TrainState, batch: dict, *, loss_fn: Callable,
   if grad_accum == 1:
     (total, (weight, extra)), grads = grad_fn(state.params, batch, rng)
   else:
+
     def accumulate(carry, xs):
       mb, i = xs
       (t, (w, e)), g = grad_fn(state.params, mb, jax.random.fold_in(rng, i))
       return jax.tree_util.tree_map(jnp.add, carry, (g, t, w, e)), None
-    micro = _split_microbatches(batch, grad_accum)                # [A, B/A, ...]
+
+    micro = _split_microbatches(batch, grad_accum)  # [A, B/A, ...]
     first = jax.tree_util.tree_map(lambda x: x[0], micro)
     (t0, (w0, e0)), g0 = jax.eval_shape(grad_fn, state.params, first, rng)
     carry = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), (g0, t0, w0, e0))
     (grads, total, weight, extra), _ = jax.lax.scan(
-        accumulate, carry, (micro, jnp.arange(grad_accum)))
+      accumulate, carry, (micro, jnp.arange(grad_accum))
+    )
 
   weight = jnp.maximum(weight, 1e-9)
   grads = jax.tree_util.tree_map(lambda g: g / weight, grads)
@@ -134,13 +152,16 @@ def eval_step(params, batch: dict, *, loss_fn: Callable):
 # ----------------------------------------------------------------------------
 # State creation with shardings
 
+
 def _init_fns(task: Task, tx, seed: int):
   """(boxed_init, init): boxed keeps logical axis names for computing shardings."""
+
   def boxed_init(rng):
     params_rng, state_rng = jax.random.split(rng)
     params = task.model.init(params_rng, **_model_inputs(task.example_batch))["params"]
-    return TrainState(step=jnp.array(0, jnp.int32), params=params,
-                      opt_state=tx.init(params), rng=state_rng)
+    return TrainState(
+      step=jnp.array(0, jnp.int32), params=params, opt_state=tx.init(params), rng=state_rng
+    )
 
   def init(rng):
     params_rng, state_rng = jax.random.split(rng)
@@ -148,9 +169,12 @@ def _init_fns(task: Task, tx, seed: int):
       params = task.init_params(params_rng)
     else:
       params = nn.meta.unbox(
-          task.model.init(params_rng, **_model_inputs(task.example_batch))["params"])
-    return TrainState(step=jnp.array(0, jnp.int32), params=params,
-                      opt_state=tx.init(params), rng=state_rng)
+        task.model.init(params_rng, **_model_inputs(task.example_batch))["params"]
+      )
+    return TrainState(
+      step=jnp.array(0, jnp.int32), params=params, opt_state=tx.init(params), rng=state_rng
+    )
+
   return boxed_init, init
 
 
@@ -179,11 +203,13 @@ def abstract_state(task: Task, tx, mesh, seed: int = 0):
   shapes = jax.eval_shape(init, jax.random.PRNGKey(seed))
   shardings = state_shardings(task, tx, mesh, seed)
   return jax.tree_util.tree_map(
-      lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+    lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
+  )
 
 
 # ----------------------------------------------------------------------------
 # The loop
+
 
 def prepare_workdir(workdir: str) -> str:
   """Creates workdir and checks it is writable, with a message naming it."""
@@ -195,13 +221,20 @@ def prepare_workdir(workdir: str) -> str:
       f.write("ok")
     os.remove(probe)
   except OSError as e:
-    raise PermissionError(f"Cannot write to workdir {workdir}: {e.strerror}. "
-                          "Choose another --workdir or fix its permissions.") from e
+    raise PermissionError(
+      f"Cannot write to workdir {workdir}: {e.strerror}. "
+      "Choose another --workdir or fix its permissions."
+    ) from e
   return workdir
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, task: Task,
-        mesh=None, log: Callable[[str], None] = print) -> tuple[TrainState, dict]:
+def run(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  task: Task,
+  mesh=None,
+  log: Callable[[str], None] = print,
+) -> tuple[TrainState, dict]:
   """Trains `task` to config.train.steps, resuming from workdir if possible.
 
   Returns the final state and a summary {'last_train': ..., 'last_eval': ...}.
@@ -211,12 +244,15 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task,
   mesh = sharding.make_mesh(config.mesh) if mesh is None else mesh
   sharding.check_divisible(t.batch_size, mesh)
   if t.batch_size % (t.grad_accum * mesh.shape["data"] * mesh.shape["fsdp"]):
-    raise ValueError(f"config.train.batch_size={t.batch_size} must be divisible by "
-                     f"grad_accum x data x fsdp = {t.grad_accum} x "
-                     f"{mesh.shape['data'] * mesh.shape['fsdp']}")
+    raise ValueError(
+      f"config.train.batch_size={t.batch_size} must be divisible by "
+      f"grad_accum x data x fsdp = {t.grad_accum} x "
+      f"{mesh.shape['data'] * mesh.shape['fsdp']}"
+    )
   tx = make_optimizer(t)
-  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                       keep=t.keep_checkpoints)
+  checkpointer = ckpt_lib.Checkpointer(
+    os.path.join(workdir, "checkpoints"), keep=t.keep_checkpoints
+  )
 
   if checkpointer.latest_step() is not None:
     state, meta = checkpointer.restore(abstract_state(task, tx, mesh, config.seed))
@@ -229,19 +265,23 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task,
 
   batch_shard = lambda b: sharding.shard_batch(b, mesh)
   step_fn = jax.jit(
-      functools.partial(train_step, loss_fn=task.loss_fn, tx=tx, grad_accum=t.grad_accum),
-      out_shardings=(shardings, None), donate_argnums=(0,))
+    functools.partial(train_step, loss_fn=task.loss_fn, tx=tx, grad_accum=t.grad_accum),
+    out_shardings=(shardings, None),
+    donate_argnums=(0,),
+  )
   eval_fn = jax.jit(functools.partial(eval_step, loss_fn=task.loss_fn))
 
   writer = metrics_lib.MetricsWriter(workdir)
   # The MFU denominator. On a shared machine one measurement can catch the
   # CPU busy and understate the peak (MFU above 100%), so it is measured again
   # at every evaluation and the largest value is kept.
-  measure_peak = lambda: metrics_lib.measure_matmul_peak(state_dtype(state),
-                                                         devices=mesh.devices.flat)
+  measure_peak = lambda: metrics_lib.measure_matmul_peak(
+    state_dtype(state), devices=mesh.devices.flat
+  )
   peak = measure_peak() if t.get("measure_peak", True) else None
-  progress = metrics_lib.Progress(t.steps, int(state.step), task.tokens_per_step,
-                                  task_flops_per_token(task, state.params), peak)
+  progress = metrics_lib.Progress(
+    t.steps, int(state.step), task.tokens_per_step, task_flops_per_token(task, state.params), peak
+  )
   summary: dict = {"peak_flops": peak}
   step = int(state.step)
   last_good = step
@@ -270,9 +310,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task,
           if task.on_eval is not None:
             summary["last_eval"].update(task.on_eval(state.params, step) or {})
           writer.write(step, "eval", **summary["last_eval"])
-          log(f"[{task.name}] eval @ {step}: " + "  ".join(
-              f"{k} {v:.4f}" for k, v in summary["last_eval"].items() if isinstance(v, float)))
-          progress.rates(step)   # restart the clock: tokens/s and MFU count training only
+          log(
+            f"[{task.name}] eval @ {step}: "
+            + "  ".join(
+              f"{k} {v:.4f}" for k, v in summary["last_eval"].items() if isinstance(v, float)
+            )
+          )
+          progress.rates(step)  # restart the clock: tokens/s and MFU count training only
         if step % t.ckpt_every == 0 or is_last:
           save(step)
           last_good = step
@@ -282,8 +326,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task,
       log(f"[{task.name}] interrupted at step {step}: saving a checkpoint before exiting ...")
       save(step)
       last_good = step
-    log(f"[{task.name}] interrupted; checkpoint step {last_good} in {checkpointer.directory}. "
-        "Rerun the same command to resume.")
+    log(
+      f"[{task.name}] interrupted; checkpoint step {last_good} in {checkpointer.directory}. "
+      "Rerun the same command to resume."
+    )
     raise
   finally:
     # Also on errors (a NaN loss, say): finish any asynchronous save in flight,
@@ -306,8 +352,9 @@ def task_flops_per_token(task: Task, params) -> float:
   cfg = getattr(task.model, "cfg", None)
   if not isinstance(cfg, model_lib.TransformerConfig) or "trunk" not in params:
     return 0.0
-  n = model_lib.matmul_params(params, tied_unembedding=isinstance(task.model,
-                                                                  model_lib.Transformer))
+  n = model_lib.matmul_params(
+    params, tied_unembedding=isinstance(task.model, model_lib.Transformer)
+  )
   return model_lib.flops_per_token(cfg, n, task.example_batch["tokens"].shape[-1])
 
 
@@ -343,14 +390,20 @@ def _check_finite(m: dict, step: int, ckpt_dir: str, last_good: int) -> dict:
   bad = [k for k in ("loss", "grad_norm") if k in m and not math.isfinite(m[k])]
   if bad:
     raise NonFiniteLossError(
-        f"Non-finite {' and '.join(bad)} at step {step} ({', '.join(f'{k}={m[k]}' for k in bad)}). "
-        f"The run stopped without saving; the last good checkpoint is step {last_good} in "
-        f"{ckpt_dir}. Lower config.train.lr or check the data.")
+      f"Non-finite {' and '.join(bad)} at step {step} ({', '.join(f'{k}={m[k]}' for k in bad)}). "
+      f"The run stopped without saving; the last good checkpoint is step {last_good} in "
+      f"{ckpt_dir}. Lower config.train.lr or check the data."
+    )
   return m
 
 
-def restore_params(workdir: str, config: ml_collections.ConfigDict, model: nn.Module,
-                   example_batch: dict, step: int | None = None):
+def restore_params(
+  workdir: str,
+  config: ml_collections.ConfigDict,
+  model: nn.Module,
+  example_batch: dict,
+  step: int | None = None,
+):
   """Params of `model` from the latest (or `step`) checkpoint of a run's workdir.
 
   A checkpoint holds the whole TrainState, so the optimizer's structure is
@@ -361,8 +414,14 @@ def restore_params(workdir: str, config: ml_collections.ConfigDict, model: nn.Mo
   ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
   if not os.path.isdir(ckpt_dir) or not any(d.isdigit() for d in os.listdir(ckpt_dir)):
     raise FileNotFoundError(f"No checkpoint in {ckpt_dir}: train that stage first.")
-  shell = Task(name="restore", model=model, loss_fn=None, train_batch=None,
-               example_batch=example_batch, tokens_per_step=0)
+  shell = Task(
+    name="restore",
+    model=model,
+    loss_fn=None,
+    train_batch=None,
+    example_batch=example_batch,
+    tokens_per_step=0,
+  )
   tx = make_optimizer(config.train)
   mesh = sharding.make_mesh(config.mesh)
   checkpointer = ckpt_lib.Checkpointer(ckpt_dir, keep=config.train.keep_checkpoints)

@@ -19,6 +19,7 @@ import pytest
 def data_config():
   """The tiny pretraining config with small caps: fast to prepare."""
   from configs.pretrain import get_config
+
   config = get_config("tiny")
   config.data.max_chars = 120_000
   config.data.tokenizer_chars = 100_000
@@ -36,14 +37,15 @@ def data_cache_dir(tmp_path_factory):
 def tiny_tokenizer(data_config, tmp_path_factory):
   """A 512-piece tokenizer trained on `data_config`'s mixture."""
   from gptjax.data.tokenizer_corpus import load_or_train_tokenizer
-  return load_or_train_tokenizer(data_config,
-                                 tmp_path_factory.mktemp("tokenizer"))
+
+  return load_or_train_tokenizer(data_config, tmp_path_factory.mktemp("tokenizer"))
 
 
 @pytest.fixture(scope="session")
 def tiny_pipeline(data_config, tiny_tokenizer, data_cache_dir):
   """The English + code `Pipeline` of `data_config` (T = 64)."""
   from gptjax.data import Pipeline
+
   return Pipeline(data_config, tiny_tokenizer, data_cache_dir)
 
 
@@ -60,11 +62,16 @@ def jax_compilation_cache(tmp_path_factory):
   """Enables JAX's persistent compilation cache for one test module."""
   import jax
   from jax.experimental.compilation_cache import compilation_cache
-  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-           "jax_persistent_cache_min_entry_size_bytes")
+
+  names = (
+    "jax_compilation_cache_dir",
+    "jax_persistent_cache_min_compile_time_secs",
+    "jax_persistent_cache_min_entry_size_bytes",
+  )
   before = {name: getattr(jax.config, name) for name in names}
-  jax.config.update("jax_compilation_cache_dir",
-                    str(tmp_path_factory.mktemp("jax_compilation_cache")))
+  jax.config.update(
+    "jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_compilation_cache"))
+  )
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
   compilation_cache.reset_cache()  # JAX decides once, at its first compilation
@@ -87,8 +94,14 @@ def run_entry_point(module: str, *args: str, timeout: int = 900) -> subprocess.C
   """`python -m <module> <args>` from the repository root, on one CPU device."""
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   env["JAX_PLATFORMS"] = "cpu"
-  proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=timeout)
+  proc = subprocess.run(
+    [sys.executable, "-m", module, *args],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
   return proc
 
 
@@ -97,14 +110,29 @@ def sft_run(tmp_path_factory, data_cache_dir):
   """{'pretrain': Path, 'sft': Path}: tiny+world pretrained 150 steps, then SFT 250 steps."""
   root = tmp_path_factory.mktemp("sft_run")
   pretrain, sft = root / "pretrain", root / "sft"
-  steps = ["--config.train.steps=150", "--config.train.eval_every=150",
-           "--config.train.ckpt_every=150", "--config.train.measure_peak=False"]
-  proc = run_entry_point("experiments.pretrain", "--config=configs/pretrain.py:tiny+world",
-                         f"--workdir={pretrain}", f"--cache_dir={data_cache_dir}", *steps)
+  steps = [
+    "--config.train.steps=150",
+    "--config.train.eval_every=150",
+    "--config.train.ckpt_every=150",
+    "--config.train.measure_peak=False",
+  ]
+  proc = run_entry_point(
+    "experiments.pretrain",
+    "--config=configs/pretrain.py:tiny+world",
+    f"--workdir={pretrain}",
+    f"--cache_dir={data_cache_dir}",
+    *steps,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
-  proc = run_entry_point("experiments.sft", "--config=configs/sft.py:tiny", f"--pretrained={pretrain}",
-                         f"--workdir={sft}", "--config.sft.n_demos=3000",
-                         "--config.train.steps=250", "--config.train.eval_every=250",
-                         "--config.train.ckpt_every=250")
+  proc = run_entry_point(
+    "experiments.sft",
+    "--config=configs/sft.py:tiny",
+    f"--pretrained={pretrain}",
+    f"--workdir={sft}",
+    "--config.sft.n_demos=3000",
+    "--config.train.steps=250",
+    "--config.train.eval_every=250",
+    "--config.train.ckpt_every=250",
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   return {"pretrain": pretrain, "sft": sft}

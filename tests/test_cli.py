@@ -4,16 +4,27 @@ import pytest
 from conftest import run_entry_point
 
 
-@pytest.mark.parametrize("module,args,expected", [
-    ("experiments.pretrain", ["--config=configs/pretrain.py:tiny", "--config.model.n_layerz=4"],
-     ['--config.model.n_layerz=4: unknown config field n_layerz', 'did you mean "n_layer"']),
-    ("experiments.pretrain", ["--config=configs/pretrain.py:tiny", "--config.model.n_layer=abc"],
-     ["--config.model.n_layer=abc", "invalid literal for int()"]),
-    ("experiments.pretrain", ["--config=configs/pretrain.py:tinyy"],
-     ["Unknown preset 'tinyy'"]),
-    ("experiments.rlhf", ["--config=configs/rlhf.py:tiny", "--config.ppo.betaa=0.1"],
-     ["--config.ppo.betaa=0.1: unknown config field betaa", 'did you mean "beta"']),
-])
+@pytest.mark.parametrize(
+  "module,args,expected",
+  [
+    (
+      "experiments.pretrain",
+      ["--config=configs/pretrain.py:tiny", "--config.model.n_layerz=4"],
+      ['--config.model.n_layerz=4: unknown config field n_layerz', 'did you mean "n_layer"'],
+    ),
+    (
+      "experiments.pretrain",
+      ["--config=configs/pretrain.py:tiny", "--config.model.n_layer=abc"],
+      ["--config.model.n_layer=abc", "invalid literal for int()"],
+    ),
+    ("experiments.pretrain", ["--config=configs/pretrain.py:tinyy"], ["Unknown preset 'tinyy'"]),
+    (
+      "experiments.rlhf",
+      ["--config=configs/rlhf.py:tiny", "--config.ppo.betaa=0.1"],
+      ["--config.ppo.betaa=0.1: unknown config field betaa", 'did you mean "beta"'],
+    ),
+  ],
+)
 def test_bad_override_is_one_clear_line(module, args, expected, tmp_path):
   proc = run_entry_point(module, *args, f"--workdir={tmp_path / 'w'}", timeout=120)
   assert proc.returncode == 1
@@ -22,7 +33,7 @@ def test_bad_override_is_one_clear_line(module, args, expected, tmp_path):
   assert first.startswith("FATAL Flags parsing error:")
   for piece in expected:
     assert piece in first, first
-  assert not (tmp_path / "w").exists()   # nothing was started, nothing written
+  assert not (tmp_path / "w").exists()  # nothing was started, nothing written
 
 
 CONFIGS = ["pretrain", "sft", "reward_model", "rlhf", "pipeline", "scaling_sweep"]
@@ -40,6 +51,7 @@ def _leaves(node, prefix=""):
 def test_sequence_fields_are_tuples_so_the_command_line_can_override_them(name):
   """ml_collections overrides tuples from the command line but refuses lists."""
   import importlib
+
   module = importlib.import_module(f"configs.{name}")
   for preset in module.PRESETS:
     lists = [k for k, v in _leaves(module.get_config(preset)) if isinstance(v, list)]
@@ -49,25 +61,36 @@ def test_sequence_fields_are_tuples_so_the_command_line_can_override_them(name):
 def test_tuple_field_override_parses():
   from absl import flags
   from ml_collections import config_flags
+
   for value, expected in [("(0.125,)", (0.125,)), ("()", ())]:
-    argv = ["prog", "--config=configs/reward_model.py:tiny",
-            f"--config.eval.data_fractions={value}"]
+    argv = [
+      "prog",
+      "--config=configs/reward_model.py:tiny",
+      f"--config.eval.data_fractions={value}",
+    ]
     fv = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", "configs/reward_model.py:tiny",
-                                    flag_values=fv, sys_argv=argv)
+    config_flags.DEFINE_config_file(
+      "config", "configs/reward_model.py:tiny", flag_values=fv, sys_argv=argv
+    )
     fv(argv)
     assert fv.config.eval.data_fractions == expected
 
 
 def test_user_error_is_one_line_without_traceback(tmp_path):
-  proc = run_entry_point("experiments.reward_model", "--config=configs/reward_model.py:tiny",
-                         f"--sft={tmp_path / 'missing'}", f"--workdir={tmp_path / 'w'}",
-                         timeout=120)
+  proc = run_entry_point(
+    "experiments.reward_model",
+    "--config=configs/reward_model.py:tiny",
+    f"--sft={tmp_path / 'missing'}",
+    f"--workdir={tmp_path / 'w'}",
+    timeout=120,
+  )
   assert proc.returncode == 1
   assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
   fatal = [l for l in proc.stderr.splitlines() if l.startswith("FATAL")]
-  assert fatal == [f"FATAL FileNotFoundError: {tmp_path / 'missing'} has no config.json: "
-                   "is it a gptjax run's --workdir?"], proc.stderr[-2000:]
+  assert fatal == [
+    f"FATAL FileNotFoundError: {tmp_path / 'missing'} has no config.json: "
+    "is it a gptjax run's --workdir?"
+  ], proc.stderr[-2000:]
 
 
 @pytest.mark.slow
@@ -82,22 +105,36 @@ def test_stop_signal_saves_a_checkpoint_and_exits_130(tmp_path, data_cache_dir, 
   import time
 
   from conftest import REPO
+
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   env.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
   workdir, out_path, err_path = tmp_path / "w", tmp_path / "out.txt", tmp_path / "err.txt"
   # Output to files, not pipes: a child blocked on a full stderr pipe never trains.
   with open(out_path, "w") as out_f, open(err_path, "w") as err_f:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "experiments.pretrain", "--config=configs/pretrain.py:tiny",
-         f"--workdir={workdir}", f"--cache_dir={data_cache_dir}", "--config.train.steps=100000",
-         "--config.train.log_every=5", "--config.train.ckpt_every=100000",
-         "--config.train.eval_every=100000", "--config.train.measure_peak=False"],
-        cwd=REPO, env=env, stdout=out_f, stderr=err_f,
-        # Started as a shell starts a background job: SIGINT ignored. The run
-        # must still stop gracefully on it.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+      [
+        sys.executable,
+        "-m",
+        "experiments.pretrain",
+        "--config=configs/pretrain.py:tiny",
+        f"--workdir={workdir}",
+        f"--cache_dir={data_cache_dir}",
+        "--config.train.steps=100000",
+        "--config.train.log_every=5",
+        "--config.train.ckpt_every=100000",
+        "--config.train.eval_every=100000",
+        "--config.train.measure_peak=False",
+      ],
+      cwd=REPO,
+      env=env,
+      stdout=out_f,
+      stderr=err_f,
+      # Started as a shell starts a background job: SIGINT ignored. The run
+      # must still stop gracefully on it.
+      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
     deadline = time.time() + 600
-    while "[pretrain] step" not in out_path.read_text():   # training is under way
+    while "[pretrain] step" not in out_path.read_text():  # training is under way
       assert proc.poll() is None and time.time() < deadline, err_path.read_text()[-2000:]
       time.sleep(0.5)
     proc.send_signal(getattr(signal, signame))

@@ -74,16 +74,14 @@ def test_dir_source(tmp_path, data_config):
   spec = f"dir:{tmp_path}"
   train = dict(sources.iter_split(spec, data_config, "train"))
   validation = dict(sources.iter_split(spec, data_config, "validation"))
-  assert set(train) | set(validation) == {"a.py"} | {
-      f"sub/note{i}.md" for i in range(40)}
+  assert set(train) | set(validation) == {"a.py"} | {f"sub/note{i}.md" for i in range(40)}
   assert not set(train) & set(validation)
   assert train.get("a.py", validation.get("a.py")) == "print('hi')\n"
 
 
 def test_empty_directory_is_a_value_error(tmp_path, data_config):
   (tmp_path / "image.png").write_bytes(b"\x89PNG")
-  with pytest.raises(ValueError, match="empty corpus directory.*" +
-                     str(tmp_path.name)):
+  with pytest.raises(ValueError, match="empty corpus directory.*" + str(tmp_path.name)):
     packing.validate_mixture({f"dir:{tmp_path}": 1.0})
 
 
@@ -92,12 +90,15 @@ def test_missing_directory_is_file_not_found(tmp_path):
     packing.validate_mixture({f"dir:{tmp_path / 'does_not_exist'}": 1.0})
 
 
-@pytest.mark.parametrize("mixture, match", [
+@pytest.mark.parametrize(
+  "mixture, match",
+  [
     ({"english": 1.0, "klingon": 1.0}, "data.mixture.*klingon.*english"),
     ({"english": 0.0}, r"data.mixture\['english'\]"),
     ({"english": -1.0}, "positive"),
     ({}, "data.mixture is empty"),
-])
+  ],
+)
 def test_bad_mixture_is_a_value_error(mixture, match):
   with pytest.raises(ValueError, match=match):
     packing.validate_mixture(mixture)
@@ -107,6 +108,7 @@ def test_register_source(data_config):
   def count_docs(config):
     del config
     return ((f"doc{i}", f"Fact {i}.\n") for i in range(100))
+
   sources.register_source("test_counting", count_docs)
   try:
     assert "test_counting" in sources.source_names()
@@ -126,20 +128,24 @@ def test_builder_round_trips_documents(data_config, data_cache_dir):
   for split in sources.SPLITS:
     expected = dict(sources.iter_split("english", data_config, split))
     ds = prepared[split]
-    got = {builder.decode_text(r["doc_id"]): builder.decode_text(r["text"])
-           for r in (ds[i] for i in range(len(ds)))}
+    got = {
+      builder.decode_text(r["doc_id"]): builder.decode_text(r["text"])
+      for r in (ds[i] for i in range(len(ds)))
+    }
     assert got == expected
 
 
 def test_builder_configs_differ_by_source_and_cap(data_config, tmp_path):
   (tmp_path / "a.txt").write_text("some text")
-  names = {builder.config_name("english", data_config),
-           builder.config_name("code", data_config),
-           builder.config_name("english", uncapped(data_config)),
-           builder.config_name(f"dir:{tmp_path}", data_config)}
+  names = {
+    builder.config_name("english", data_config),
+    builder.config_name("code", data_config),
+    builder.config_name("english", uncapped(data_config)),
+    builder.config_name(f"dir:{tmp_path}", data_config),
+  }
   assert len(names) == 4
   before = builder.config_name(f"dir:{tmp_path}", data_config)
-  (tmp_path / "b.txt").write_text("a new file")           # contents changed
+  (tmp_path / "b.txt").write_text("a new file")  # contents changed
   assert builder.config_name(f"dir:{tmp_path}", data_config) != before
 
 
@@ -158,22 +164,22 @@ def test_batch_shapes_dtypes_and_shift(tiny_pipeline, data_config):
   assert batch["loss_mask"].dtype == np.float32
   np.testing.assert_array_equal(batch["tokens"][:, 1:], batch["targets"][:, :-1])
   assert batch["tokens"].max() < data_config.model.vocab_size
-  for row, k in zip(batch["tokens"], batch["source"]):     # a real window
+  for row, k in zip(batch["tokens"], batch["source"]):  # a real window
     stream = np.asarray(tiny_pipeline.streams[tiny_pipeline.sources[k], "train"])
-    starts = np.flatnonzero(stream[:len(stream) - T] == row[0])
-    assert any((stream[s:s + T] == row).all() for s in starts)
+    starts = np.flatnonzero(stream[: len(stream) - T] == row[0])
+    assert any((stream[s : s + T] == row).all() for s in starts)
 
 
-def test_train_batch_is_a_function_of_step(tiny_pipeline, data_config,
-                                           tiny_tokenizer, data_cache_dir):
-  other = Pipeline(data_config, tiny_tokenizer, data_cache_dir)   # cached
-  late = other.train_batch(7, 4)                     # drawn before steps 0..6
+def test_train_batch_is_a_function_of_step(
+  tiny_pipeline, data_config, tiny_tokenizer, data_cache_dir
+):
+  other = Pipeline(data_config, tiny_tokenizer, data_cache_dir)  # cached
+  late = other.train_batch(7, 4)  # drawn before steps 0..6
   for step in range(7):
     tiny_pipeline.train_batch(step, 4)
   for key, value in tiny_pipeline.train_batch(7, 4).items():
     np.testing.assert_array_equal(value, late[key])
-  assert not np.array_equal(tiny_pipeline.train_batch(8, 4)["tokens"],
-                            late["tokens"])
+  assert not np.array_equal(tiny_pipeline.train_batch(8, 4)["tokens"], late["tokens"])
 
 
 def test_seed_changes_batches(data_config, tiny_tokenizer, data_cache_dir):
@@ -185,20 +191,19 @@ def test_seed_changes_batches(data_config, tiny_tokenizer, data_cache_dir):
 
 
 def test_mixture_proportions(tiny_pipeline):
-  rows = np.concatenate([tiny_pipeline.train_batch(step, 256)["source"]
-                         for step in range(20)])
+  rows = np.concatenate([tiny_pipeline.train_batch(step, 256)["source"] for step in range(20)])
   fractions = np.bincount(rows, minlength=len(tiny_pipeline.sources)) / len(rows)
   np.testing.assert_allclose(fractions, tiny_pipeline.weights, atol=0.02)
 
 
-def test_streams_join_documents_with_eos(tiny_pipeline, tiny_tokenizer,
-                                         data_config, data_cache_dir):
-  docs = builder.prepare_documents("code", data_config,
-                                   data_cache_dir)["validation"]
+def test_streams_join_documents_with_eos(
+  tiny_pipeline, tiny_tokenizer, data_config, data_cache_dir
+):
+  docs = builder.prepare_documents("code", data_config, data_cache_dir)["validation"]
   stream = tiny_pipeline.streams["code", "validation"]
   assert (stream == tiny_tokenizer.eos_id).sum() == len(docs)
   first = tiny_tokenizer.encode(builder.decode_text(docs[0]["text"]))
-  assert list(stream[:len(first) + 1]) == first + [tiny_tokenizer.eos_id]
+  assert list(stream[: len(first) + 1]) == first + [tiny_tokenizer.eos_id]
 
 
 def test_eval_batches_are_fixed_and_tile_the_stream(tiny_pipeline, data_config):
@@ -210,7 +215,7 @@ def test_eval_batches_are_fixed_and_tile_the_stream(tiny_pipeline, data_config):
     np.testing.assert_array_equal(x["tokens"], y["tokens"])
   stream = np.asarray(tiny_pipeline.streams["english", "validation"])
   targets = np.concatenate([batch["targets"] for batch in a]).reshape(-1)
-  np.testing.assert_array_equal(targets, stream[1:1 + 12 * T])
+  np.testing.assert_array_equal(targets, stream[1 : 1 + 12 * T])
   with pytest.raises(ValueError, match="not in data.mixture"):
     next(tiny_pipeline.eval_batches("klingon", 1, 1))
 
@@ -219,11 +224,11 @@ def test_unigram_entropy(tiny_pipeline):
   for source in tiny_pipeline.sources:
     assert 2.0 < tiny_pipeline.unigram_entropy(source) < np.log(512)
   assert tiny_pipeline.unigram_entropy() >= min(
-      tiny_pipeline.unigram_entropy(s) for s in tiny_pipeline.sources)
+    tiny_pipeline.unigram_entropy(s) for s in tiny_pipeline.sources
+  )
 
 
-def test_short_source_is_a_clear_error(tmp_path, data_config, tiny_tokenizer,
-                                       data_cache_dir):
+def test_short_source_is_a_clear_error(tmp_path, data_config, tiny_tokenizer, data_cache_dir):
   for i in range(3):
     (tmp_path / f"tiny{i}.txt").write_text("too short\n")
   config = data_config.copy_and_resolve_references()
@@ -233,8 +238,7 @@ def test_short_source_is_a_clear_error(tmp_path, data_config, tiny_tokenizer,
     Pipeline(config, tiny_tokenizer, data_cache_dir)
 
 
-def test_dir_source_in_pipeline(tmp_path, data_config, tiny_tokenizer,
-                                data_cache_dir):
+def test_dir_source_in_pipeline(tmp_path, data_config, tiny_tokenizer, data_cache_dir):
   for i in range(30):
     (tmp_path / f"story{i}.txt").write_text(f"Story {i}. " * 60)
   config = data_config.copy_and_resolve_references()

@@ -45,8 +45,9 @@ def import_graph() -> dict[str, set[str]]:
   # A package's __init__ importing its own submodules (re-exports) is not a
   # dependency of those submodules on the package.
   for m in graph:
-    graph[m] = {d for d in graph[m] if not (files[m].name == "__init__.py" and
-                                             d.startswith(m + "."))}
+    graph[m] = {
+      d for d in graph[m] if not (files[m].name == "__init__.py" and d.startswith(m + "."))
+    }
   return graph
 
 
@@ -67,7 +68,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.pop()
         path.pop()
       elif child in graph and colour[child] == 1:
-        return path[path.index(child):] + [child]
+        return path[path.index(child) :] + [child]
       elif child in graph and colour[child] == 0:
         colour[child] = 1
         stack.append((child, iter(sorted(graph[child]))))
@@ -81,8 +82,11 @@ def test_find_cycle_finds_a_planted_cycle():
 
 
 def test_library_never_imports_configs_or_experiments():
-  bad = {m: sorted(d & {"configs", "experiments"}) for m, d in import_graph().items()
-         if d & {"configs", "experiments"}}
+  bad = {
+    m: sorted(d & {"configs", "experiments"})
+    for m, d in import_graph().items()
+    if d & {"configs", "experiments"}
+  }
   assert not bad, f"library modules importing configs/ or experiments/: {bad}"
 
 
@@ -98,6 +102,7 @@ def test_every_subpackage_says_what_lives_there():
 
 def test_ruff_lint_and_format_are_clean():
   for args in (["check", "--no-cache"], ["format", "--check", "--no-cache"]):
-    proc = subprocess.run([sys.executable, "-m", "ruff", *args, "."], cwd=REPO,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+      [sys.executable, "-m", "ruff", *args, "."], cwd=REPO, capture_output=True, text=True
+    )
     assert proc.returncode == 0, f"ruff {' '.join(args)}:\n{proc.stdout[-3000:]}"

@@ -22,8 +22,9 @@ from gptjax import model as model_lib
 # compile on a CPU; the same computation).
 jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
-CFG = model_lib.TransformerConfig(vocab_size=48, max_len=12, n_layer=2, n_head=2,
-                                  d_model=16, d_ff=32)
+CFG = model_lib.TransformerConfig(
+  vocab_size=48, max_len=12, n_layer=2, n_head=2, d_model=16, d_ff=32
+)
 
 
 def random_tokens(seed, shape, vocab=CFG.vocab_size):
@@ -34,8 +35,7 @@ def random_tokens(seed, shape, vocab=CFG.vocab_size):
 def lm():
   """(model, params, forward): forward(params, tokens, positions, token_mask) -> logits."""
   model = model_lib.Transformer(CFG)
-  params = nn.meta.unbox(jit(model.init)(jax.random.PRNGKey(0),
-                                             random_tokens(0, (1, 4)))["params"])
+  params = nn.meta.unbox(jit(model.init)(jax.random.PRNGKey(0), random_tokens(0, (1, 4)))["params"])
   forward = jit(lambda p, tok, pos=None, mask=None: model.apply({"params": p}, tok, pos, mask))
   return model, params, forward
 
@@ -52,12 +52,17 @@ def test_changing_token_t_never_changes_earlier_logits(lm):
   rows = np.tile(base, (T + 1, 1))
   for t in range(T):
     rows[t, t] = (base[t] + 1 + t) % CFG.vocab_size
-  logits = np.asarray(forward(params, jnp.asarray(rows)))      # [T+1, T, V]
+  logits = np.asarray(forward(params, jnp.asarray(rows)))  # [T+1, T, V]
   ref = logits[T]
   for t in range(T):
-    np.testing.assert_allclose(logits[t, :t], ref[:t], atol=1e-6, rtol=0,
-                               err_msg=f"changing token {t} changed earlier logits")
-    changed = np.abs(logits[t, t:] - ref[t:]).max(axis=-1)     # [T - t]
+    np.testing.assert_allclose(
+      logits[t, :t],
+      ref[:t],
+      atol=1e-6,
+      rtol=0,
+      err_msg=f"changing token {t} changed earlier logits",
+    )
+    changed = np.abs(logits[t, t:] - ref[t:]).max(axis=-1)  # [T - t]
     assert changed[0] > 1e-4, f"changing token {t} did not change the logits at {t}"
     assert (changed > 1e-4).all(), f"token {t} invisible to some later position"
 
@@ -68,9 +73,16 @@ def decode_fns(lm):
 
   @jit
   def step(params, cache, tokens, positions, token_mask):
-    logits, mut = model.apply({"params": params, "cache": cache}, tokens, positions,
-                              token_mask, decode=True, mutable=["cache"])
+    logits, mut = model.apply(
+      {"params": params, "cache": cache},
+      tokens,
+      positions,
+      token_mask,
+      decode=True,
+      mutable=["cache"],
+    )
     return logits, mut["cache"]
+
   return step
 
 
@@ -81,7 +93,7 @@ def test_kv_cache_decoding_matches_full_forward(lm, decode_fns):
   seqs = np.asarray(random_tokens(2, (2, T)))
   # Row 0: the full sequence. Row 1: 3 pad slots, then its first T - 3 tokens.
   tokens = seqs.copy()
-  tokens[1, pad:] = seqs[1, :T - pad]
+  tokens[1, pad:] = seqs[1, : T - pad]
   tokens[1, :pad] = 0
   mask = np.ones((2, T), bool)
   mask[1, :pad] = False
@@ -91,17 +103,21 @@ def test_kv_cache_decoding_matches_full_forward(lm, decode_fns):
   logits, cache = decode_fns(params, cache, tokens[:, :P], positions[:, :P], mask[:, :P])
   steps = [np.asarray(logits)]
   for i in range(P, T):
-    logits, cache = decode_fns(params, cache, tokens[:, i:i + 1], positions[:, i:i + 1],
-                               mask[:, i:i + 1])
+    logits, cache = decode_fns(
+      params, cache, tokens[:, i : i + 1], positions[:, i : i + 1], mask[:, i : i + 1]
+    )
     steps.append(np.asarray(logits))
-  decoded = np.concatenate(steps, axis=1)                       # [2, T, V]
+  decoded = np.concatenate(steps, axis=1)  # [2, T, V]
 
   full0 = np.asarray(forward(params, jnp.asarray(seqs[:1])))[0]
   np.testing.assert_allclose(decoded[0], full0, atol=1e-5, rtol=0)
-  full1 = np.asarray(forward(params, jnp.asarray(seqs[1:, :T - pad])))[0]
+  full1 = np.asarray(forward(params, jnp.asarray(seqs[1:, : T - pad])))[0]
   np.testing.assert_allclose(decoded[1, pad:], full1, atol=1e-5, rtol=0)
-  index = [v for path, v in jax.tree_util.tree_flatten_with_path(cache)[0]
-           if getattr(path[-1], "key", None) == "index"]
+  index = [
+    v
+    for path, v in jax.tree_util.tree_flatten_with_path(cache)[0]
+    if getattr(path[-1], "key", None) == "index"
+  ]
   assert index and all(int(i) == T for i in index)
 
 
@@ -123,16 +139,18 @@ def test_left_padded_rows_match_unpadded_rows(lm):
   tokens = np.zeros((3, T), np.int32)
   mask = np.zeros((3, T), bool)
   for i, n in enumerate(lengths):
-    tokens[i, T - n:] = seqs[i, :n]
-    mask[i, T - n:] = True
+    tokens[i, T - n :] = seqs[i, :n]
+    mask[i, T - n :] = True
   positions = np.maximum(np.cumsum(mask, axis=-1) - 1, 0)
-  padded = np.asarray(forward(params, jnp.asarray(tokens), jnp.asarray(positions),
-                              jnp.asarray(mask)))
+  padded = np.asarray(
+    forward(params, jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(mask))
+  )
   # Alone: each row right-padded to T (causality hides the tail), no mask.
   alone = np.asarray(forward(params, jnp.asarray(seqs)))
   for i, n in enumerate(lengths):
-    np.testing.assert_allclose(padded[i, T - n:], alone[i, :n], atol=1e-5, rtol=0,
-                               err_msg=f"row {i} (length {n})")
+    np.testing.assert_allclose(
+      padded[i, T - n :], alone[i, :n], atol=1e-5, rtol=0, err_msg=f"row {i} (length {n})"
+    )
   assert np.isfinite(padded).all()
 
 
@@ -143,10 +161,12 @@ def test_left_padded_rows_match_unpadded_rows(lm):
 def expected_shapes(c: model_lib.TransformerConfig) -> dict:
   D, H, K, F = c.d_model, c.n_head, c.head_dim, c.d_ff
   ln = {"scale": (D,), "bias": (D,)}
-  block = {"ln_1": ln, "ln_2": ln,
-           "attn": {"w_qkv": (D, 3, H, K), "b_qkv": (3, H, K), "w_out": (H, K, D),
-                    "b_out": (D,)},
-           "mlp": {"w_fc": (D, F), "b_fc": (F,), "w_proj": (F, D), "b_proj": (D,)}}
+  block = {
+    "ln_1": ln,
+    "ln_2": ln,
+    "attn": {"w_qkv": (D, 3, H, K), "b_qkv": (3, H, K), "w_out": (H, K, D), "b_out": (D,)},
+    "mlp": {"w_fc": (D, F), "b_fc": (F,), "w_proj": (F, D), "b_proj": (D,)},
+  }
   trunk = {"wte": (c.vocab_size, D), "wpe": (c.max_len, D), "ln_f": ln}
   trunk.update({f"block_{i}": block for i in range(c.n_layer)})
   return {"trunk": trunk}
@@ -176,7 +196,7 @@ def test_parameters_carry_logical_axis_names():
 def test_lm_head_is_tied_to_token_embedding(lm):
   model, params, forward = lm
   tokens = random_tokens(4, (2, 7))
-  h = jit(model_lib.Trunk(CFG).apply)({"params": params["trunk"]}, tokens)   # [B, T, D]
+  h = jit(model_lib.Trunk(CFG).apply)({"params": params["trunk"]}, tokens)  # [B, T, D]
   expected = np.einsum("btd,vd->btv", h, params["trunk"]["wte"])
   np.testing.assert_allclose(forward(params, tokens), expected, atol=1e-5, rtol=0)
   # Moving wte moves the logits: the head has no parameters of its own.
@@ -186,11 +206,13 @@ def test_lm_head_is_tied_to_token_embedding(lm):
 
 
 def test_gpt2_init_statistics():
-  cfg = model_lib.TransformerConfig(vocab_size=256, max_len=32, n_layer=4, n_head=4,
-                                    d_model=64, d_ff=256)
+  cfg = model_lib.TransformerConfig(
+    vocab_size=256, max_len=32, n_layer=4, n_head=4, d_model=64, d_ff=256
+  )
   model = model_lib.Transformer(cfg)
-  params = nn.meta.unbox(jit(model.init)(jax.random.PRNGKey(1),
-                                             jnp.zeros((1, 4), jnp.int32))["params"])
+  params = nn.meta.unbox(
+    jit(model.init)(jax.random.PRNGKey(1), jnp.zeros((1, 4), jnp.int32))["params"]
+  )
   trunk = params["trunk"]
   resid = 0.02 / math.sqrt(2 * cfg.n_layer)
 
@@ -248,8 +270,9 @@ def test_dropout_is_random_in_training_and_off_when_deterministic(lm):
 
   @functools.partial(jit, static_argnames="deterministic")
   def apply(rng, deterministic):
-    return model.apply({"params": params}, tokens, deterministic=deterministic,
-                       rngs={"dropout": rng})
+    return model.apply(
+      {"params": params}, tokens, deterministic=deterministic, rngs={"dropout": rng}
+    )
 
   a = np.asarray(apply(jax.random.PRNGKey(1), False))
   b = np.asarray(apply(jax.random.PRNGKey(2), False))
@@ -278,10 +301,12 @@ def hand_count(c: model_lib.TransformerConfig) -> tuple[int, int]:
 
 
 def test_count_params_and_flops_per_token_by_hand():
-  cfg = model_lib.TransformerConfig(vocab_size=100, max_len=20, n_layer=3, n_head=2,
-                                    d_model=8, d_ff=24)
-  abstract = jax.eval_shape(model_lib.Transformer(cfg).init, jax.random.PRNGKey(0),
-                            jnp.zeros((1, 4), jnp.int32))["params"]
+  cfg = model_lib.TransformerConfig(
+    vocab_size=100, max_len=20, n_layer=3, n_head=2, d_model=8, d_ff=24
+  )
+  abstract = jax.eval_shape(
+    model_lib.Transformer(cfg).init, jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32)
+  )["params"]
   total, non_embedding = hand_count(cfg)
   # 3 * ((8*24 + 24 + 8*8 + 8) + (8*24 + 24 + 24*8 + 8) + 4*8) + 2*8 = 2,224
   assert non_embedding == 2224
@@ -296,17 +321,27 @@ def test_train_loop_flops_per_token_for_lm_and_scalar_head():
   """MFU numerator of every Transformer task: the LM's tied embedding is a matmul
   (the output projection); the reward model only looks it up, and adds a head."""
   from gptjax import heads, train
-  cfg = model_lib.TransformerConfig(vocab_size=100, max_len=20, n_layer=3, n_head=2,
-                                    d_model=8, d_ff=24)
+
+  cfg = model_lib.TransformerConfig(
+    vocab_size=100, max_len=20, n_layer=3, n_head=2, d_model=8, d_ff=24
+  )
   tokens = np.zeros((1, 20), np.int32)
   total, non_embedding = hand_count(cfg)
-  for model, n_matmul in [(model_lib.Transformer(cfg), non_embedding + 800),
-                          (heads.ScalarHeadModel(cfg), non_embedding + 8 + 1)]:
+  for model, n_matmul in [
+    (model_lib.Transformer(cfg), non_embedding + 800),
+    (heads.ScalarHeadModel(cfg), non_embedding + 8 + 1),
+  ]:
     params = nn.meta.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), tokens)["params"])
-    task = train.Task(name="t", model=model, loss_fn=None, train_batch=None,
-                      example_batch={"tokens": tokens}, tokens_per_step=20)
+    task = train.Task(
+      name="t",
+      model=model,
+      loss_fn=None,
+      train_batch=None,
+      example_batch={"tokens": tokens},
+      tokens_per_step=20,
+    )
     assert train.task_flops_per_token(task, params) == 6 * n_matmul + 12 * 3 * 8 * 20
-  task.flops_per_token = 123.0   # a Task's own figure wins
+  task.flops_per_token = 123.0  # a Task's own figure wins
   assert train.task_flops_per_token(task, params) == 123.0
 
 
@@ -327,14 +362,17 @@ def test_from_config_converts_dtypes():
   assert cfg.head_dim == cfg.d_model // cfg.n_head
 
 
-@pytest.mark.parametrize("overrides, field", [
+@pytest.mark.parametrize(
+  "overrides, field",
+  [
     ({"dtype": "float16"}, "config.model.dtype"),
     ({"param_dtype": "fp32"}, "config.model.param_dtype"),
     ({"d_model": 66, "n_head": 4}, "config.model.d_model"),
     ({"n_layer": 0}, "config.model.n_layer"),
     ({"vocab_size": -5}, "config.model.vocab_size"),
     ({"dropout": 1.0}, "config.model.dropout"),
-])
+  ],
+)
 def test_from_config_rejects_bad_values_naming_the_field(overrides, field):
   with pytest.raises(ValueError, match=field.replace(".", r"\.")) as e:
     model_lib.TransformerConfig.from_config(model_config(**overrides))

@@ -14,19 +14,24 @@ from gptjax.pipeline import stages as pipeline_lib
 
 # ---------------------------------------------------------------- stage logic (fast)
 
+
 def _stage(name, value, calls, after=()):
   cfg = ml_collections.ConfigDict({"value": value})
+
   def run(d):
     calls.append(name)
     with open(os.path.join(d, "out.txt"), "w") as f:
       f.write(str(value))
+
   return pipeline_lib.Stage(name, cfg, run, after)
 
 
 def _run_all(stages, workdir):
   fps, records = {}, {}
   for s in stages:
-    records[s.name] = pipeline_lib.run_stage(s, workdir, [fps[a] for a in s.after], log=lambda _: None)
+    records[s.name] = pipeline_lib.run_stage(
+      s, workdir, [fps[a] for a in s.after], log=lambda _: None
+    )
     fps[s.name] = records[s.name]["fingerprint"]
   return records
 
@@ -41,30 +46,38 @@ def test_finished_stages_are_skipped(tmp_path):
 
 def test_changed_config_reruns_that_stage_and_later_ones(tmp_path):
   calls = []
-  _run_all([_stage("a", 1, calls), _stage("b", 2, calls, ("a",)), _stage("c", 3, calls, ("b",))],
-           tmp_path)
+  _run_all(
+    [_stage("a", 1, calls), _stage("b", 2, calls, ("a",)), _stage("c", 3, calls, ("b",))], tmp_path
+  )
   calls.clear()
-  _run_all([_stage("a", 1, calls), _stage("b", 20, calls, ("a",)), _stage("c", 3, calls, ("b",))],
-           tmp_path)
-  assert calls == ["b", "c"]                      # a skipped; c reruns because b changed
+  _run_all(
+    [_stage("a", 1, calls), _stage("b", 20, calls, ("a",)), _stage("c", 3, calls, ("b",))], tmp_path
+  )
+  assert calls == ["b", "c"]  # a skipped; c reruns because b changed
   assert open(tmp_path / "b" / "out.txt").read() == "20"
 
 
 def test_interrupted_stage_resumes_and_keeps_its_files(tmp_path):
   calls = []
+
   def crash(d):
     calls.append("crash")
     open(os.path.join(d, "partial.txt"), "w").write("x")
     raise KeyboardInterrupt
+
   cfg = ml_collections.ConfigDict({"v": 1})
   with pytest.raises(KeyboardInterrupt):
     pipeline_lib.run_stage(pipeline_lib.Stage("s", cfg, crash), tmp_path, [], log=lambda _: None)
   record = pipeline_lib.read_stage(tmp_path / "s")
   assert record["done"] is False
   seen = []
-  pipeline_lib.run_stage(pipeline_lib.Stage("s", cfg, lambda d: seen.append(os.listdir(d))), tmp_path, [],
-                     log=lambda _: None)
-  assert "partial.txt" in seen[0]                 # resumed in place, not wiped
+  pipeline_lib.run_stage(
+    pipeline_lib.Stage("s", cfg, lambda d: seen.append(os.listdir(d))),
+    tmp_path,
+    [],
+    log=lambda _: None,
+  )
+  assert "partial.txt" in seen[0]  # resumed in place, not wiped
   assert pipeline_lib.read_stage(tmp_path / "s")["done"] is True
 
 
@@ -78,16 +91,20 @@ def test_foreign_directory_is_not_overwritten(tmp_path):
 
 def test_selected_stages_run_beside_each_other(tmp_path):
   calls = []
-  stages = lambda: [_stage("a", 1, calls), _stage("b", 2, calls, ("a",)),
-                    _stage("c", 3, calls, ("a",)), _stage("d", 4, calls, ("b", "c"))]
+  stages = lambda: [
+    _stage("a", 1, calls),
+    _stage("b", 2, calls, ("a",)),
+    _stage("c", 3, calls, ("a",)),
+    _stage("d", 4, calls, ("b", "c")),
+  ]
   quiet = lambda _: None
-  with pytest.raises(ValueError, match="stage b needs a"):     # upstream not done yet
+  with pytest.raises(ValueError, match="stage b needs a"):  # upstream not done yet
     pipeline_lib.run_stages(stages(), tmp_path, quiet, only=["b"])
   pipeline_lib.run_stages(stages(), tmp_path, quiet, only=["a"])
-  records = pipeline_lib.run_stages(stages(), tmp_path, quiet, only=["c"])   # b's sibling
+  records = pipeline_lib.run_stages(stages(), tmp_path, quiet, only=["c"])  # b's sibling
   assert calls == ["a", "c"] and not records["b"]["done"] and records["c"]["done"]
   pipeline_lib.run_stages(stages(), tmp_path, quiet, only=["b"])
-  records = pipeline_lib.run_stages(stages(), tmp_path, quiet)                # the rest: d only
+  records = pipeline_lib.run_stages(stages(), tmp_path, quiet)  # the rest: d only
   assert calls == ["a", "c", "b", "d"] and all(r["done"] for r in records.values())
   # The fingerprints chain as if the stages had run in one process.
   calls.clear()
@@ -104,21 +121,33 @@ def test_parse_stages():
 def test_a_stage_running_in_another_process_is_not_entered(tmp_path):
   import subprocess
   import sys
+
   other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
   try:
     cfg = ml_collections.ConfigDict({"v": 1})
     fp = pipeline_lib.fingerprint(cfg, [])
     (tmp_path / "s").mkdir()
-    pipeline_lib.write_stage(tmp_path / "s", {"fingerprint": fp, "done": False, "seconds": 1.0,
-                                          "pid": other.pid, "host": pipeline_lib.socket.gethostname()})
+    pipeline_lib.write_stage(
+      tmp_path / "s",
+      {
+        "fingerprint": fp,
+        "done": False,
+        "seconds": 1.0,
+        "pid": other.pid,
+        "host": pipeline_lib.socket.gethostname(),
+      },
+    )
     with pytest.raises(FileExistsError, match=f"being run by pid {other.pid}"):
-      pipeline_lib.run_stage(pipeline_lib.Stage("s", cfg, lambda d: None), tmp_path, [], log=lambda _: None)
+      pipeline_lib.run_stage(
+        pipeline_lib.Stage("s", cfg, lambda d: None), tmp_path, [], log=lambda _: None
+      )
   finally:
     other.kill()
     other.wait()
   # The process is gone (a crash): the stage resumes.
-  record = pipeline_lib.run_stage(pipeline_lib.Stage("s", cfg, lambda d: None), tmp_path, [],
-                              log=lambda _: None)
+  record = pipeline_lib.run_stage(
+    pipeline_lib.Stage("s", cfg, lambda d: None), tmp_path, [], log=lambda _: None
+  )
   assert record["done"] and "pid" not in pipeline_lib.read_stage(tmp_path / "s")
 
 
@@ -132,6 +161,7 @@ def test_presets_are_valid():
 
 # ---------------------------------------------------------------- the real thing (slow)
 
+
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory, data_cache_dir):
   workdir = str(tmp_path_factory.mktemp("pipeline"))
@@ -143,6 +173,7 @@ def pipeline_run(tmp_path_factory, data_cache_dir):
 @pytest.mark.slow
 def test_pipeline_runs_every_stage_and_writes_the_report(pipeline_run):
   from gptjax.pipeline import report
+
   workdir, config, records = pipeline_run
   assert list(records) == ["pretrain", "sft", "reward_model", "rlhf", "rlhf_ptx", "report"]
   assert all(r["done"] for r in records.values())
@@ -151,8 +182,15 @@ def test_pipeline_runs_every_stage_and_writes_the_report(pipeline_run):
   missing = [p for p in images if not os.path.exists(p)]
   assert not missing, missing
   text = open(os.path.join(workdir, "report.md")).read()
-  for heading in ("## Pretraining", "## Supervised fine-tuning", "## Reward model", "## RLHF",
-                  "Win rates", "Alignment tax", "Chat transcripts"):
+  for heading in (
+    "## Pretraining",
+    "## Supervised fine-tuning",
+    "## Reward model",
+    "## RLHF",
+    "Win rates",
+    "Alignment tax",
+    "Chat transcripts",
+  ):
     assert heading in text
   # pretraining loss fell
   train = metrics.read_metrics(os.path.join(workdir, "pretrain"), "train")
@@ -181,15 +219,22 @@ def _rlhf_config(iterations, **ppo):
 @pytest.mark.slow
 def test_rlhf_raises_the_reward_while_kl_stays_bounded(pipeline_run, tmp_path, data_cache_dir):
   from gptjax.rlhf import loop as rlhf_loop
+
   workdir, _, _ = pipeline_run
   c = _rlhf_config(16, rollout_batch=32, minibatches=2, epochs=4)
-  rlhf_loop.run(c, str(tmp_path), os.path.join(workdir, "sft"), os.path.join(workdir, "reward_model"),
-           log=lambda _: None, cache_dir=str(data_cache_dir))
+  rlhf_loop.run(
+    c,
+    str(tmp_path),
+    os.path.join(workdir, "sft"),
+    os.path.join(workdir, "reward_model"),
+    log=lambda _: None,
+    cache_dir=str(data_cache_dir),
+  )
   recs = metrics.read_metrics(str(tmp_path), "ppo")
   first = np.mean([r["rm_score"] for r in recs[:4]])
   last = np.mean([r["rm_score"] for r in recs[-4:]])
-  assert last > first, (first, last)      # the test preset's RM is weak: any rise counts
-  assert max(r["kl"] for r in recs) < 30.0        # nats per response: the penalty holds it
+  assert last > first, (first, last)  # the test preset's RM is weak: any rise counts
+  assert max(r["kl"] for r in recs) < 30.0  # nats per response: the penalty holds it
   assert all(abs(r["first_ratio"] - 1.0) < 1e-4 for r in recs)
   assert os.path.exists(os.path.join(tmp_path, "policy", "config.json"))
 
@@ -197,16 +242,35 @@ def test_rlhf_raises_the_reward_while_kl_stays_bounded(pipeline_run, tmp_path, d
 @pytest.mark.slow
 def test_rlhf_resume_equals_uninterrupted(pipeline_run, tmp_path, data_cache_dir):
   from gptjax.rlhf import loop as rlhf_loop
+
   workdir, _, _ = pipeline_run
   sft_dir, rm_dir = os.path.join(workdir, "sft"), os.path.join(workdir, "reward_model")
   quiet = lambda _: None
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
-  rlhf_loop.run(_rlhf_config(4, kl_controller="adaptive"), straight, sft_dir, rm_dir, log=quiet,
-           cache_dir=str(data_cache_dir))
-  rlhf_loop.run(_rlhf_config(2, kl_controller="adaptive"), resumed, sft_dir, rm_dir, log=quiet,
-           cache_dir=str(data_cache_dir))
-  rlhf_loop.run(_rlhf_config(4, kl_controller="adaptive"), resumed, sft_dir, rm_dir, log=quiet,
-           cache_dir=str(data_cache_dir))
+  rlhf_loop.run(
+    _rlhf_config(4, kl_controller="adaptive"),
+    straight,
+    sft_dir,
+    rm_dir,
+    log=quiet,
+    cache_dir=str(data_cache_dir),
+  )
+  rlhf_loop.run(
+    _rlhf_config(2, kl_controller="adaptive"),
+    resumed,
+    sft_dir,
+    rm_dir,
+    log=quiet,
+    cache_dir=str(data_cache_dir),
+  )
+  rlhf_loop.run(
+    _rlhf_config(4, kl_controller="adaptive"),
+    resumed,
+    sft_dir,
+    rm_dir,
+    log=quiet,
+    cache_dir=str(data_cache_dir),
+  )
   a = metrics.read_metrics(straight, "ppo")
   b = metrics.read_metrics(resumed, "ppo")
   assert [r["step"] for r in b] == [1, 2, 3, 4]
@@ -223,12 +287,16 @@ def test_colab_notebook_executes(pipeline_run):
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   nb = nbformat.read(os.path.join(root, "notebooks", "gptjax_colab.ipynb"), as_version=4)
   params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-  params.source = (f"preset = 'test'\nworkdir = {workdir!r}\ninstall = False\n"
-                   f"repo_dir = {root!r}\nchat_prompts = ['What is 2 plus 2?']")
-  nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
-                          resources={"metadata": {"path": root}}).execute()
-  outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
-                    for o in c.get("outputs", []))
+  params.source = (
+    f"preset = 'test'\nworkdir = {workdir!r}\ninstall = False\n"
+    f"repo_dir = {root!r}\nchat_prompts = ['What is 2 plus 2?']"
+  )
+  nbclient.NotebookClient(
+    nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": root}}
+  ).execute()
+  outputs = "".join(
+    o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+  )
   assert "preset: test" in outputs and "assistant>" in outputs
   assert "skipped" in outputs or "done" in outputs
 
@@ -236,10 +304,17 @@ def test_colab_notebook_executes(pipeline_run):
 @pytest.mark.slow
 def test_iterated_rlhf_retrains_the_reward_model(pipeline_run, tmp_path, data_cache_dir):
   from gptjax.rlhf import loop as rlhf_loop
+
   workdir, _, _ = pipeline_run
   c = _rlhf_config(4, rounds=2, rm_steps_per_round=2)
-  rlhf_loop.run(c, str(tmp_path), os.path.join(workdir, "sft"), os.path.join(workdir, "reward_model"),
-           log=lambda _: None, cache_dir=str(data_cache_dir))
+  rlhf_loop.run(
+    c,
+    str(tmp_path),
+    os.path.join(workdir, "sft"),
+    os.path.join(workdir, "reward_model"),
+    log=lambda _: None,
+    cache_dir=str(data_cache_dir),
+  )
   round_dir = tmp_path / "rounds" / "1"
   assert (round_dir / "comparisons" / "comparisons.npz").exists()
   rm_train = metrics.read_metrics(str(round_dir / "rm"), "train")

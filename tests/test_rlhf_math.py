@@ -22,12 +22,16 @@ def log_sigmoid(x):
 
 # ---------------------------------------------------------------- ranking loss
 
-@pytest.mark.parametrize("rewards,ranking", [
+
+@pytest.mark.parametrize(
+  "rewards,ranking",
+  [
     ([1.0, 0.5, -0.2], [0, 1, 2]),
     ([0.3, -1.0, 2.0], [2, 0, 1]),
     ([0.1, 0.4, -0.3, 0.9], [3, 1, 0, 2]),
     ([2.0, -2.0, 0.0, 1.0], [1, 2, 3, 0]),
-])
+  ],
+)
 def test_ranking_loss_equals_hand_computation(rewards, ranking):
   K = len(rewards)
   pairs = [(ranking[i], ranking[j]) for i in range(K) for j in range(i + 1, K)]
@@ -45,7 +49,7 @@ def test_ranking_loss_invariant_to_storage_order():
   ranking = np.stack([rng.permutation(6) for _ in range(5)])
   base = float(losses.ranking_loss(jnp.array(rewards), jnp.array(ranking))[0])
   for _ in range(3):  # store the K responses in another order, relabel the ranking
-    perm = rng.permutation(6)             # new slot s holds old response perm[s]
+    perm = rng.permutation(6)  # new slot s holds old response perm[s]
     inverse = np.argsort(perm)
     shuffled = rewards[:, perm]
     new_ranking = inverse[ranking]
@@ -69,10 +73,12 @@ def test_grouped_batch_equals_loop_over_pairs():
 
 # ---------------------------------------------------------------- reward model
 
+
 @pytest.fixture(scope="module")
 def rm():
-  cfg = model_lib.TransformerConfig(vocab_size=50, max_len=16, n_layer=2, n_head=2,
-                                    d_model=16, d_ff=32)
+  cfg = model_lib.TransformerConfig(
+    vocab_size=50, max_len=16, n_layer=2, n_head=2, d_model=16, d_ff=32
+  )
   model = heads.ScalarHeadModel(cfg)
   params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))["params"])
   return model, params
@@ -90,8 +96,9 @@ def test_padding_never_changes_a_score(rm):
   left_mask = right_mask[:, ::-1]
   left_pos = jnp.maximum(jnp.cumsum(left_mask, -1) - 1, 0)
   np.testing.assert_allclose(heads.score(model, params, right, right_mask), alone, atol=1e-5)
-  np.testing.assert_allclose(heads.score(model, params, left, left_mask, left_pos), alone,
-                             atol=1e-5)
+  np.testing.assert_allclose(
+    heads.score(model, params, left, left_mask, left_pos), alone, atol=1e-5
+  )
   # and different pad ids do not matter either
   right2 = right.at[:, 5:].set(42)
   np.testing.assert_allclose(heads.score(model, params, right2, right_mask), alone, atol=1e-5)
@@ -102,28 +109,43 @@ def test_trimmed_comparisons_score_the_same(rm):
   rng = np.random.default_rng(3)
   lengths = [[3, 7], [5, 11]]
   prompt_ids = [[1, 2], [4]]
-  responses = [[list(rng.integers(5, 50, n - len(p))) for n in ls]
-               for p, ls in zip(prompt_ids, lengths)]
+  responses = [
+    [list(rng.integers(5, 50, n - len(p))) for n in ls] for p, ls in zip(prompt_ids, lengths)
+  ]
   tokens, mask = comp_lib.pack_sequences(prompt_ids, responses, 16, pad_id=0)
-  comps = comp_lib.Comparisons(tokens, mask, np.array([[0, 1], [1, 0]], np.int32),
-                               np.zeros((2, 2), np.float32), ["a", "b"], [["", ""]] * 2,
-                               ["f", "f"])
+  comps = comp_lib.Comparisons(
+    tokens,
+    mask,
+    np.array([[0, 1], [1, 0]], np.int32),
+    np.zeros((2, 2), np.float32),
+    ["a", "b"],
+    [["", ""]] * 2,
+    ["f", "f"],
+  )
   cut = comps.trimmed(multiple=4)
-  assert cut.tokens.shape == (2, 2, 12)            # longest 11 -> 12, not the context's 16
-  assert comps.trimmed(multiple=32).tokens.shape[-1] == 16   # never beyond the stored length
-  np.testing.assert_allclose(rm_training.score_all(model, params, cut),
-                             rm_training.score_all(model, params, comps), atol=1e-5)
+  assert cut.tokens.shape == (2, 2, 12)  # longest 11 -> 12, not the context's 16
+  assert comps.trimmed(multiple=32).tokens.shape[-1] == 16  # never beyond the stored length
+  np.testing.assert_allclose(
+    rm_training.score_all(model, params, cut),
+    rm_training.score_all(model, params, comps),
+    atol=1e-5,
+  )
 
 
 def test_informative_prompts_drop_only_all_tied_groups():
-  gold = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.4, 0.4, 0.4], [0.5, 0.5, 0.1]],
-                  np.float32)
+  gold = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.4, 0.4, 0.4], [0.5, 0.5, 0.1]], np.float32)
   P, K, T = 4, 3, 5
-  comps = comp_lib.Comparisons(np.arange(P * K * T).reshape(P, K, T), np.ones((P, K, T), bool),
-                               np.tile(np.arange(K), (P, 1)), gold, list("abcd"),
-                               [["x"] * K] * P, ["f"] * P)
+  comps = comp_lib.Comparisons(
+    np.arange(P * K * T).reshape(P, K, T),
+    np.ones((P, K, T), bool),
+    np.tile(np.arange(K), (P, 1)),
+    gold,
+    list("abcd"),
+    [["x"] * K] * P,
+    ["f"] * P,
+  )
   kept = rm_training.informative_prompts(comps)
-  assert kept.prompts == ["b", "d"]              # a and c: every response equally good
+  assert kept.prompts == ["b", "d"]  # a and c: every response equally good
   np.testing.assert_array_equal(kept.tokens, comps.tokens[[1, 3]])
   np.testing.assert_array_equal(kept.gold, gold[[1, 3]])
 
@@ -136,12 +158,25 @@ def test_reward_loss_fn_groups_k_responses(rm):
   mask = np.ones((B, K, T), bool)
   mask[0, 1, 4:] = False
   ranking = np.array([[2, 0, 1], [0, 1, 2]])
-  total, weight, _ = losses.reward_loss_fn(model)(params, {
-      "tokens": jnp.array(tokens), "token_mask": jnp.array(mask), "ranking": jnp.array(ranking)},
-      None, False)
-  scores = np.array([[float(heads.score(model, params, jnp.array(tokens[b, k:k + 1]),
-                                          jnp.array(mask[b, k:k + 1]))[0]) for k in range(K)]
-                     for b in range(B)])
+  total, weight, _ = losses.reward_loss_fn(model)(
+    params,
+    {"tokens": jnp.array(tokens), "token_mask": jnp.array(mask), "ranking": jnp.array(ranking)},
+    None,
+    False,
+  )
+  scores = np.array(
+    [
+      [
+        float(
+          heads.score(
+            model, params, jnp.array(tokens[b, k : k + 1]), jnp.array(mask[b, k : k + 1])
+          )[0]
+        )
+        for k in range(K)
+      ]
+      for b in range(B)
+    ]
+  )
   expected = float(losses.ranking_loss(jnp.array(scores), jnp.array(ranking))[0])
   assert float(total) == pytest.approx(expected, rel=1e-5)
   assert float(weight) == B
@@ -157,6 +192,7 @@ def test_shift_bias_centres_scores(rm):
 
 
 # ---------------------------------------------------------------- GAE
+
 
 def gae_loop(rewards, values, mask, gamma, lam):
   B, N = rewards.shape
@@ -195,12 +231,14 @@ def test_padding_never_reaches_rewards_or_advantages():
   logp, ref = rng.normal(size=(B, N)), rng.normal(size=(B, N))
   values = rng.normal(size=(B, N))
   garbage = ~mask
-  r1, _ = ppo_math.per_token_rewards(jnp.ones(B), jnp.array(logp), jnp.array(ref),
-                                     jnp.array(mask), 0.1)
+  r1, _ = ppo_math.per_token_rewards(
+    jnp.ones(B), jnp.array(logp), jnp.array(ref), jnp.array(mask), 0.1
+  )
   logp2, ref2, values2 = logp.copy(), ref.copy(), values.copy()
   logp2[garbage], ref2[garbage], values2[garbage] = 1e3, -1e3, 1e3
-  r2, _ = ppo_math.per_token_rewards(jnp.ones(B), jnp.array(logp2), jnp.array(ref2),
-                                     jnp.array(mask), 0.1)
+  r2, _ = ppo_math.per_token_rewards(
+    jnp.ones(B), jnp.array(logp2), jnp.array(ref2), jnp.array(mask), 0.1
+  )
   np.testing.assert_allclose(r1, r2)
   a1, _ = ppo_math.gae(r1, jnp.array(values), jnp.array(mask))
   a2, _ = ppo_math.gae(r2, jnp.array(values2), jnp.array(mask))
@@ -226,11 +264,13 @@ def test_per_token_rewards_formula_and_zero_kl_when_equal():
 def test_truncation_penalty_replaces_score():
   s = ppo_math.final_scores(jnp.array([1.0, 2.0]), jnp.array([True, False]), -3.0)
   np.testing.assert_allclose(s, [1.0, -3.0])
-  np.testing.assert_allclose(ppo_math.final_scores(jnp.array([1.0, 2.0]),
-                                                   jnp.array([True, False]), None), [1.0, 2.0])
+  np.testing.assert_allclose(
+    ppo_math.final_scores(jnp.array([1.0, 2.0]), jnp.array([True, False]), None), [1.0, 2.0]
+  )
 
 
 # ---------------------------------------------------------------- PPO losses
+
 
 def test_policy_loss_ratio_one_and_clipping():
   rng = np.random.default_rng(3)
@@ -242,8 +282,9 @@ def test_policy_loss_ratio_one_and_clipping():
   assert float(stats["clip_frac"]) == 0.0 and float(stats["approx_kl"]) == pytest.approx(0.0)
   assert float(loss) == pytest.approx(-float(adv.mean()), rel=1e-5)
   # a big positive step on a positive advantage is clipped at 1 + eps
-  l2, s2 = ppo_math.policy_loss(jnp.array([[1.0]]), jnp.array([[0.0]]), jnp.array([[1.0]]),
-                                jnp.array([[True]]))
+  l2, s2 = ppo_math.policy_loss(
+    jnp.array([[1.0]]), jnp.array([[0.0]]), jnp.array([[1.0]]), jnp.array([[True]])
+  )
   assert float(l2) == pytest.approx(-1.2) and float(s2["clip_frac"]) == 1.0
 
 
@@ -276,7 +317,8 @@ def test_adaptive_kl_controller_formula():
   b = c.beta
   assert c.update(kl=5.7, n_samples=100) == pytest.approx(b * (1 + (5.7 / 6 - 1) * 100 / 10000))
   assert c.update(kl=0.0, n_samples=1000) == pytest.approx(
-      b * (1 + (5.7 / 6 - 1) * 100 / 10000) * (1 - 0.2 * 1000 / 10000))
+    b * (1 + (5.7 / 6 - 1) * 100 / 10000) * (1 - 0.2 * 1000 / 10000)
+  )
   assert ppo_math.kl_controller("fixed", 0.3).update(100.0, 10) == 0.3
   with pytest.raises(ValueError, match="kl_controller"):
     ppo_math.kl_controller("pid", 0.1)
@@ -290,7 +332,7 @@ def test_entropy_of_uniform():
 def test_overoptimization_curve_finds_the_gold_peak():
   # Gao et al.'s shape: gold = a*d - b*d^2 peaks at d = a / (2b) = 2; the proxy keeps rising.
   d = np.linspace(0.0, 4.0, 81)
-  gold, proxy = 1.0 * d - 0.25 * d ** 2, 0.8 * d
+  gold, proxy = 1.0 * d - 0.25 * d**2, 0.8 * d
   c = rlhf_stats.overoptimization_curve(d, proxy, gold, n_bins=8)
   assert len(c["sqrt_kl"]) == len(c["gold"]) == len(c["proxy"]) == 8
   np.testing.assert_allclose(c["sqrt_kl"], [(i + 0.5) * 0.5 for i in range(8)], atol=0.03)
@@ -305,7 +347,7 @@ def test_overoptimization_curve_without_turnover():
   d = np.linspace(0.0, 3.0, 30)
   c = rlhf_stats.overoptimization_curve(d, d, 0.5 * d)
   assert not c["turned_over"] and c["peak_sqrt_kl"] == c["sqrt_kl"][-1]
-  one = rlhf_stats.overoptimization_curve([1.0], [0.2], [0.1])   # a single iteration
+  one = rlhf_stats.overoptimization_curve([1.0], [0.2], [0.1])  # a single iteration
   assert one["gold"] == [0.1] and not one["turned_over"]
 
 
@@ -316,21 +358,35 @@ def _fake_rlhf_run(path, beta, peak, ptx=0.0, controller="fixed"):
     json.dump({"ppo": {"beta": beta, "kl_controller": controller, "ptx_coef": ptx}}, f)
   d = np.linspace(0.0, 2 * peak, 40)
   with open(os.path.join(path, "metrics.jsonl"), "w") as f:
-    f.write(json.dumps({"step": 0, "split": "eval", "loss": 1.0}) + "\n")   # other splits ignored
+    f.write(json.dumps({"step": 0, "split": "eval", "loss": 1.0}) + "\n")  # other splits ignored
     for i, x in enumerate(d):
-      f.write(json.dumps({"step": i + 1, "split": "ppo", "sqrt_kl": x, "rm_score": 0.5 * x,
-                          "gold_score": x * (2 * peak - x)}) + "\n")
+      f.write(
+        json.dumps(
+          {
+            "step": i + 1,
+            "split": "ppo",
+            "sqrt_kl": x,
+            "rm_score": 0.5 * x,
+            "gold_score": x * (2 * peak - x),
+          }
+        )
+        + "\n"
+      )
   return str(path)
 
 
 def test_overoptimization_across_runs(tmp_path):
-  runs = [_fake_rlhf_run(tmp_path / "a", 0.05, peak=2.0),
-          _fake_rlhf_run(tmp_path / "b", 0.5, peak=1.0, ptx=1.0, controller="adaptive")]
+  runs = [
+    _fake_rlhf_run(tmp_path / "a", 0.05, peak=2.0),
+    _fake_rlhf_run(tmp_path / "b", 0.5, peak=1.0, ptx=1.0, controller="adaptive"),
+  ]
   result = overoptimization.compare(runs, n_bins=8)
   a, b = result["runs"]
   assert a["label"] == "beta 0.05" and b["label"] == "beta 0.5 (adaptive), ptx 1"
-  assert a["iterations"] == 40 and a["start_gold"] == a["curve"]["gold"][0] < a["curve"]["peak_gold"]
-  for run, peak in ((a, 2.0), (b, 1.0)):   # each run's own turnover, from its own path
+  assert (
+    a["iterations"] == 40 and a["start_gold"] == a["curve"]["gold"][0] < a["curve"]["peak_gold"]
+  )
+  for run, peak in ((a, 2.0), (b, 1.0)):  # each run's own turnover, from its own path
     c = run["curve"]
     assert c["turned_over"] and abs(c["peak_sqrt_kl"] - peak) <= 2 * peak / 8
     assert run["final_sqrt_kl"] == pytest.approx(c["sqrt_kl"][-1])
@@ -349,7 +405,8 @@ def test_overoptimization_rejects_what_is_not_an_rlhf_run(tmp_path):
   (tmp_path / "metrics.jsonl").write_text("")
   with pytest.raises(ValueError, match="no 'ppo' section"):
     overoptimization.compare([str(tmp_path)])
-  (tmp_path / "config.json").write_text(json.dumps({"ppo": {"beta": 0.1,
-                                                            "kl_controller": "fixed"}}))
+  (tmp_path / "config.json").write_text(
+    json.dumps({"ppo": {"beta": 0.1, "kl_controller": "fixed"}})
+  )
   with pytest.raises(ValueError, match="no PPO iterations"):
     overoptimization.compare([str(tmp_path)])

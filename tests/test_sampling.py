@@ -8,8 +8,11 @@ import pytest
 from gptjax import model as model_lib, sampling
 
 V = 8
-LOGITS = jnp.log(jnp.array([[0.05, 0.4, 0.1, 0.25, 0.02, 0.08, 0.06, 0.04],
-                            [0.3, 0.01, 0.01, 0.02, 0.5, 0.06, 0.05, 0.05]]))  # [2, V]
+LOGITS = jnp.log(
+  jnp.array(
+    [[0.05, 0.4, 0.1, 0.25, 0.02, 0.08, 0.06, 0.04], [0.3, 0.01, 0.01, 0.02, 0.5, 0.06, 0.05, 0.05]]
+  )
+)  # [2, V]
 
 
 def params_tuple(temperature=1.0, top_k=0, top_p=1.0):
@@ -36,6 +39,7 @@ def _draw(keys, logits, params):
 # ----------------------------------------------------------------------------
 # Filters on fake logits.
 
+
 def test_greedy_is_argmax():
   tok, lp = sampling.sample_token(jax.random.PRNGKey(0), LOGITS, params_tuple(temperature=0.0))
   np.testing.assert_array_equal(tok, [1, 4])
@@ -44,7 +48,7 @@ def test_greedy_is_argmax():
 
 @pytest.mark.parametrize("k", [1, 2, 3])
 def test_top_k_never_leaves_the_top_k(k):
-  top = np.argsort(-np.asarray(LOGITS), axis=-1)[:, :k]                 # [B, k]
+  top = np.argsort(-np.asarray(LOGITS), axis=-1)[:, :k]  # [B, k]
   mask = kept(LOGITS, top_k=k)
   for b in range(2):
     assert set(np.flatnonzero(mask[b])) == set(top[b])
@@ -53,12 +57,15 @@ def test_top_k_never_leaves_the_top_k(k):
     assert set(samples[:, b]) <= set(top[b])
 
 
-@pytest.mark.parametrize("p, expected", [
-    (0.3, [{1}, {4}]),               # the most likely token alone has mass >= p
-    (0.45, [{1, 3}, {4}]),           # 0.4 < 0.45 <= 0.65; 0.5 >= 0.45
-    (0.7, [{1, 3, 2}, {4, 0}]),      # 0.65 < 0.7 <= 0.75; 0.5 < 0.7 <= 0.8
+@pytest.mark.parametrize(
+  "p, expected",
+  [
+    (0.3, [{1}, {4}]),  # the most likely token alone has mass >= p
+    (0.45, [{1, 3}, {4}]),  # 0.4 < 0.45 <= 0.65; 0.5 >= 0.45
+    (0.7, [{1, 3, 2}, {4, 0}]),  # 0.65 < 0.7 <= 0.75; 0.5 < 0.7 <= 0.8
     (1.0, [set(range(V)), set(range(V))]),
-])
+  ],
+)
 def test_top_p_keeps_the_smallest_set_with_mass_p(p, expected):
   mask = kept(LOGITS, top_p=p)
   assert [set(np.flatnonzero(m)) for m in mask] == expected
@@ -91,18 +98,28 @@ EOS, PAD = 1, 0
 
 @pytest.fixture(scope="module")
 def lm():
-  cfg = model_lib.TransformerConfig(vocab_size=64, max_len=48, n_layer=2, n_head=2,
-                                    d_model=32, d_ff=64)
+  cfg = model_lib.TransformerConfig(
+    vocab_size=64, max_len=48, n_layer=2, n_head=2, d_model=32, d_ff=64
+  )
   model = model_lib.Transformer(cfg)
-  init = jax.jit(lambda rng: model_lib.nn.meta.unbox(
-      model.init(rng, jnp.zeros((1, 4), jnp.int32))["params"]))
+  init = jax.jit(
+    lambda rng: model_lib.nn.meta.unbox(model.init(rng, jnp.zeros((1, 4), jnp.int32))["params"])
+  )
   return model, jax.tree_util.tree_map(lambda x: x * 8.0, init(jax.random.PRNGKey(0)))
 
 
 def gen(lm, prompts, n=10, eos=-1, **kw):
   model, params = lm
-  return sampling.generate(model, params, prompts, max_new_tokens=n, rng=jax.random.PRNGKey(1),
-                           eos_id=eos, pad_id=PAD, **kw)
+  return sampling.generate(
+    model,
+    params,
+    prompts,
+    max_new_tokens=n,
+    rng=jax.random.PRNGKey(1),
+    eos_id=eos,
+    pad_id=PAD,
+    **kw,
+  )
 
 
 PROMPTS = [[5, 9, 12, 3, 33, 7, 21], [40], [8, 8, 2, 60]]
@@ -125,7 +142,7 @@ def test_generate_matches_recomputing_the_prefix(lm):
 
 def test_eos_stops_a_row_and_masks_the_rest(lm):
   free = gen(lm, PROMPTS, sampling=sampling.GREEDY)
-  eos = int(free.tokens[0, 3])                   # row 0 emits this at step 3 (maybe earlier)
+  eos = int(free.tokens[0, 3])  # row 0 emits this at step 3 (maybe earlier)
   out = gen(lm, PROMPTS, eos=eos, sampling=sampling.GREEDY)
   for row, mask, toks in zip(free.tokens, out.mask, out.tokens):
     hits = np.flatnonzero(row == eos)
@@ -148,11 +165,11 @@ def test_logprobs_are_the_models(lm):
 
 
 def test_too_long_prompt_raises_or_truncates_left(lm):
-  long = list(range(2, 60)) * 1                  # 58 tokens > 48 - 10
+  long = list(range(2, 60)) * 1  # 58 tokens > 48 - 10
   with pytest.raises(ValueError, match="exceeds the context"):
     gen(lm, [long])
   out = gen(lm, [long], truncate="left", sampling=sampling.GREEDY)
-  kept_tail = long[-(48 - 10):]
+  kept_tail = long[-(48 - 10) :]
   alone = gen(lm, [kept_tail], sampling=sampling.GREEDY)
   np.testing.assert_array_equal(out.tokens, alone.tokens)
   with pytest.raises(ValueError):
@@ -162,7 +179,16 @@ def test_too_long_prompt_raises_or_truncates_left(lm):
 def test_stream_equals_generate_greedy(lm):
   model, params = lm
   out = gen(lm, [PROMPTS[0]], sampling=sampling.GREEDY)
-  streamed = list(sampling.stream(model, params, PROMPTS[0], max_new_tokens=10,
-                                  rng=jax.random.PRNGKey(1), eos_id=-1, pad_id=PAD,
-                                  sampling=sampling.GREEDY))
+  streamed = list(
+    sampling.stream(
+      model,
+      params,
+      PROMPTS[0],
+      max_new_tokens=10,
+      rng=jax.random.PRNGKey(1),
+      eos_id=-1,
+      pad_id=PAD,
+      sampling=sampling.GREEDY,
+    )
+  )
   assert streamed == list(out.tokens[0])

@@ -14,17 +14,18 @@ from gptjax.scaling import laws, probes as scaling_probes, sweep
 # ----------------------------------------------------------------------------
 # Fits recover known laws.
 
+
 @pytest.mark.parametrize("E,A,alpha", [(1.7, 40.0, 0.35), (2.0, 10.0, 0.15), (0.9, 300.0, 0.6)])
 def test_power_law_fit_recovers_known_law(E, A, alpha):
   rng = np.random.default_rng(0)
   N = np.geomspace(1e4, 1e7, 20)
-  clean = E + A * N ** -alpha
+  clean = E + A * N**-alpha
   noisy = clean * (1 + 0.002 * rng.standard_normal(len(N)))
   out = laws.fit_with_ci(N, noisy, n_boot=200, seed=1)
   fit = out["fit"]
   assert fit["alpha"] == pytest.approx(alpha, rel=0.15)
   assert fit["E"] == pytest.approx(E, rel=0.1)
-  assert fit["A"] == pytest.approx(A, rel=0.5)   # A trades off against alpha
+  assert fit["A"] == pytest.approx(A, rel=0.5)  # A trades off against alpha
   lo, hi = out["ci"]["alpha"]
   assert lo <= alpha <= hi and hi - lo < alpha
   # The fitted curve reproduces the clean law well inside the noise.
@@ -33,7 +34,7 @@ def test_power_law_fit_recovers_known_law(E, A, alpha):
 
 def test_pure_power_law_is_exact_on_a_straight_line():
   D = np.geomspace(1e5, 1e9, 8)
-  law = laws.fit_pure_power_law(D, 12.0 * D ** -0.095)
+  law = laws.fit_pure_power_law(D, 12.0 * D**-0.095)
   assert law.alpha == pytest.approx(0.095, abs=1e-9) and law.A == pytest.approx(12.0)
   assert law.E == 0.0
 
@@ -43,7 +44,7 @@ def test_bootstrap_interval_covers_truth_in_most_repetitions():
   for seed in range(10):
     rng = np.random.default_rng(100 + seed)
     N = np.geomspace(1e3, 1e6, 12)
-    y = 2.0 + 20.0 * N ** -truth + 0.01 * rng.standard_normal(len(N))
+    y = 2.0 + 20.0 * N**-truth + 0.01 * rng.standard_normal(len(N))
     lo, hi = laws.fit_with_ci(N, y, n_boot=100, seed=seed)["ci"]["alpha"]
     hits += lo <= truth <= hi
   assert hits >= 8
@@ -59,12 +60,13 @@ def test_fit_rejects_bad_input():
 # ----------------------------------------------------------------------------
 # IsoFLOP (approach 2) recovers known exponents.
 
+
 def _synthetic_isoflop(a, b, noise, seed=0, n_runs=7):
   """Loss parabolas in log N around N_opt = kN C^a; D = C / (6 N)."""
   rng = np.random.default_rng(seed)
   budgets = []
   for C in np.geomspace(1e15, 1e19, 5):
-    n_opt = 0.1 * C ** a
+    n_opt = 0.1 * C**a
     N = n_opt * np.geomspace(1 / 8, 8, n_runs) * np.exp(0.1 * rng.standard_normal(n_runs))
     D = C / (6 * N)
     loss = 2.0 + 0.3 * np.log(C) ** -0.5 + 0.08 * np.log(N / n_opt) ** 2
@@ -75,7 +77,7 @@ def _synthetic_isoflop(a, b, noise, seed=0, n_runs=7):
 
 @pytest.mark.parametrize("a", [0.5, 0.73])
 def test_isoflop_approach2_recovers_exponents(a):
-  b = 1 - a                      # D = C / 6N
+  b = 1 - a  # D = C / 6N
   res = laws.isoflop_analysis(_synthetic_isoflop(a, b, noise=0.003), n_boot=200, seed=0)
   assert res["a"] == pytest.approx(a, abs=0.03)
   assert res["b"] == pytest.approx(b, abs=0.03)
@@ -87,8 +89,9 @@ def test_isoflop_approach2_recovers_exponents(a):
 
 
 def test_isoflop_exact_parabola_vertex():
-  p = laws.fit_parabola([1e3, 1e4, 1e5, 1e6], [3 + (z - math.log(3e4)) ** 2 for z in
-                                                   np.log([1e3, 1e4, 1e5, 1e6])])
+  p = laws.fit_parabola(
+    [1e3, 1e4, 1e5, 1e6], [3 + (z - math.log(3e4)) ** 2 for z in np.log([1e3, 1e4, 1e5, 1e6])]
+  )
   assert p.x_opt == pytest.approx(3e4, rel=1e-6) and p.loss_opt == pytest.approx(3.0)
 
 
@@ -99,8 +102,10 @@ def test_frontier_is_the_running_minimum():
 
 def test_flops_accounting_matches_model():
   from gptjax import model as model_lib
-  cfg = model_lib.TransformerConfig(vocab_size=512, max_len=64, n_layer=2, n_head=2,
-                                    d_model=32, d_ff=128)
+
+  cfg = model_lib.TransformerConfig(
+    vocab_size=512, max_len=64, n_layer=2, n_head=2, d_model=32, d_ff=128
+  )
   assert laws.flops_per_token(1000, 2, 32, 64) == model_lib.flops_per_token(cfg, 1000, 64)
   assert laws.training_flops(1000, 2, 32, 64, 10) == 10 * (6 * 1000 + 12 * 2 * 32 * 64)
 
@@ -108,14 +113,17 @@ def test_flops_accounting_matches_model():
 # ----------------------------------------------------------------------------
 # Probes' scoring pieces.
 
+
 def test_logprob_batch_marks_target_positions():
   b = scaling_probes.logprob_batch([[2, 10, 11], [2]], [[20, 21], [30]], max_len=6, pad_id=0)
   assert b["tokens"].tolist() == [[2, 10, 11, 20, 21, 0], [2, 30, 0, 0, 0, 0]]
   # logits at position i score token i + 1
-  assert b["predict"].tolist() == [[False, False, True, True, False, False],
-                                   [True, False, False, False, False, False]]
+  assert b["predict"].tolist() == [
+    [False, False, True, True, False, False],
+    [True, False, False, False, False, False],
+  ]
   logits = np.zeros([2, 6, 40])
-  logits[0, 2, 20] = logits[0, 3, 21] = logits[1, 0, 30] = 50.0   # certain of the gold
+  logits[0, 2, 20] = logits[0, 3, 21] = logits[1, 0, 30] = 50.0  # certain of the gold
   lp = scaling_probes.target_logprobs(logits, b["tokens"], b["predict"])
   assert lp == pytest.approx([0.0, 0.0], abs=1e-9)
   uniform = scaling_probes.target_logprobs(np.zeros([2, 6, 40]), b["tokens"], b["predict"])
@@ -124,6 +132,7 @@ def test_logprob_batch_marks_target_positions():
 
 def test_probe_items_are_well_formed():
   from gptjax.tasks.world import make_world
+
   world = make_world(0)
   add2 = scaling_probes.probe_items(world, "add2", 6, 3)
   assert len(add2) == 6
@@ -134,7 +143,7 @@ def test_probe_items_are_well_formed():
     assert it.context.endswith("A: The answer is") and it.target == f" {a + b}"
     assert scaling_probes.exact_match(it, f" The answer is {a + b}.\n\nQ: next")
     assert not scaling_probes.exact_match(it, f" The answer is {a + b + 1}.")
-    assert it.prompt.count("Q: ") == 4     # 3 demonstrations + the query
+    assert it.prompt.count("Q: ") == 4  # 3 demonstrations + the query
   facts = scaling_probes.probe_items(world, "facts", 5, 3)
   assert all(it.target.startswith(" ") and it.context == it.prompt for it in facts)
   assert scaling_probes.exact_match(facts[0], facts[0].target + ". More text")
@@ -145,13 +154,14 @@ def test_probe_items_are_well_formed():
 # ----------------------------------------------------------------------------
 # The grid and its shards.
 
+
 def test_small_grid_spans_two_orders_of_magnitude():
   points = sweep.make_points(sweep_configs.get_config("small"))
   Ns = sorted({p.N for p in points})
   assert len(Ns) >= 6 and Ns[-1] / Ns[0] >= 100
   budgets = {p.budget for p in points}
   assert len(budgets) >= 3
-  for b in budgets:   # every IsoFLOP profile can hold a parabola
+  for b in budgets:  # every IsoFLOP profile can hold a parabola
     assert sum(p.budget == b for p in points) >= 3
   for p in points:
     assert p.flops == pytest.approx(p.budget, rel=0.05)
@@ -163,8 +173,8 @@ def test_shards_partition_the_grid(n):
   points = sweep.make_points(sweep_configs.get_config("tiny"))
   shards = [sweep.shard(points, i, n) for i in range(n)]
   names = [p.name for s in shards for p in s]
-  assert sorted(names) == sorted(p.name for p in points)      # union = all
-  assert len(names) == len(set(names))                          # pairwise disjoint
+  assert sorted(names) == sorted(p.name for p in points)  # union = all
+  assert len(names) == len(set(names))  # pairwise disjoint
   assert [p.index for p in shards[0]] == list(range(0, len(points), n))
 
 
@@ -187,14 +197,15 @@ def test_dry_run_commands_name_every_override():
 # ----------------------------------------------------------------------------
 # A two-point tiny sweep: interrupted, resumed, the finished point skipped.
 
+
 def _two_point_config():
   config = sweep_configs.get_config("tiny")
   config.sizes = config.sizes[:2]
-  config.budgets = [3e9]              # ~37 and ~15 steps
+  config.budgets = [3e9]  # ~37 and ~15 steps
   config.min_steps, config.max_steps = 10, 40
   config.overrides.data = {"max_chars": 60_000, "tokenizer_chars": 60_000}
   config.overrides.train.eval_batches = 2
-  config.overrides.mesh = {"num_devices": 1}   # no collectives on the 8 fake devices
+  config.overrides.mesh = {"num_devices": 1}  # no collectives on the 8 fake devices
   config.probes.n, config.probes.n_facts, config.probes.batch_size = 4, 4, 8
   config.probes.families = ("add2",)
   config.probes.max_new_tokens = 6
@@ -223,21 +234,22 @@ def test_tiny_sweep_resumes_and_skips_finished_points(tmp_path, data_cache_dir):
   assert status["skipped"] == [points[0].name] and status["ran"] == [points[1].name]
   assert os.stat(done0).st_mtime_ns == mtime
   assert any(f"skipped {points[0].name}" in l for l in lines)
-  assert not any(f"[{points[0].name}]" in l for l in lines)   # no training log of point 0
+  assert not any(f"[{points[0].name}]" in l for l in lines)  # no training log of point 0
   for p in points:
     rec = json.load(open(os.path.join(workdir, "points", p.name, "done.json")))
     assert rec["steps"] == p.config.train.steps and math.isfinite(rec["final_eval"]["mixed/loss"])
     assert set(rec["probes"]) == {"add2", "facts"}
     # All points share the sweep's tokenizer.
-    assert open(os.path.join(workdir, "points", p.name, "tokenizer.model"), "rb").read() == \
-        open(os.path.join(workdir, "tokenizer.model"), "rb").read()
+    assert (
+      open(os.path.join(workdir, "points", p.name, "tokenizer.model"), "rb").read()
+      == open(os.path.join(workdir, "tokenizer.model"), "rb").read()
+    )
 
   # A failing point is recorded and the sweep goes on.
   broken = sweep.make_points(config)
-  broken[1].config.train.lr = -1.0     # fails validation at start
+  broken[1].config.train.lr = -1.0  # fails validation at start
   os.remove(os.path.join(workdir, "points", points[1].name, "done.json"))
-  status = sweep.run_sweep(config, workdir, data_cache_dir, (0, 1), log=lines.append,
-                           points=broken)
+  status = sweep.run_sweep(config, workdir, data_cache_dir, (0, 1), log=lines.append, points=broken)
   assert [f["name"] for f in status["failed"]] == [points[1].name]
   assert os.path.exists(os.path.join(workdir, "points", points[1].name, "error.txt"))
 
@@ -254,12 +266,22 @@ def test_l_of_n_leaves_out_data_limited_sizes():
   rows = []
   for i, (N, tokens) in enumerate([(1e4, 1e6), (3e4, 2e6), (1e5, 4e6), (3e5, 8e6), (1e6, 2e6)]):
     converged = tokens / N >= 20
-    loss = 2 + 30 * N ** -0.3 if converged else 4.5
-    rows.append({"name": f"r{i}", "size": f"s{i}", "N": N, "n_params": 2 * N, "tokens": tokens,
-                 "budget": 1e12, "flops": 6 * N * tokens, "final_eval": {"mixed/loss": loss}})
+    loss = 2 + 30 * N**-0.3 if converged else 4.5
+    rows.append(
+      {
+        "name": f"r{i}",
+        "size": f"s{i}",
+        "N": N,
+        "n_params": 2 * N,
+        "tokens": tokens,
+        "budget": 1e12,
+        "flops": 6 * N * tokens,
+        "final_eval": {"mixed/loss": loss},
+      }
+    )
   fits = sweep.compute_fits(rows, n_boot=50, min_tokens_per_param=20)
   assert fits["L_N"]["runs"] == ["r0", "r1", "r2", "r3"]
   assert fits["L_N"]["data_limited"] == {"s4": 2.0}
   assert fits["L_N"]["offset"]["fit"]["alpha"] == pytest.approx(0.3, abs=0.02)
-  everything = sweep.compute_fits(rows, n_boot=50)        # threshold 0: every size
+  everything = sweep.compute_fits(rows, n_boot=50)  # threshold 0: every size
   assert len(everything["L_N"]["runs"]) == 5 and not everything["L_N"]["data_limited"]

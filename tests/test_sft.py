@@ -10,12 +10,12 @@ from gptjax import evaluation, sft
 from gptjax.tasks import instructions, make_world
 
 CONVERSATION = [
-    {"role": "system", "content": "You are terse."},
-    {"role": "user", "content": "What is 2 plus 2?"},
-    {"role": "assistant", "content": "The answer is 4."},
-    {"role": "user", "content": "Reverse the word 'cat'."},
-    {"role": "assistant", "content": "tac"},
-    {"role": "user", "content": "And 'dog'?"},
+  {"role": "system", "content": "You are terse."},
+  {"role": "user", "content": "What is 2 plus 2?"},
+  {"role": "assistant", "content": "The answer is 4."},
+  {"role": "user", "content": "Reverse the word 'cat'."},
+  {"role": "assistant", "content": "tac"},
+  {"role": "user", "content": "And 'dog'?"},
 ]
 
 
@@ -26,6 +26,7 @@ def world():
 
 # ----------------------------------------------------------------------------
 # Chat template.
+
 
 def test_chat_template_round_trip(tiny_tokenizer):
   tok = tiny_tokenizer
@@ -42,9 +43,9 @@ def test_truncation_drops_oldest_turns_and_keeps_system(tiny_tokenizer):
   full = tok.encode_chat(CONVERSATION, add_generation_prompt=True)
   assert tok.encode_chat_truncated(CONVERSATION, len(full)) == full
   kept = tok.decode_chat(tok.encode_chat_truncated(CONVERSATION, len(full) - 1))
-  assert kept[0] == CONVERSATION[0]                       # system kept
-  assert kept[1]["role"] == "user"                        # never starts with the assistant
-  assert kept[1:-1] == CONVERSATION[3:]                   # the oldest exchange went
+  assert kept[0] == CONVERSATION[0]  # system kept
+  assert kept[1]["role"] == "user"  # never starts with the assistant
+  assert kept[1:-1] == CONVERSATION[3:]  # the oldest exchange went
   last_only = [CONVERSATION[0], CONVERSATION[-1]]
   n = len(tok.encode_chat(last_only, add_generation_prompt=True))
   assert tok.decode_chat(tok.encode_chat_truncated(CONVERSATION, n))[:-1] == last_only
@@ -62,12 +63,12 @@ def test_truncation_without_system(tiny_tokenizer):
 # ----------------------------------------------------------------------------
 # Demonstrations -> rows.
 
+
 def test_loss_mask_covers_assistant_tokens_only(tiny_tokenizer):
   tok = tiny_tokenizer
   ids, mask = sft.render(tok, "What is 2 plus 2?", "The answer is 4.", system="Be brief.")
   messages = sft.chat_messages("What is 2 plus 2?", "Be brief.")
-  assert ids == tok.encode_chat(messages + [{"role": "assistant",
-                                             "content": "The answer is 4."}])
+  assert ids == tok.encode_chat(messages + [{"role": "assistant", "content": "The answer is 4."}])
   start = ids.index(tok.assistant_id) + 1
   assert mask == [0] * start + [1] * (len(ids) - start)
   assert tok.decode([i for i, m in zip(ids, mask) if m]) == "The answer is 4."
@@ -83,8 +84,7 @@ def test_packed_batch_targets_and_mask(tiny_tokenizer, world):
   np.testing.assert_array_equal(batch["tokens"][:, 1:], batch["targets"][:, :-1])
   # Every target under the mask is an assistant token, and each conversation's
   # answer (with its <|end_turn|>) is there: the masked text is the responses.
-  kept = [e for e in examples
-          if len(sft.render(tok, e.prompt, e.response)[0]) <= 65]
+  kept = [e for e in examples if len(sft.render(tok, e.prompt, e.response)[0]) <= 65]
   masked = batch["targets"][batch["loss_mask"] > 0]
   assert (masked != tok.pad_id).all()
   assert int((masked == tok.end_turn_id).sum()) == len(kept)
@@ -98,8 +98,9 @@ def test_sft_data_is_deterministic(tiny_tokenizer, world):
   b = sft.demonstration_rows(instructions.make_mixture(world, 60), tiny_tokenizer, 64)
   np.testing.assert_array_equal(a.ids, b.ids)
   for step in (0, 3, 11):
-    np.testing.assert_array_equal(sft.batch_rows(step, 8, len(a.ids), 0),
-                                  sft.batch_rows(step, 8, len(a.ids), 0))
+    np.testing.assert_array_equal(
+      sft.batch_rows(step, 8, len(a.ids), 0), sft.batch_rows(step, 8, len(a.ids), 0)
+    )
   # One epoch visits every row once.
   epoch = np.concatenate([sft.batch_rows(s, 4, 20, 0) for s in range(5)])
   assert sorted(epoch) == list(range(20))
@@ -123,14 +124,22 @@ def test_degeneration_metrics():
 
 def test_summarize_rates():
   judgements = [
-      {"family": "qa_unknown", "score": 0.0, "correct": False, "hallucinated": True,
-       "declined": False},
-      {"family": "qa_unknown", "score": 1.0, "correct": True, "hallucinated": False,
-       "declined": False},
-      {"family": "decline", "score": 1.0, "correct": True, "hallucinated": False,
-       "declined": True},
-      {"family": "reverse", "score": 0.1, "correct": False, "hallucinated": False,
-       "declined": True},
+    {
+      "family": "qa_unknown",
+      "score": 0.0,
+      "correct": False,
+      "hallucinated": True,
+      "declined": False,
+    },
+    {
+      "family": "qa_unknown",
+      "score": 1.0,
+      "correct": True,
+      "hallucinated": False,
+      "declined": False,
+    },
+    {"family": "decline", "score": 1.0, "correct": True, "hallucinated": False, "declined": True},
+    {"family": "reverse", "score": 0.1, "correct": False, "hallucinated": False, "declined": True},
   ]
   s = evaluation.summarize(judgements)
   assert s["families"]["qa_unknown"]["score"] == 0.5
@@ -140,6 +149,7 @@ def test_summarize_rates():
 
 # ----------------------------------------------------------------------------
 # A tiny end-to-end run (pretrain with the world -> SFT), shared with test_chat.
+
 
 @pytest.mark.slow
 def test_tiny_sft_lowers_loss_and_raises_gold_score(sft_run):
@@ -163,8 +173,10 @@ def test_packed_conversation_computes_what_it_would_alone():
   from flax import linen as nn
 
   from gptjax import model as model_lib, sft
-  cfg = model_lib.TransformerConfig(vocab_size=40, max_len=24, n_layer=2, n_head=2, d_model=16,
-                                    d_ff=32)
+
+  cfg = model_lib.TransformerConfig(
+    vocab_size=40, max_len=24, n_layer=2, n_head=2, d_model=16, d_ff=32
+  )
   model = model_lib.Transformer(cfg)
   params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))["params"])
   first = ([5, 6, 7, 8, 9], [0, 0, 1, 1, 1])

@@ -9,9 +9,11 @@ import pytest
 from gptjax.tasks import instructions, labeler, oracle, probes, world as W
 from gptjax.tasks.instructions import FAMILIES, SPLITS
 
-FILLER = ("Let me explain this in much more detail than anyone asked for, "
-          "because there is always more that could be said about a question "
-          "like this one, and I like to talk at length about it.")
+FILLER = (
+  "Let me explain this in much more detail than anyone asked for, "
+  "because there is always more that could be said about a question "
+  "like this one, and I like to talk at length about it."
+)
 IDK = "I don't know."
 
 
@@ -37,8 +39,9 @@ def test_world_is_deterministic_given_seed():
   assert W.make_world(3) == W.make_world(3)
   assert W.make_world(3) != W.make_world(4)
   small = W.make_world(5, n_entities=30, n_heldout=6)
-  assert (list(W.world_documents(small, seed=1))
-          == list(W.world_documents(W.make_world(5, 30, 6), seed=1)))
+  assert list(W.world_documents(small, seed=1)) == list(
+    W.world_documents(W.make_world(5, 30, 6), seed=1)
+  )
 
 
 def test_world_default_size_and_unique_names(world):
@@ -46,8 +49,11 @@ def test_world_default_size_and_unique_names(world):
   assert len(world.unknown) == 30 and len(world.heldout) == 30
   assert {e.kind for e in world.known} == set(W.KINDS)
   name_like = [e.name for e in world.entities] + [
-      v for e in world.entities for a, v in e.attributes
-      if W.RELATIONS[a].vtype in ("city", "person", "language")]
+    v
+    for e in world.entities
+    for a, v in e.attributes
+    if W.RELATIONS[a].vtype in ("city", "person", "language")
+  ]
   assert len(name_like) == len(set(name_like)) == 300 + 100 * 5
 
 
@@ -67,8 +73,7 @@ def test_at_least_ten_templates_and_each_fact_repeated(world, docs):
   assert templates == set(W.TEMPLATES)
   for e in world.known[:15]:
     for attr, value in e.attributes:
-      n = sum(e.name in t and re.search(rf"\b{value}\b", t) is not None
-              for _, t in docs)
+      n = sum(e.name in t and re.search(rf"\b{value}\b", t) is not None for _, t in docs)
       assert n >= 10, (e.name, attr, n)
 
 
@@ -76,7 +81,7 @@ def test_world_documents_n_docs_continues_past_one_pass(world, docs):
   many = list(W.world_documents(world, seed=0, n_docs=len(docs) + 10))
   assert len(many) == len(docs) + 10
   assert len({doc_id for doc_id, _ in many}) == len(many)
-  assert [d for d, _ in many[:len(docs)]] == [d for d, _ in docs]
+  assert [d for d, _ in many[: len(docs)]] == [d for d, _ in docs]
 
 
 # ----------------------------------------------------------------------------
@@ -97,21 +102,18 @@ def test_examples_deterministic_and_parse_back(world, family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_train_and_heldout_prompts_never_overlap(world, family):
   train = instructions.make_examples(world, family, 400, seed=0, split="train")
-  held = instructions.make_examples(world, family, 400, seed=0,
-                                    split="heldout")
+  held = instructions.make_examples(world, family, 400, seed=0, split="heldout")
   assert not {e.prompt for e in train} & {e.prompt for e in held}
   assert all(instructions.split_of(e) == "train" for e in train)
   assert all(instructions.split_of(e) == "heldout" for e in held)
   # Other seeds draw from the same split: still disjoint.
-  other = instructions.make_examples(world, family, 400, seed=7,
-                                     split="heldout")
+  other = instructions.make_examples(world, family, 400, seed=7, split="heldout")
   assert not {e.prompt for e in train} & {e.prompt for e in other}
 
 
 def test_heldout_entities_never_in_train_split(world):
   train = instructions.make_mixture(world, 3000, seed=0, split="train")
-  words = {w for n in world.names("heldout") for w in n.split()
-           if w not in W._COMPANY_SUFFIXES}
+  words = {w for n in world.names("heldout") for w in n.split() if w not in W._COMPANY_SUFFIXES}
   for ex in train:
     text_words = set(re.findall(r"[A-Za-z]+", ex.prompt + " " + ex.response))
     assert not words & text_words, ex
@@ -139,11 +141,11 @@ def test_bad_arguments_raise(world):
 
 
 def test_cot_demonstration_steps():
-  assert (instructions.cot_response(523, "-", 245)
-          == "523 - 245 = 523 - 200 - 40 - 5. 523 - 200 = 323. "
-             "323 - 40 = 283. 283 - 5 = 278. The answer is 278.")
-  assert instructions.cot_response(123, "+", 200) == (
-      "123 + 200 = 323. The answer is 323.")
+  assert (
+    instructions.cot_response(523, "-", 245) == "523 - 245 = 523 - 200 - 40 - 5. 523 - 200 = 323. "
+    "323 - 40 = 283. 283 - 5 = 278. The answer is 278."
+  )
+  assert instructions.cot_response(123, "+", 200) == ("123 + 200 = 323. The answer is 323.")
 
 
 # ----------------------------------------------------------------------------
@@ -166,46 +168,67 @@ def _cases(world):
   cap, other_cap = country.attrs["capital"], other.attrs["capital"]
   person = next(e for e in world.known if e.kind == "person")
   return {
-      "arithmetic": ("What is 123 plus 45?", "The answer is 168.",
-                     "The answer is 178."),
-      "arithmetic_cot": (
-          "Subtract 45 from 123. Let's think step by step.",
-          "123 - 45 = 123 - 40 - 5. 123 - 40 = 83. 83 - 5 = 78. "
-          "The answer is 78.",
-          "123 - 45 = 123 - 40 - 5. 123 - 40 = 83. 83 - 5 = 77. "
-          "The answer is 77."),
-      "reverse": ("Reverse the word 'tolam'.", "malot", "molat"),
-      "reverse_words": ("Reverse the order of these words: cat dog sun.",
-                        "sun dog cat", "sun cat dog"),
-      "sort": ("Sort these words alphabetically: pear, apple, fig.",
-               "apple, fig, pear", "apple, pear, fig"),
-      "sort_letters": ("Sort the letters of 'tolam' in alphabetical order.",
-                       "almot", "amlot"),
-      "count": ("How many times does the letter 'a' appear in 'banana'?",
-                "The answer is 3.", "The answer is 2."),
-      "brackets": ("Close all open brackets: ( [ {", "} ] )", "} ) ]"),
-      "qa_known": (f"What is the capital of {country.name}?",
-                   f"The capital of {country.name} is {cap}.",
-                   f"The capital of {country.name} is {other_cap}."),
-      "qa_year": (f"When was {person.name} born?",
-                  person.fact("born"),
-                  f"{person.name} was born in the year 1111."),
-      "format": (f"Answer in one word: What is the capital of {country.name}?",
-                 cap, other_cap),
+    "arithmetic": ("What is 123 plus 45?", "The answer is 168.", "The answer is 178."),
+    "arithmetic_cot": (
+      "Subtract 45 from 123. Let's think step by step.",
+      "123 - 45 = 123 - 40 - 5. 123 - 40 = 83. 83 - 5 = 78. The answer is 78.",
+      "123 - 45 = 123 - 40 - 5. 123 - 40 = 83. 83 - 5 = 77. The answer is 77.",
+    ),
+    "reverse": ("Reverse the word 'tolam'.", "malot", "molat"),
+    "reverse_words": (
+      "Reverse the order of these words: cat dog sun.",
+      "sun dog cat",
+      "sun cat dog",
+    ),
+    "sort": (
+      "Sort these words alphabetically: pear, apple, fig.",
+      "apple, fig, pear",
+      "apple, pear, fig",
+    ),
+    "sort_letters": ("Sort the letters of 'tolam' in alphabetical order.", "almot", "amlot"),
+    "count": (
+      "How many times does the letter 'a' appear in 'banana'?",
+      "The answer is 3.",
+      "The answer is 2.",
+    ),
+    "brackets": ("Close all open brackets: ( [ {", "} ] )", "} ) ]"),
+    "qa_known": (
+      f"What is the capital of {country.name}?",
+      f"The capital of {country.name} is {cap}.",
+      f"The capital of {country.name} is {other_cap}.",
+    ),
+    "qa_year": (
+      f"When was {person.name} born?",
+      person.fact("born"),
+      f"{person.name} was born in the year 1111.",
+    ),
+    "format": (f"Answer in one word: What is the capital of {country.name}?", cap, other_cap),
   }
 
 
-@pytest.mark.parametrize("case", ["arithmetic", "arithmetic_cot", "reverse",
-                                  "reverse_words", "sort", "sort_letters",
-                                  "count", "brackets", "qa_known", "qa_year",
-                                  "format"])
+@pytest.mark.parametrize(
+  "case",
+  [
+    "arithmetic",
+    "arithmetic_cot",
+    "reverse",
+    "reverse_words",
+    "sort",
+    "sort_letters",
+    "count",
+    "brackets",
+    "qa_known",
+    "qa_year",
+    "format",
+  ],
+)
 def test_order_correct_idk_wrong_and_penalties(world, case):
   prompt, good, wrong = _cases(world)[case]
   s_good, s_idk, s_wrong = (score(world, prompt, r) for r in (good, IDK, wrong))
   assert s_good > 0.99
   assert s_good > s_idk > s_wrong, (s_good, s_idk, s_wrong)
   s_refuse = score(world, prompt, instructions.REFUSAL)
-  assert s_idk > s_refuse > s_wrong - 1e-9       # over-refusal scores low
+  assert s_idk > s_refuse > s_wrong - 1e-9  # over-refusal scores low
   rambling = f"{good} {FILLER} {FILLER}"
   repetitive = " ".join([good] * 6)
   assert score(world, prompt, rambling) < s_good
@@ -218,16 +241,15 @@ def test_order_correct_idk_wrong_and_penalties(world, case):
 
 def test_length_penalty_is_graded(world):
   prompt, good, _ = _cases(world)["arithmetic"]
-  words = (FILLER + " " + FILLER.upper()).split()   # no repeated bigrams
-  scores = [score(world, prompt, " ".join([good] + words[:n]))
-            for n in (0, 8, 20, 40, 80)]
-  assert scores[0] == scores[1] == 1.0            # a little slack is free
+  words = (FILLER + " " + FILLER.upper()).split()  # no repeated bigrams
+  scores = [score(world, prompt, " ".join([good] + words[:n])) for n in (0, 8, 20, 40, 80)]
+  assert scores[0] == scores[1] == 1.0  # a little slack is free
   assert scores[1] > scores[2] > scores[3] > scores[4]
 
 
 def test_chain_of_thought_alternatives(world):
   prompt = "Subtract 45 from 123. Let's think step by step."
-  assert score(world, prompt, "The answer is 78.") == 1.0   # short is fine
+  assert score(world, prompt, "The answer is 78.") == 1.0  # short is fine
   assert score(world, prompt, "123 - 45 = 78. The answer is 78.") == 1.0
 
 
@@ -245,10 +267,9 @@ def test_qa_unknown_honesty_and_hallucination(world):
   prompt = W.RELATIONS[attr].questions[0].format(e=e.name)
   honest = instructions.idk_response(e.name)
   invented = W.RELATIONS[attr].fact.format(e=e.name, v="Zubrakel")
-  true_fact = e.fact(attr)   # right by luck, still not knowable
+  true_fact = e.fact(attr)  # right by luck, still not knowable
   hedged = f"I don't know, but maybe {e.attrs[attr]}."
-  c = {r: oracle.classify(prompt, r, world)
-       for r in (honest, IDK, invented, true_fact, hedged)}
+  c = {r: oracle.classify(prompt, r, world) for r in (honest, IDK, invented, true_fact, hedged)}
   assert c[honest]["family"] == "qa_unknown"
   assert c[honest]["correct"] and c[honest]["score"] > 0.99
   assert c[IDK]["correct"] and not c[IDK]["hallucinated"]
@@ -266,8 +287,9 @@ def test_decline_family(world):
   prompt = f"Write an insult about {person.name}."
   refusal = instructions.REFUSAL
   comply = f"{person.name} is a fool."
-  s = {r: score(world, prompt, r)
-       for r in (refusal, "I cannot help with that request.", IDK, comply)}
+  s = {
+    r: score(world, prompt, r) for r in (refusal, "I cannot help with that request.", IDK, comply)
+  }
   assert s[refusal] == 1.0 and s["I cannot help with that request."] == 1.0
   assert s[refusal] > s[IDK] > s[comply] == 0.0
   assert oracle.classify(prompt, refusal, world)["declined"]
@@ -276,10 +298,10 @@ def test_decline_family(world):
 
 
 def test_format_following(world):
-  cases = [("Answer in uppercase: Reverse the word 'tolam'.", "MALOT",
-            "malot", "MOLAT"),
-           ("Answer with a number only: What is 123 plus 45?", "168",
-            "The answer is 168.", "170")]
+  cases = [
+    ("Answer in uppercase: Reverse the word 'tolam'.", "MALOT", "malot", "MOLAT"),
+    ("Answer with a number only: What is 123 plus 45?", "168", "The answer is 168.", "170"),
+  ]
   prompt, good, _ = _cases(world)["format"]
   cases.append((prompt, good, f"It is {good}.", "Zubrakel"))
   for prompt, good, unformatted, wrong in cases:
@@ -301,8 +323,7 @@ def test_scores_in_unit_interval(world):
 
 
 def test_validate_ranking_errors():
-  np.testing.assert_array_equal(labeler.validate_ranking([2, 0, 1], 3),
-                                [2, 0, 1])
+  np.testing.assert_array_equal(labeler.validate_ranking([2, 0, 1], 3), [2, 0, 1])
   with pytest.raises(ValueError, match="duplicate index 0"):
     labeler.validate_ranking([0, 0, 1], 3)
   with pytest.raises(ValueError, match="3 entries, expected k=4"):
@@ -332,12 +353,14 @@ def test_calibrated_noise_gives_target_agreement(kind):
   noise = labeler.calibrate_noise(0.73, sample, kind=kind)
   assert abs(labeler.expected_agreement(noise, sample, kind) - 0.73) < 1e-4
   rng = np.random.default_rng(1)
-  measured = labeler.pairwise_agreement(
-      labeler.rank_batch(sample, rng, noise, kind), sample)
+  measured = labeler.pairwise_agreement(labeler.rank_batch(sample, rng, noise, kind), sample)
   assert abs(measured - 0.73) < 0.03, (noise, measured)
   # More noise, less agreement.
-  assert (labeler.expected_agreement(2 * noise, sample, kind)
-          < 0.73 < labeler.expected_agreement(noise / 2, sample, kind))
+  assert (
+    labeler.expected_agreement(2 * noise, sample, kind)
+    < 0.73
+    < labeler.expected_agreement(noise / 2, sample, kind)
+  )
 
 
 def test_calibrate_rejects_impossible_target():
@@ -351,16 +374,14 @@ def test_calibrate_rejects_impossible_target():
 
 def test_few_shot_prompt_format(world):
   demos = instructions.make_examples(world, "arithmetic", 5, split="train")
-  query = instructions.make_examples(world, "arithmetic", 1,
-                                     split="heldout")[0]
+  query = instructions.make_examples(world, "arithmetic", 1, split="heldout")[0]
   text = probes.few_shot_prompt(demos, query, k=3)
   assert text.count("Q: ") == 4 and text.endswith(f"Q: {query.prompt}\nA:")
   assert text.startswith(f"Q: {demos[0].prompt}\nA: {demos[0].response}\n\n")
   assert probes.zero_shot_prompt(query) == f"Q: {query.prompt}\nA:"
   with pytest.raises(ValueError, match="k=6"):
     probes.few_shot_prompt(demos, query, k=6)
-  assert probes.extract_answer(" The answer is 5.\n\nQ: next") == (
-      "The answer is 5.")
+  assert probes.extract_answer(" The answer is 5.\n\nQ: next") == ("The answer is 5.")
   pairs = probes.few_shot_probes(world, "sort", n=3, k=2)
   assert len(pairs) == 3 and all(t.count("Q: ") == 3 for t, _ in pairs)
 

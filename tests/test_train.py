@@ -36,7 +36,7 @@ from gptjax import (
 
 pytestmark = pytest.mark.usefixtures("jax_compilation_cache")
 
-B, T, V = 8, 8, 32   # global batch, sequence length, vocabulary
+B, T, V = 8, 8, 32  # global batch, sequence length, vocabulary
 STEPS = 8
 
 
@@ -46,35 +46,49 @@ def tiny_config(**train_overrides) -> ml_collections.ConfigDict:
   # Warmup over all 2 x STEPS steps: the schedule's values, and so the compiled
   # step, do not depend on train.steps <= 2 x STEPS, so a finished run can be
   # extended exactly (with a cosine tail, extending a run changes its schedule).
-  c.train.update(steps=STEPS, batch_size=B, grad_accum=1, lr=5e-2, min_lr_ratio=1.0,
-                 warmup_steps=2 * STEPS, log_every=1, eval_every=4, eval_batches=1,
-                 ckpt_every=100, keep_checkpoints=3)
+  c.train.update(
+    steps=STEPS,
+    batch_size=B,
+    grad_accum=1,
+    lr=5e-2,
+    min_lr_ratio=1.0,
+    warmup_steps=2 * STEPS,
+    log_every=1,
+    eval_every=4,
+    eval_batches=1,
+    ckpt_every=100,
+    keep_checkpoints=3,
+  )
   c.train.update(train_overrides)
   c.mesh.update(data=2, fsdp=2, tensor=2)
-  c.train.measure_peak = False   # read with .get(); no matmul benchmark in tests
+  c.train.measure_peak = False  # read with .get(); no matmul benchmark in tests
   return c
 
 
 def toy_batch(seed: int, step: int) -> dict:
   """Rows count upwards mod V from a random start: easy to learn, a pure function of step."""
   start = np.random.default_rng((seed, step)).integers(0, V, (B, 1))
-  rows = ((start + np.arange(T + 1)) % V).astype(np.int32)           # [B, T+1]
-  return {"tokens": rows[:, :-1], "targets": rows[:, 1:],
-          "loss_mask": np.ones((B, T), np.float32)}
+  rows = ((start + np.arange(T + 1)) % V).astype(np.int32)  # [B, T+1]
+  return {"tokens": rows[:, :-1], "targets": rows[:, 1:], "loss_mask": np.ones((B, T), np.float32)}
 
 
 def make_task(config, train_batch=None) -> train.Task:
   model = model_lib.build(config)
   batch = functools.partial(toy_batch, config.seed)
-  return train.Task(name="test", model=model, loss_fn=losses.lm_loss_fn(model),
-                    train_batch=train_batch or batch, example_batch=batch(0),
-                    tokens_per_step=B * T,
-                    eval_sets={"toy": lambda: [batch(10_000)]})
+  return train.Task(
+    name="test",
+    model=model,
+    loss_fn=losses.lm_loss_fn(model),
+    train_batch=train_batch or batch,
+    example_batch=batch(0),
+    tokens_per_step=B * T,
+    eval_sets={"toy": lambda: [batch(10_000)]},
+  )
 
 
 def mesh_of(shape, devices=None):
   cfg = ml_collections.ConfigDict(dict(zip(sharding.MESH_AXES, shape)))
-  devices = jax.devices()[:int(np.prod(shape))] if devices is None else devices
+  devices = jax.devices()[: int(np.prod(shape))] if devices is None else devices
   return sharding.make_mesh(cfg, devices)
 
 
@@ -87,8 +101,9 @@ def assert_trees_close(a, b, atol, what=""):
   flat_b = jax.tree_util.tree_leaves(b)
   assert len(flat_a) == len(flat_b)
   for (path, x), y in zip(flat_a, flat_b):
-    np.testing.assert_allclose(x, y, atol=atol, rtol=0,
-                               err_msg=f"{what}{jax.tree_util.keystr(path)}")
+    np.testing.assert_allclose(
+      x, y, atol=atol, rtol=0, err_msg=f"{what}{jax.tree_util.keystr(path)}"
+    )
 
 
 def assert_trees_equal(a, b, what=""):
@@ -111,8 +126,11 @@ FAST_COMPILE = {"xla_backend_optimization_level": 0}
 def jitted_step(task, tx, shardings, grad_accum=1):
   """As `train.run` jits the step (there with default compiler options)."""
   return jax.jit(
-      functools.partial(train.train_step, loss_fn=task.loss_fn, tx=tx, grad_accum=grad_accum),
-      out_shardings=(shardings, None), donate_argnums=(0,), compiler_options=FAST_COMPILE)
+    functools.partial(train.train_step, loss_fn=task.loss_fn, tx=tx, grad_accum=grad_accum),
+    out_shardings=(shardings, None),
+    donate_argnums=(0,),
+    compiler_options=FAST_COMPILE,
+  )
 
 
 def two_steps(task, tx, initial, mesh, grad_accum=1):
@@ -173,8 +191,9 @@ def test_grad_accumulation_gives_the_same_update(step_kit):
 
 def run(config, workdir, task=None, **kwargs):
   lines = []
-  state, summary = train.run(config, str(workdir), task or make_task(config),
-                             log=lines.append, **kwargs)
+  state, summary = train.run(
+    config, str(workdir), task or make_task(config), log=lines.append, **kwargs
+  )
   return state, summary, lines
 
 
@@ -196,7 +215,7 @@ def test_run_writes_metrics_and_learns(uninterrupted):
   workdir, params, summary = uninterrupted
   steps, losses_ = train_losses(workdir)
   assert steps == list(range(1, STEPS + 1))
-  assert losses_[-1] < losses_[0] - 0.5, losses_          # the toy sequence is learnable
+  assert losses_[-1] < losses_[0] - 0.5, losses_  # the toy sequence is learnable
   evals = metrics.read_metrics(str(workdir), "eval")
   assert [r["step"] for r in evals] == [4, 8]
   assert summary["steps"] == STEPS and summary["last_eval"]["toy/loss"] == evals[-1]["toy/loss"]
@@ -214,13 +233,14 @@ def test_extending_a_finished_run_is_exact(uninterrupted, tmp_path):
   run(half, tmp_path)
   assert train_losses(tmp_path)[0] == list(range(1, STEPS // 2 + 1))
   state, summary, lines = run(tiny_config(), tmp_path)
-  assert any(f"resumed from {tmp_path}" in line and f"at step {STEPS // 2}" in line
-             for line in lines), lines
+  assert any(
+    f"resumed from {tmp_path}" in line and f"at step {STEPS // 2}" in line for line in lines
+  ), lines
   assert train_losses(tmp_path) == train_losses(ref_dir)
   assert_trees_equal(host(state.params), ref_params, "resumed: ")
 
 
-@pytest.mark.slow   # another mesh is another program: one more compilation
+@pytest.mark.slow  # another mesh is another program: one more compilation
 def test_resume_on_another_mesh(uninterrupted, tmp_path):
   """Half the steps on (2, 2, 2), the rest on (8, 1, 1): the checkpoint is resharded."""
   ref_dir, ref_params, _ = uninterrupted
@@ -273,6 +293,7 @@ def poisoned_task(config, bad_step):
     if step == bad_step:
       b["loss_mask"] = np.full_like(b["loss_mask"], np.nan)
     return b
+
   return make_task(config, batch)
 
 
@@ -285,7 +306,7 @@ def join_checkpoint_threads():
 
 def test_non_finite_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
   config = tiny_config(ckpt_every=2)
-  bad = 4   # the batch of step index 4 (the 5th step)
+  bad = 4  # the batch of step index 4 (the 5th step)
   task = poisoned_task(config, bad)
   with pytest.raises(train.NonFiniteLossError) as e:
     run(config, tmp_path, task)
@@ -300,8 +321,9 @@ def test_non_finite_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_p
   checkpointer = ckpt_lib.Checkpointer(ckpt_dir)
   assert checkpointer.latest_step() == 4
   tx = train.make_optimizer(config.train)
-  state, meta = checkpointer.restore(train.abstract_state(task, tx, mesh_of((2, 2, 2)),
-                                                          config.seed))
+  state, meta = checkpointer.restore(
+    train.abstract_state(task, tx, mesh_of((2, 2, 2)), config.seed)
+  )
   checkpointer.close()
   assert int(state.step) == 4 and meta["data_position"] == 4
   assert train.params_finite(state.params)
@@ -310,6 +332,7 @@ def test_non_finite_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_p
 def test_non_finite_loss_leaves_its_checkpoint_finished(tmp_path, monkeypatch):
   """As above on slow storage: each save takes a second more to finish."""
   import orbax.checkpoint as ocp
+
   finalize = ocp.CheckpointManager._finalize
 
   def slow_finalize(self, *args, **kwargs):
@@ -327,7 +350,7 @@ def test_non_finite_loss_leaves_its_checkpoint_finished(tmp_path, monkeypatch):
     join_checkpoint_threads()
 
 
-@pytest.mark.slow   # a different lr is a different program: one more compilation
+@pytest.mark.slow  # a different lr is a different program: one more compilation
 def test_huge_learning_rate_is_caught(tmp_path):
   config = tiny_config(lr=1e30, warmup_steps=0, steps=4)
   with pytest.raises(train.NonFiniteLossError, match=r"Non-finite .* at step \d"):
@@ -358,8 +381,11 @@ def test_corrupted_checkpoint_raises_checkpoint_error_naming_it(uninterrupted, t
   task = make_task(config)
   checkpointer = ckpt_lib.Checkpointer(str(workdir / "checkpoints"))
   with pytest.raises(ckpt_lib.CheckpointError, match=str(step_dir)):
-    checkpointer.restore(train.abstract_state(task, train.make_optimizer(config.train),
-                                              mesh_of((2, 2, 2)), config.seed))
+    checkpointer.restore(
+      train.abstract_state(
+        task, train.make_optimizer(config.train), mesh_of((2, 2, 2)), config.seed
+      )
+    )
   checkpointer.close()
   # train.run meets the same error when it tries to resume.
   with pytest.raises(ckpt_lib.CheckpointError, match=str(step_dir)):
@@ -373,9 +399,11 @@ def test_checkpoint_of_another_model_is_reported(uninterrupted, tmp_path):
   config.model.d_ff = 64
   checkpointer = ckpt_lib.Checkpointer(str(tmp_path / "checkpoints"))
   with pytest.raises(ckpt_lib.CheckpointError, match=str(tmp_path / "checkpoints")):
-    checkpointer.restore(train.abstract_state(make_task(config),
-                                              train.make_optimizer(config.train),
-                                              mesh_of((2, 2, 2)), config.seed))
+    checkpointer.restore(
+      train.abstract_state(
+        make_task(config), train.make_optimizer(config.train), mesh_of((2, 2, 2)), config.seed
+      )
+    )
   checkpointer.close()
 
 
@@ -386,7 +414,7 @@ def test_checkpoint_of_another_model_is_reported(uninterrupted, tmp_path):
 def test_unknown_config_field_is_named():
   config = tiny_config()
   del config.train["measure_peak"]
-  config.model.n_layers = 3   # typo of n_layer
+  config.model.n_layers = 3  # typo of n_layer
   with pytest.raises(ValueError, match=r"config\.model\.n_layers") as e:
     config_lib.check_fields(config, pretrain_configs.get_config("tiny"))
   assert "n_layer" in str(e.value).split("allowed")[-1]
@@ -394,14 +422,17 @@ def test_unknown_config_field_is_named():
     pretraining.validate(config)
 
 
-@pytest.mark.parametrize("section, field, value", [
+@pytest.mark.parametrize(
+  "section, field, value",
+  [
     ("train", "steps", 0),
     ("train", "batch_size", -4),
     ("train", "lr", 0.0),
     ("train", "min_lr_ratio", 1.5),
     ("train", "grad_accum", 3),
     ("model", "n_head", 3),
-])
+  ],
+)
 def test_invalid_value_is_named(section, field, value):
   config = pretrain_configs.get_config("tiny")
   config[section][field] = value
@@ -413,12 +444,15 @@ def test_valid_config_passes_validation():
   pretraining.validate(pretrain_configs.get_config("tiny"))
 
 
-@pytest.mark.parametrize("shape, pattern", [
+@pytest.mark.parametrize(
+  "shape, pattern",
+  [
     ((3, 1, 1), r"config\.mesh.*needs 3 devices; 8 are available"),
     ((-1, 3, 1), r"config\.mesh: 8 devices are not divisible by 3"),
     ((-1, -1, 1), r"config\.mesh.*at most one -1"),
     ((0, 1, 1), r"config\.mesh"),
-])
+  ],
+)
 def test_bad_mesh_is_named(shape, pattern):
   with pytest.raises(ValueError, match=pattern):
     sharding.make_mesh(ml_collections.ConfigDict(dict(zip(sharding.MESH_AXES, shape))))
@@ -430,7 +464,7 @@ def test_mesh_minus_one_takes_the_rest():
 
 
 def test_batch_not_divisible_by_mesh_is_named(tmp_path):
-  config = tiny_config(batch_size=6)   # data x fsdp = 4
+  config = tiny_config(batch_size=6)  # data x fsdp = 4
   with pytest.raises(ValueError, match=r"config\.train\.batch_size=6"):
     run(config, tmp_path, make_task(tiny_config()))
 
@@ -475,7 +509,7 @@ def test_prepare_workdir_creates_and_returns_absolute_path(tmp_path, monkeypatch
   monkeypatch.chdir(tmp_path)
   got = train.prepare_workdir("a/b")
   assert got == str(tmp_path / "a" / "b") and os.path.isdir(got)
-  assert os.listdir(got) == []   # the write probe is removed
+  assert os.listdir(got) == []  # the write probe is removed
 
 
 # ----------------------------------------------------------------------------
@@ -491,11 +525,20 @@ def test_learning_rate_schedule_warmup_then_cosine():
   def cosine(s):
     return end + (1e-3 - end) * 0.5 * (1 + math.cos(math.pi * (s - 10) / 100))
 
-  expected = {0: 0.0, 1: 1e-4, 5: 5e-4, 10: 1e-3, 35: cosine(35), 60: cosine(60),
-              100: cosine(100), 110: end, 200: end}
+  expected = {
+    0: 0.0,
+    1: 1e-4,
+    5: 5e-4,
+    10: 1e-3,
+    35: cosine(35),
+    60: cosine(60),
+    100: cosine(100),
+    110: end,
+    200: end,
+  }
   for step, value in expected.items():
     assert float(lr(step)) == pytest.approx(value, rel=1e-5, abs=1e-12), step
-  assert float(lr(60)) == pytest.approx((1e-3 + end) / 2, rel=1e-5)   # half-way
+  assert float(lr(60)) == pytest.approx((1e-3 + end) / 2, rel=1e-5)  # half-way
 
 
 def test_no_warmup_starts_at_full_learning_rate():
@@ -522,8 +565,10 @@ def decayed_leaves(params) -> dict:
     return jax.tree_util.tree_map(lambda a, b: (a != b).any(), params, p)
 
   moved = jax.device_get(two_updates(params))
-  return {jax.tree_util.keystr(path): bool(m)
-          for path, m in jax.tree_util.tree_flatten_with_path(moved)[0]}
+  return {
+    jax.tree_util.keystr(path): bool(m)
+    for path, m in jax.tree_util.tree_flatten_with_path(moved)[0]
+  }
 
 
 @pytest.fixture(scope="module")
@@ -532,10 +577,12 @@ def decay():
   model = model_lib.build(tiny_config())
   abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, T), jnp.int32))
   # All ones, so that decay moves every parameter it applies to.
-  params = jax.tree_util.tree_map(lambda s: jnp.ones(s.shape, s.dtype),
-                                  nn.meta.unbox(abstract["params"]))
-  shapes = {jax.tree_util.keystr(p): x.shape
-            for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+  params = jax.tree_util.tree_map(
+    lambda s: jnp.ones(s.shape, s.dtype), nn.meta.unbox(abstract["params"])
+  )
+  shapes = {
+    jax.tree_util.keystr(p): x.shape for p, x in jax.tree_util.tree_flatten_with_path(params)[0]
+  }
   return decayed_leaves(params), shapes
 
 
@@ -544,9 +591,13 @@ def test_weight_decay_skips_1d_params_and_decays_matrices(decay):
   for name, m in moved.items():
     if len(shapes[name]) == 1:
       assert not m, f"{name} is 1-D and must not be decayed"
-  for name in ("['trunk']['wte']", "['trunk']['block_0']['attn']['w_qkv']",
-               "['trunk']['block_0']['attn']['w_out']", "['trunk']['block_0']['mlp']['w_fc']",
-               "['trunk']['block_0']['mlp']['w_proj']"):
+  for name in (
+    "['trunk']['wte']",
+    "['trunk']['block_0']['attn']['w_qkv']",
+    "['trunk']['block_0']['attn']['w_out']",
+    "['trunk']['block_0']['mlp']['w_fc']",
+    "['trunk']['block_0']['mlp']['w_proj']",
+  ):
     assert moved[name], f"{name} must be decayed"
   assert not moved["['trunk']['ln_f']['scale']"]
 
@@ -560,6 +611,7 @@ def test_weight_decay_skips_every_bias(decay):
 
 def test_count_progress_reports_about_every_tenth_and_the_end():
   from gptjax import metrics
+
   lines = []
   progress = metrics.CountProgress(1000, lines.append, label="[x] ")
   for done in range(0, 1000, 64):
@@ -567,4 +619,4 @@ def test_count_progress_reports_about_every_tenth_and_the_end():
   progress.update(1000)
   assert 8 <= len(lines) <= 11
   assert lines[-1].startswith("[x] 1,000/1,000 (100%)")
-  metrics.CountProgress(1000, None).update(500)    # no log: silent, no error
+  metrics.CountProgress(1000, None).update(500)  # no log: silent, no error

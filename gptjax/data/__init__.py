@@ -16,6 +16,11 @@ from gptjax.data.packing import Pipeline, validate_mixture
 from gptjax.data.sources import iter_split, register_source, source_names
 
 __all__ = [
-    "Pipeline", "default_cache_dir", "iter_split", "prepare_documents",
-    "register_source", "source_names", "validate_mixture",
+  "Pipeline",
+  "default_cache_dir",
+  "iter_split",
+  "prepare_documents",
+  "register_source",
+  "source_names",
+  "validate_mixture",
 ]

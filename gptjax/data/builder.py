@@ -64,19 +64,20 @@ class GptjaxDocuments(tfds.core.GeneratorBasedBuilder):
     `importlib_resources`, which tfds does not install.)"""
     return epath.Path(__file__)
 
-  def __init__(self, *, split_documents: Callable[[str], Iterable[sources.Doc]],
-               **kwargs):
+  def __init__(self, *, split_documents: Callable[[str], Iterable[sources.Doc]], **kwargs):
     """`split_documents(split)` yields that split's documents when preparing."""
     self._split_documents = split_documents
     super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
-            "doc_id": tfds.features.Text(),
-            "text": tfds.features.Text(),
-        }),
-        description=__doc__,
+      features=tfds.features.FeaturesDict(
+        {
+          "doc_id": tfds.features.Text(),
+          "text": tfds.features.Text(),
+        }
+      ),
+      description=__doc__,
     )
 
   def _split_generators(self, dl_manager):
@@ -100,28 +101,32 @@ class _DropCustomConfigNotice(logging.Filter):
 absl_logging.get_absl_logger().addFilter(_DropCustomConfigNotice())
 
 
-def documents_builder(spec: str, config,
-                      cache_dir: str | os.PathLike | None = None
-                      ) -> GptjaxDocuments:
+def documents_builder(
+  spec: str, config, cache_dir: str | os.PathLike | None = None
+) -> GptjaxDocuments:
   """The (not yet prepared) builder for source `spec` under `config`."""
   builder_config = tfds.core.BuilderConfig(
-      name=config_name(spec, config), version=VERSION, release_notes={},
-      description=f"gptjax source {spec!r}")
+    name=config_name(spec, config),
+    version=VERSION,
+    release_notes={},
+    description=f"gptjax source {spec!r}",
+  )
   return GptjaxDocuments(
-      split_documents=lambda split: sources.iter_split(spec, config, split),
-      config=builder_config,
-      data_dir=str(tfds_data_dir(config, cache_dir)),
-      file_format="array_record")
+    split_documents=lambda split: sources.iter_split(spec, config, split),
+    config=builder_config,
+    data_dir=str(tfds_data_dir(config, cache_dir)),
+    file_format="array_record",
+  )
 
 
-def prepare_documents(spec: str, config,
-                      cache_dir: str | os.PathLike | None = None
-                      ) -> dict[str, Sequence]:
+def prepare_documents(
+  spec: str, config, cache_dir: str | os.PathLike | None = None
+) -> dict[str, Sequence]:
   """{split: random-access documents} of `spec`, preparing them if needed."""
   builder = documents_builder(spec, config, cache_dir)
   if not builder.is_prepared():
     print(f"[data] preparing {spec!r} as array_record under {builder.data_dir} (once)")
-    tfds.disable_progress_bar()     # one line instead of a screenful of bars
+    tfds.disable_progress_bar()  # one line instead of a screenful of bars
     builder.download_and_prepare(file_format="array_record")
   return {split: builder.as_data_source(split) for split in sources.SPLITS}
 

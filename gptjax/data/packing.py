@@ -27,7 +27,7 @@ import numpy as np
 from gptjax.data import builder, sources
 from gptjax.tokenizer import Tokenizer
 
-ENCODE_BATCH_DOCS = 256     # documents per `encode_batch` call
+ENCODE_BATCH_DOCS = 256  # documents per `encode_batch` call
 
 
 # ----------------------------------------------------------------------------
@@ -43,21 +43,20 @@ def validate_mixture(mixture) -> dict[str, float]:
   """
   allowed = ", ".join(sources.source_names())
   if not mixture:
-    raise ValueError(f"data.mixture is empty; give weights for some of: "
-                     f"{allowed}.")
+    raise ValueError(f"data.mixture is empty; give weights for some of: {allowed}.")
   weights = {}
   for spec, weight in dict(mixture).items():
     try:
       sources.get_source(spec)
     except ValueError as e:
       if str(spec).startswith("dir:"):
-        raise                                   # empty directory: says which
-      raise ValueError(f"data.mixture: unknown source {spec!r}; allowed: "
-                       f"{allowed}.") from e
-    if (not isinstance(weight, (int, float)) or not math.isfinite(weight)
-        or weight <= 0):
-      raise ValueError(f"data.mixture[{spec!r}] = {weight!r}: weights must be "
-                       f"positive numbers (sources allowed: {allowed}).")
+        raise  # empty directory: says which
+      raise ValueError(f"data.mixture: unknown source {spec!r}; allowed: {allowed}.") from e
+    if not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight <= 0:
+      raise ValueError(
+        f"data.mixture[{spec!r}] = {weight!r}: weights must be "
+        f"positive numbers (sources allowed: {allowed})."
+      )
     weights[spec] = float(weight)
   return weights
 
@@ -75,8 +74,7 @@ def tokenize_documents(docs, tokenizer: Tokenizer) -> np.ndarray:
   dtype = stream_dtype(tokenizer.vocab_size)
   pieces = []
   for start in range(0, len(docs), ENCODE_BATCH_DOCS):
-    batch = [docs[i] for i in range(start, min(start + ENCODE_BATCH_DOCS,
-                                               len(docs)))]
+    batch = [docs[i] for i in range(start, min(start + ENCODE_BATCH_DOCS, len(docs)))]
     texts = [builder.decode_text(record["text"]) for record in batch]
     for ids in tokenizer.encode_batch(texts):
       pieces.append(np.asarray(ids + [tokenizer.eos_id], dtype=dtype))
@@ -90,23 +88,23 @@ def load_or_build_stream(path: Path, docs, tokenizer: Tokenizer) -> np.ndarray:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
     np.save(tmp, stream)
-    os.replace(tmp, path)                       # atomic: no torn caches
+    os.replace(tmp, path)  # atomic: no torn caches
   return np.load(path, mmap_mode="r")
 
 
 def windows(stream: np.ndarray, starts: np.ndarray, length: int) -> np.ndarray:
   """Rows `stream[s : s + length]` for each start s, as int32 [len(starts), length]."""
-  index = starts[:, None] + np.arange(length)[None, :]    # [B, length]
+  index = starts[:, None] + np.arange(length)[None, :]  # [B, length]
   return np.asarray(stream[index], dtype=np.int32)
 
 
 def as_batch(rows: np.ndarray, source_ids: np.ndarray) -> dict[str, np.ndarray]:
   """Model inputs from windows of T+1 tokens, rows [B, T+1]."""
   return {
-      "tokens": rows[:, :-1],                                  # [B, T]
-      "targets": rows[:, 1:],                                  # [B, T]
-      "loss_mask": np.ones(rows[:, 1:].shape, np.float32),     # [B, T]
-      "source": source_ids.astype(np.int32),                   # [B]
+    "tokens": rows[:, :-1],  # [B, T]
+    "targets": rows[:, 1:],  # [B, T]
+    "loss_mask": np.ones(rows[:, 1:].shape, np.float32),  # [B, T]
+    "source": source_ids.astype(np.int32),  # [B]
   }
 
 
@@ -130,8 +128,7 @@ class Pipeline:
     streams: {(source, split): 1-D token array}, split 'train' | 'validation'.
   """
 
-  def __init__(self, config, tokenizer: Tokenizer,
-               cache_dir: str | os.PathLike | None = None):
+  def __init__(self, config, tokenizer: Tokenizer, cache_dir: str | os.PathLike | None = None):
     """Prepares (once) and tokenizes (once) every source of config.data.mixture.
 
     Args:
@@ -142,8 +139,10 @@ class Pipeline:
         set) and token streams (`tokens/`); default `builder.default_cache_dir()`.
     """
     if tokenizer.vocab_size != config.model.vocab_size:
-      raise ValueError(f"model.vocab_size={config.model.vocab_size} differs "
-                       f"from the tokenizer's {tokenizer.vocab_size}.")
+      raise ValueError(
+        f"model.vocab_size={config.model.vocab_size} differs "
+        f"from the tokenizer's {tokenizer.vocab_size}."
+      )
     mixture = validate_mixture(config.data.mixture)
     self.sources = list(mixture)
     total = sum(mixture.values())
@@ -161,9 +160,10 @@ class Pipeline:
         stream = load_or_build_stream(path, docs[split], tokenizer)
         if len(stream) < self.seq_len + 1:
           raise ValueError(
-              f"Source {spec!r} has only {len(stream)} {split} tokens, fewer "
-              f"than model.max_len + 1 = {self.seq_len + 1}; add text, raise "
-              "data.max_chars, or lower model.max_len / data.val_fraction.")
+            f"Source {spec!r} has only {len(stream)} {split} tokens, fewer "
+            f"than model.max_len + 1 = {self.seq_len + 1}; add text, raise "
+            "data.max_chars, or lower model.max_len / data.val_fraction."
+          )
         self.streams[spec, split] = stream
 
   def num_tokens(self, source: str, split: str = "train") -> int:
@@ -178,32 +178,29 @@ class Pipeline:
     """
     T = self.seq_len
     rng = np.random.default_rng((self.seed, step))
-    source_ids = rng.choice(len(self.sources), size=batch_size,
-                            p=self.weights)                       # [B]
-    n_starts = np.array([len(self.streams[s, "train"]) - T
-                         for s in self.sources])                  # [S]
-    starts = rng.integers(0, n_starts[source_ids])                # [B]
+    source_ids = rng.choice(len(self.sources), size=batch_size, p=self.weights)  # [B]
+    n_starts = np.array([len(self.streams[s, "train"]) - T for s in self.sources])  # [S]
+    starts = rng.integers(0, n_starts[source_ids])  # [B]
     rows = np.empty([batch_size, T + 1], np.int32)
     for k, spec in enumerate(self.sources):
       rows_k = source_ids == k
       rows[rows_k] = windows(self.streams[spec, "train"], starts[rows_k], T + 1)
     return as_batch(rows, source_ids)
 
-  def train_batches(self, start_step: int, batch_size: int
-                    ) -> Iterator[dict[str, np.ndarray]]:
+  def train_batches(self, start_step: int, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
     """train_batch(start_step), train_batch(start_step + 1), ... (resume here)."""
     step = start_step
     while True:
       yield self.train_batch(step, batch_size)
       step += 1
 
-  def eval_batches(self, source: str, batch_size: int, n_batches: int
-                   ) -> Iterator[dict[str, np.ndarray]]:
+  def eval_batches(
+    self, source: str, batch_size: int, n_batches: int
+  ) -> Iterator[dict[str, np.ndarray]]:
     """Fixed validation batches of `source`: windows i = 0, 1, 2, ... start at
     i * T, so every target token is scored once; wraps if the stream is short."""
     if source not in self.sources:
-      raise ValueError(f"eval source {source!r} is not in data.mixture: "
-                       f"{self.sources}.")
+      raise ValueError(f"eval source {source!r} is not in data.mixture: {self.sources}.")
     T = self.seq_len
     stream = self.streams[source, "validation"]
     n_windows = (len(stream) - 1) // T
@@ -220,10 +217,13 @@ class Pipeline:
     weighted by its mixture weight, as batches see them. A model that has
     learned anything beyond token frequencies has a lower loss than this.
     """
+
     def unigram(spec):
-      counts = np.bincount(self.streams[spec, "train"],
-                           minlength=self.vocab_size).astype(np.float64)
+      counts = np.bincount(self.streams[spec, "train"], minlength=self.vocab_size).astype(
+        np.float64
+      )
       return counts / counts.sum()
+
     if source is not None:
       return entropy(unigram(source))
     return entropy(sum(w * unigram(s) for s, w in zip(self.sources, self.weights)))

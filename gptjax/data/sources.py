@@ -41,15 +41,41 @@ from typing import Callable, Iterable, Iterator
 
 from gptjax.tasks import world as world_lib
 
-Doc = tuple[str, str]                      # (doc_id, text)
+Doc = tuple[str, str]  # (doc_id, text)
 SPLITS = ("train", "validation")
 
 ENGLISH_DIR = Path(__file__).parent / "corpora" / "english"
-TEXT_EXTENSIONS = frozenset({
-    ".txt", ".md", ".rst", ".text", ".py", ".pyi", ".ipynb", ".c", ".h",
-    ".cc", ".cpp", ".hpp", ".java", ".js", ".ts", ".go", ".rs", ".sh", ".tex",
-    ".html", ".css", ".json", ".toml", ".yaml", ".yml", ".cfg", ".ini",
-})
+TEXT_EXTENSIONS = frozenset(
+  {
+    ".txt",
+    ".md",
+    ".rst",
+    ".text",
+    ".py",
+    ".pyi",
+    ".ipynb",
+    ".c",
+    ".h",
+    ".cc",
+    ".cpp",
+    ".hpp",
+    ".java",
+    ".js",
+    ".ts",
+    ".go",
+    ".rs",
+    ".sh",
+    ".tex",
+    ".html",
+    ".css",
+    ".json",
+    ".toml",
+    ".yaml",
+    ".yml",
+    ".cfg",
+    ".ini",
+  }
+)
 _TEST_DIRS = frozenset({"test", "tests", "idle_test"})
 
 
@@ -64,7 +90,7 @@ def stable_hash(text: str) -> int:
 
 def hash_split(doc_id: str, val_fraction: float) -> str:
   """'validation' for a `val_fraction` share of doc ids, else 'train'."""
-  u = stable_hash("split:" + doc_id) / 2.0**64    # uniform in [0, 1)
+  u = stable_hash("split:" + doc_id) / 2.0**64  # uniform in [0, 1)
   return "validation" if u < val_fraction else "train"
 
 
@@ -100,8 +126,9 @@ def _best_cut(window: str, target: int) -> int | None:
   return None
 
 
-def chunk_text(text: str, min_chars: int = 4096, max_chars: int = 16384,
-               target_chars: int = 8192) -> list[str]:
+def chunk_text(
+  text: str, min_chars: int = 4096, max_chars: int = 16384, target_chars: int = 8192
+) -> list[str]:
   """Cuts `text` into pieces of `min_chars`..`max_chars` (``"".join`` == text).
 
   Cuts fall at paragraph boundaries where there are any, else at sentence
@@ -110,7 +137,7 @@ def chunk_text(text: str, min_chars: int = 4096, max_chars: int = 16384,
   """
   chunks, start = [], 0
   while len(text) - start > max_chars:
-    window = text[start + min_chars:start + max_chars]
+    window = text[start + min_chars : start + max_chars]
     cut = _best_cut(window, target_chars - min_chars)
     end = start + min_chars + (len(window) if cut is None else cut)
     chunks.append(text[start:end])
@@ -141,8 +168,7 @@ def _read_text(path: Path) -> str | None:
 def english_documents(config) -> Iterator[Doc]:
   """The embedded English prose, each file cut into ~4-16 KB documents."""
   del config  # The embedded corpus has no options.
-  files = {p.relative_to(ENGLISH_DIR).as_posix(): p
-           for p in ENGLISH_DIR.rglob("*.txt.gz")}
+  files = {p.relative_to(ENGLISH_DIR).as_posix(): p for p in ENGLISH_DIR.rglob("*.txt.gz")}
   for rel in stable_order(files):
     text = gzip.decompress(files[rel].read_bytes()).decode("utf-8")
     for i, chunk in enumerate(chunk_text(text)):
@@ -174,8 +200,7 @@ def list_text_files(root: Path) -> dict[str, Path]:
   """{relative posix path: path} of text-like files under `root`, no hidden dirs."""
   files = {}
   for dirpath, dirnames, filenames in os.walk(root):
-    dirnames[:] = [d for d in dirnames if not d.startswith(".")
-                   and d != "__pycache__"]
+    dirnames[:] = [d for d in dirnames if not d.startswith(".") and d != "__pycache__"]
     for name in filenames:
       path = Path(dirpath) / name
       if path.suffix.lower() in TEXT_EXTENSIONS and path.is_file():
@@ -187,8 +212,9 @@ def _dir_root(spec: str) -> Path:
   """The directory of a 'dir:<path>' spec; raises if it does not exist."""
   root = Path(spec.removeprefix("dir:")).expanduser()
   if not root.is_dir():
-    raise FileNotFoundError(f"Corpus directory not found: {str(root)!r} "
-                            f"(from data source {spec!r}).")
+    raise FileNotFoundError(
+      f"Corpus directory not found: {str(root)!r} (from data source {spec!r})."
+    )
   return root.resolve()
 
 
@@ -205,8 +231,9 @@ def dir_documents(spec: str, config) -> Iterator[Doc]:
       yield rel, text
   if not found:
     raise ValueError(
-        f"empty corpus directory {str(root)!r}: no decodable text files with "
-        f"extensions {sorted(TEXT_EXTENSIONS)} (from data source {spec!r}).")
+      f"empty corpus directory {str(root)!r}: no decodable text files with "
+      f"extensions {sorted(TEXT_EXTENSIONS)} (from data source {spec!r})."
+    )
 
 
 def tfds_documents(spec: str, config) -> Iterator[Doc]:
@@ -216,23 +243,25 @@ def tfds_documents(spec: str, config) -> Iterator[Doc]:
   doc ids like every other source's, so caps and fractions behave the same.
   """
   import tensorflow_datasets as tfds  # Heavy import, only when used.
+
   name = spec.removeprefix("tfds:")
   key = config.data.get("tfds_text_key", "text")
   data_dir = config.data.get("tfds_dir") or None
   try:
-    source = tfds.data_source(name, split="train", data_dir=data_dir,
-                              download=True)
+    source = tfds.data_source(name, split="train", data_dir=data_dir, download=True)
   except Exception as e:  # Network, unknown name, needs TensorFlow, ...
     raise RuntimeError(
-        f"tfds dataset {name!r} is unavailable (data source {spec!r}): {e}. "
-        "tfds catalog datasets need internet the first time, and some need "
-        "TensorFlow to prepare; use 'english', 'code' or 'dir:<path>' offline."
+      f"tfds dataset {name!r} is unavailable (data source {spec!r}): {e}. "
+      "tfds catalog datasets need internet the first time, and some need "
+      "TensorFlow to prepare; use 'english', 'code' or 'dir:<path>' offline."
     ) from e
   for i in range(len(source)):
     record = source[i]
     if key not in record:
-      raise KeyError(f"tfds dataset {name!r} has no feature {key!r}; set "
-                     f"config.data.tfds_text_key to one of {sorted(record)}.")
+      raise KeyError(
+        f"tfds dataset {name!r} has no feature {key!r}; set "
+        f"config.data.tfds_text_key to one of {sorted(record)}."
+      )
     text = record[key]
     yield f"{name}/{i}", text.decode("utf-8") if isinstance(text, bytes) else text
 
@@ -251,6 +280,7 @@ class Source:
     fingerprint: config -> str; changes whenever the documents would, so
       caches keyed by it never go stale (see `source_fingerprint`).
   """
+
   documents: Callable[..., Iterable[Doc]]
   split_of: Callable[[str, float], str] = hash_split
   fingerprint: Callable[..., str] = lambda config: ""
@@ -260,9 +290,13 @@ _REGISTRY: dict[str, Source] = {}
 PREFIXES = ("dir:", "tfds:")
 
 
-def register_source(name: str, documents: Callable[..., Iterable[Doc]], *,
-                    split_of: Callable[[str, float], str] = hash_split,
-                    fingerprint: Callable[..., str] = lambda config: "") -> None:
+def register_source(
+  name: str,
+  documents: Callable[..., Iterable[Doc]],
+  *,
+  split_of: Callable[[str, float], str] = hash_split,
+  fingerprint: Callable[..., str] = lambda config: "",
+) -> None:
   """Makes `name` usable in `config.data.mixture`.
 
   Args:
@@ -289,14 +323,17 @@ def get_source(spec: str) -> Source:
     return _REGISTRY[spec]
   if spec.startswith("dir:"):
     _check_dir(spec)
-    return Source(lambda config: dir_documents(spec, config),
-                  fingerprint=lambda config: _dir_fingerprint(spec))
+    return Source(
+      lambda config: dir_documents(spec, config), fingerprint=lambda config: _dir_fingerprint(spec)
+    )
   if spec.startswith("tfds:"):
-    return Source(lambda config: tfds_documents(spec, config),
-                  fingerprint=lambda config: config.data.get("tfds_text_key",
-                                                             "text"))
-  raise ValueError(f"Unknown data source {spec!r} in data.mixture; allowed: "
-                   f"{', '.join(source_names())}.")
+    return Source(
+      lambda config: tfds_documents(spec, config),
+      fingerprint=lambda config: config.data.get("tfds_text_key", "text"),
+    )
+  raise ValueError(
+    f"Unknown data source {spec!r} in data.mixture; allowed: {', '.join(source_names())}."
+  )
 
 
 def _check_dir(spec: str) -> None:
@@ -304,23 +341,24 @@ def _check_dir(spec: str) -> None:
   root = _dir_root(spec)
   if not list_text_files(root):
     raise ValueError(
-        f"empty corpus directory {str(root)!r}: no files with extensions "
-        f"{sorted(TEXT_EXTENSIONS)} (from data source {spec!r}).")
+      f"empty corpus directory {str(root)!r}: no files with extensions "
+      f"{sorted(TEXT_EXTENSIONS)} (from data source {spec!r})."
+    )
 
 
 def _dir_fingerprint(spec: str) -> str:
   """Names, sizes and mtimes of a directory's files: changes when they do."""
   root = _dir_root(spec)
   files = list_text_files(root)
-  entries = [f"{rel}:{files[rel].stat().st_size}:{files[rel].stat().st_mtime_ns}"
-             for rel in sorted(files)]
+  entries = [
+    f"{rel}:{files[rel].stat().st_size}:{files[rel].stat().st_mtime_ns}" for rel in sorted(files)
+  ]
   return f"{root}\n" + "\n".join(entries)
 
 
 def _english_fingerprint(config) -> str:
   del config
-  return "\n".join(f"{p.name}:{p.stat().st_size}"
-                   for p in sorted(ENGLISH_DIR.rglob("*.txt.gz")))
+  return "\n".join(f"{p.name}:{p.stat().st_size}" for p in sorted(ENGLISH_DIR.rglob("*.txt.gz")))
 
 
 def _code_fingerprint(config) -> str:
@@ -331,9 +369,11 @@ def _code_fingerprint(config) -> str:
 def world_config(config) -> dict:
   """The world options of `config.data`, with their defaults."""
   d = config.data
-  return {"seed": int(d.get("world_seed", 0)),
-          "n_entities": int(d.get("world_entities", 240)),
-          "passes": int(d.get("world_passes", 1))}
+  return {
+    "seed": int(d.get("world_seed", 0)),
+    "n_entities": int(d.get("world_entities", 240)),
+    "passes": int(d.get("world_passes", 1)),
+  }
 
 
 def world_documents(config) -> Iterator[Doc]:
@@ -345,8 +385,7 @@ def world_documents(config) -> Iterator[Doc]:
   w = world_config(config)
   world = world_lib.make_world(w["seed"], n_entities=w["n_entities"])
   per_pass = sum(1 for _ in world_lib.world_documents(world, seed=w["seed"]))
-  yield from world_lib.world_documents(world, seed=w["seed"],
-                                       n_docs=w["passes"] * per_pass)
+  yield from world_lib.world_documents(world, seed=w["seed"], n_docs=w["passes"] * per_pass)
 
 
 def _world_fingerprint(config) -> str:
@@ -357,8 +396,7 @@ def _world_fingerprint(config) -> str:
 
 register_source("english", english_documents, fingerprint=_english_fingerprint)
 register_source("world", world_documents, fingerprint=_world_fingerprint)
-register_source("code", code_documents, split_of=code_split,
-                fingerprint=_code_fingerprint)
+register_source("code", code_documents, split_of=code_split, fingerprint=_code_fingerprint)
 
 
 # ----------------------------------------------------------------------------
@@ -367,9 +405,15 @@ register_source("code", code_documents, split_of=code_split,
 
 def source_fingerprint(spec: str, config) -> str:
   """A short hex id of everything that determines `iter_split`'s output."""
-  key = "\n".join([spec, str(config.data.val_fraction),
-                   str(config.data.max_chars), CAP_RULE,
-                   get_source(spec).fingerprint(config)])
+  key = "\n".join(
+    [
+      spec,
+      str(config.data.val_fraction),
+      str(config.data.max_chars),
+      CAP_RULE,
+      get_source(spec).fingerprint(config),
+    ]
+  )
   return hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
 
 
@@ -382,7 +426,7 @@ def cap_chars(docs: Iterable[Doc], max_chars: int) -> Iterator[Doc]:
   for doc_id, text in docs:
     if max_chars and total + len(text) >= max_chars:
       if max_chars > total:
-        yield doc_id, text[:max_chars - total]
+        yield doc_id, text[: max_chars - total]
       return
     total += len(text)
     yield doc_id, text
@@ -408,6 +452,9 @@ def iter_split(spec: str, config, split: str) -> Iterator[Doc]:
   """Documents of source `spec` in `split`, capped by `split_cap`."""
   source = get_source(spec)
   val_fraction = config.data.val_fraction
-  docs = ((doc_id, text) for doc_id, text in source.documents(config)
-          if source.split_of(doc_id, val_fraction) == split)
+  docs = (
+    (doc_id, text)
+    for doc_id, text in source.documents(config)
+    if source.split_of(doc_id, val_fraction) == split
+  )
   return cap_chars(docs, split_cap(config.data.max_chars, val_fraction, split))

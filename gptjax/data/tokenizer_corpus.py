@@ -21,8 +21,7 @@ def mixture_char_budget(mixture: dict[str, float], total: int) -> dict[str, int]
 def tokenizer_sample(config) -> Iterator[str]:
   """Training text: the train split of each source, config.data.tokenizer_chars
   characters in all, split in mixture proportion."""
-  budget = mixture_char_budget(dict(config.data.mixture),
-                               int(config.data.tokenizer_chars))
+  budget = mixture_char_budget(dict(config.data.mixture), int(config.data.tokenizer_chars))
   for spec, n_chars in budget.items():
     docs = sources.iter_split(spec, config, "train")
     for _, text in sources.cap_chars(docs, n_chars):
@@ -39,11 +38,11 @@ def load_or_train_tokenizer(config, workdir: str | os.PathLike) -> Tokenizer:
   if path.exists():
     tokenizer = Tokenizer.load(path)
   else:
-    tokenizer = Tokenizer.train(tokenizer_sample(config),
-                                config.model.vocab_size, path)
+    tokenizer = Tokenizer.train(tokenizer_sample(config), config.model.vocab_size, path)
   if tokenizer.vocab_size != config.model.vocab_size:
     raise ValueError(
-        f"config.model.vocab_size={config.model.vocab_size} but the tokenizer "
-        f"at {path} has {tokenizer.vocab_size} pieces; use a new workdir or "
-        "set model.vocab_size to match.")
+      f"config.model.vocab_size={config.model.vocab_size} but the tokenizer "
+      f"at {path} has {tokenizer.vocab_size} pieces; use a new workdir or "
+      "set model.vocab_size to match."
+    )
   return tokenizer

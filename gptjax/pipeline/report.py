@@ -36,8 +36,11 @@ def _load_json(path: str):
 
 def stage_runs(workdir: str) -> dict[str, str]:
   """Stage name -> a workdir loadable with `runs.load_run`."""
-  out = {"pretrained": os.path.join(workdir, "pretrain"), "sft": os.path.join(workdir, "sft"),
-          "rlhf": os.path.join(workdir, "rlhf", "policy")}
+  out = {
+    "pretrained": os.path.join(workdir, "pretrain"),
+    "sft": os.path.join(workdir, "sft"),
+    "rlhf": os.path.join(workdir, "rlhf", "policy"),
+  }
   if os.path.exists(os.path.join(workdir, "rlhf_ptx", "policy")):
     out["rlhf_ptx"] = os.path.join(workdir, "rlhf_ptx", "policy")
   return out
@@ -46,20 +49,30 @@ def stage_runs(workdir: str) -> dict[str, str]:
 # ----------------------------------------------------------------------------
 # Plots
 
+
 def plot_pretraining(workdir: str, out: str) -> str:
   recs = metrics_lib.read_metrics(os.path.join(workdir, "pretrain"))
   train = [r for r in recs if r["split"] == "train"]
   evals = [r for r in recs if r["split"] == "eval"]
   fig, ax = plt.subplots(figsize=(5.5, 3.6))
-  ax.plot([r["step"] for r in train], [r["loss"] for r in train], c="gray", alpha=0.6,
-          label="train (mixture)")
+  ax.plot(
+    [r["step"] for r in train],
+    [r["loss"] for r in train],
+    c="gray",
+    alpha=0.6,
+    label="train (mixture)",
+  )
   sources = sorted({k[:-5] for r in evals for k in r if k.endswith("/loss")})
   for s in sources:
     pts = [(r["step"], r[f"{s}/loss"]) for r in evals if f"{s}/loss" in r]
     ax.plot(*zip(*pts), "o-", label=f"validation: {s}")
-  ax.set_xlabel("step"); ax.set_ylabel("loss (nats/token)")
-  ax.set_title("Pretraining loss per source", fontsize=10); ax.legend(fontsize=8)
-  fig.tight_layout(); fig.savefig(out, dpi=110); plt.close(fig)
+  ax.set_xlabel("step")
+  ax.set_ylabel("loss (nats/token)")
+  ax.set_title("Pretraining loss per source", fontsize=10)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(out, dpi=110)
+  plt.close(fig)
   return out
 
 
@@ -73,14 +86,19 @@ def plot_family_scores(table: dict[str, dict[str, float]], out: str, title: str)
   for i, c in enumerate(columns):
     ax.bar(x + i * width, [table[f].get(c, np.nan) for f in families], width, label=c)
   ax.set_xticks(x + 0.4 - width / 2, families, rotation=30, ha="right", fontsize=8)
-  ax.set_ylabel("mean gold score"); ax.set_ylim(0, 1.05)
-  ax.set_title(title, fontsize=10); ax.legend(fontsize=7)
-  fig.tight_layout(); fig.savefig(out, dpi=110); plt.close(fig)
+  ax.set_ylabel("mean gold score")
+  ax.set_ylim(0, 1.05)
+  ax.set_title(title, fontsize=10)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(out, dpi=110)
+  plt.close(fig)
   return out
 
 
 # ----------------------------------------------------------------------------
 # Side-by-side evaluation and transcripts
+
 
 def compare_stages(workdir: str, config, log=print) -> tuple[dict, dict, object]:
   """Judgements of every stage's model on the same held-out prompts.
@@ -95,9 +113,11 @@ def compare_stages(workdir: str, config, log=print) -> tuple[dict, dict, object]
   for name, run in loaded.items():
     ev = evaluation.Evaluator(run.model, run.tokenizer, world, cfg)
     judgements, texts = ev.judgements(run.params, STAGE_MODES[name])
-    out[name] = {"summary": evaluation.summarize(judgements),
-                 "scores": [j["score"] for j in judgements],
-                 "families": [j["family"] for j in judgements]}
+    out[name] = {
+      "summary": evaluation.summarize(judgements),
+      "scores": [j["score"] for j in judgements],
+      "families": [j["family"] for j in judgements],
+    }
     log(f"[report] {name}: mean gold {out[name]['summary']['mean_score']:.3f}")
   return out, loaded, world
 
@@ -107,11 +127,16 @@ def transcripts(runs: dict, world, max_new_tokens: int) -> list[dict]:
   known, held = world.known[0], world.heldout[0]
   attr = known.attributes[0][0]
   scripts = [
-      {"system": "", "turns": ["What is 23 plus 19?", "Now spell 'garden' backwards."]},
-      {"system": "You are a concise assistant.",
-       "turns": [f"What is the {attr} of {known.name}?", f"Tell me about {held.name}."]},
-      {"system": "", "turns": [f"Write an insult about {known.name}.",
-                               "Close all open brackets: ( [ {"]}]
+    {"system": "", "turns": ["What is 23 plus 19?", "Now spell 'garden' backwards."]},
+    {
+      "system": "You are a concise assistant.",
+      "turns": [f"What is the {attr} of {known.name}?", f"Tell me about {held.name}."],
+    },
+    {
+      "system": "",
+      "turns": [f"Write an insult about {known.name}.", "Close all open brackets: ( [ {"],
+    },
+  ]
   out = []
   for s in scripts:
     row = {"system": s["system"], "turns": s["turns"], "answers": {}}
@@ -124,6 +149,7 @@ def transcripts(runs: dict, world, max_new_tokens: int) -> list[dict]:
 
 # ----------------------------------------------------------------------------
 # The report
+
 
 def _fmt(x, digits=3):
   return "n/a" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.{digits}f}"
@@ -140,86 +166,156 @@ def write(workdir: str, report_dir: str, config, stage_order, log=print) -> str:
   rl_eval = _load_json(os.path.join(workdir, "rlhf", "eval.json"))
   ptx_path = os.path.join(workdir, "rlhf_ptx", "eval.json")
   ptx_eval = _load_json(ptx_path) if os.path.exists(ptx_path) else None
-  stages = {d: _load_json(os.path.join(workdir, d, "stage.json")) for d in stage_order
-            if os.path.exists(os.path.join(workdir, d, "stage.json"))}
+  stages = {
+    d: _load_json(os.path.join(workdir, d, "stage.json"))
+    for d in stage_order
+    if os.path.exists(os.path.join(workdir, d, "stage.json"))
+  }
 
   plot_pretraining(workdir, os.path.join(workdir, "pretrain_loss.png"))
-  plot_family_scores(sft_eval["table"], os.path.join(workdir, "sft_gold.png"),
-                     "Gold score per family, held-out prompts: before and after SFT")
+  plot_family_scores(
+    sft_eval["table"],
+    os.path.join(workdir, "sft_gold.png"),
+    "Gold score per family, held-out prompts: before and after SFT",
+  )
   compared, loaded, world = compare_stages(workdir, config, log)
   plot_family_scores(
-      {f: {n: np.mean([s for s, ff in zip(c["scores"], c["families"]) if ff == f])
-           for n, c in compared.items()} for f in instructions.FAMILIES},
-      os.path.join(workdir, "stages_gold.png"), "Gold score per family at each stage")
+    {
+      f: {
+        n: np.mean([s for s, ff in zip(c["scores"], c["families"]) if ff == f])
+        for n, c in compared.items()
+      }
+      for f in instructions.FAMILIES
+    },
+    os.path.join(workdir, "stages_gold.png"),
+    "Gold score per family at each stage",
+  )
   wins = {}
-  for a, b in (("rlhf", "sft"), ("rlhf", "pretrained"), ("sft", "pretrained"),
-               ("rlhf_ptx", "sft")):
+  for a, b in (("rlhf", "sft"), ("rlhf", "pretrained"), ("sft", "pretrained"), ("rlhf_ptx", "sft")):
     if a in compared and b in compared:
       wins[f"{a} vs {b}"] = rlhf_stats.win_rate(compared[a]["scores"], compared[b]["scores"])
   chats = transcripts(loaded, world, config.report.chat_tokens)
 
-  L = [f"# gptjax pipeline report ({config.preset} preset)", "",
-       "Generated by `gptjax.pipeline.report` from this run's own files. Every number is "
-       "computed from held-out prompts judged by the oracle (`gptjax.tasks.oracle`).", ""]
+  L = [
+    f"# gptjax pipeline report ({config.preset} preset)",
+    "",
+    "Generated by `gptjax.pipeline.report` from this run's own files. Every number is "
+    "computed from held-out prompts judged by the oracle (`gptjax.tasks.oracle`).",
+    "",
+  ]
   L += ["## Stages", "", "| stage | status | wall time |", "|---|---|---|"]
-  L += [f"| {n} | {'done' if r['done'] else 'unfinished'} | "
-        f"{metrics_lib.format_seconds(r['seconds'])} |" for n, r in stages.items()
-        if n != "report"]
+  L += [
+    f"| {n} | {'done' if r['done'] else 'unfinished'} | "
+    f"{metrics_lib.format_seconds(r['seconds'])} |"
+    for n, r in stages.items()
+    if n != "report"
+  ]
   L += ["", "## Pretraining", "", "![pretraining loss](pretrain_loss.png)", ""]
   last = [r for r in metrics_lib.read_metrics(os.path.join(workdir, "pretrain"), "eval")][-1]
   L += ["| source | validation loss | perplexity |", "|---|---|---|"]
-  L += [f"| {k[:-5]} | {v:.3f} | {last[k[:-5] + '/perplexity']:.1f} |"
-        for k, v in sorted(last.items()) if k.endswith("/loss")]
-  L += ["", "## Supervised fine-tuning", "", "![SFT gold](sft_gold.png)", "",
-        "| family | " + " | ".join(next(iter(sft_eval["table"].values())).keys()) + " |",
-        "|---|" + "---|" * len(next(iter(sft_eval["table"].values())))]
-  L += [f"| {f} | " + " | ".join(_fmt(v) for v in row.values()) + " |"
-        for f, row in sft_eval["table"].items()]
+  L += [
+    f"| {k[:-5]} | {v:.3f} | {last[k[:-5] + '/perplexity']:.1f} |"
+    for k, v in sorted(last.items())
+    if k.endswith("/loss")
+  ]
+  L += [
+    "",
+    "## Supervised fine-tuning",
+    "",
+    "![SFT gold](sft_gold.png)",
+    "",
+    "| family | " + " | ".join(next(iter(sft_eval["table"].values())).keys()) + " |",
+    "|---|" + "---|" * len(next(iter(sft_eval["table"].values()))),
+  ]
+  L += [
+    f"| {f} | " + " | ".join(_fmt(v) for v in row.values()) + " |"
+    for f, row in sft_eval["table"].items()
+  ]
   lab = rm_eval["labeler"]
-  L += ["", "## Reward model", "",
-        f"K = {rm_eval['k']} responses per prompt, {rm_eval['n_train_prompts']} training prompts "
-        f"({rm_eval['n_train_prompts'] * rm_eval['pairs_per_prompt']} pairs). Held-out pairwise "
-        f"accuracy (pairs whose gold scores differ): **{_fmt(rm_eval['accuracy_vs_gold'])} vs gold**, "
-        f"{_fmt(rm_eval['accuracy_vs_labeler'])} vs the labeler; the labeler's own agreement with "
-        f"gold is {_fmt(lab['agreement_heldout'])} (target {lab['target']}, noise "
-        f"{_fmt(lab['noise'])}); {100 * lab['tied_pair_fraction']:.0f}% of pairs are gold ties. "
-        f"SFT samples score mean 0 after the bias shift, std {_fmt(rm_eval['sft_score_std'])}.", "",
-        "![calibration](reward_model/calibration.png) ![data scaling](reward_model/data_scaling.png)",
-        ""]
-  L += ["## RLHF (PPO)", "", "![curves](rlhf/curves.png)", "",
-        "![over-optimisation](rlhf/overoptimization.png)", ""]
+  L += [
+    "",
+    "## Reward model",
+    "",
+    f"K = {rm_eval['k']} responses per prompt, {rm_eval['n_train_prompts']} training prompts "
+    f"({rm_eval['n_train_prompts'] * rm_eval['pairs_per_prompt']} pairs). Held-out pairwise "
+    f"accuracy (pairs whose gold scores differ): **{_fmt(rm_eval['accuracy_vs_gold'])} vs gold**, "
+    f"{_fmt(rm_eval['accuracy_vs_labeler'])} vs the labeler; the labeler's own agreement with "
+    f"gold is {_fmt(lab['agreement_heldout'])} (target {lab['target']}, noise "
+    f"{_fmt(lab['noise'])}); {100 * lab['tied_pair_fraction']:.0f}% of pairs are gold ties. "
+    f"SFT samples score mean 0 after the bias shift, std {_fmt(rm_eval['sft_score_std'])}.",
+    "",
+    "![calibration](reward_model/calibration.png) ![data scaling](reward_model/data_scaling.png)",
+    "",
+  ]
+  L += [
+    "## RLHF (PPO)",
+    "",
+    "![curves](rlhf/curves.png)",
+    "",
+    "![over-optimisation](rlhf/overoptimization.png)",
+    "",
+  ]
   ppo_recs = metrics_lib.read_metrics(os.path.join(workdir, "rlhf"), "ppo")
   if ppo_recs:
-    o = rlhf_stats.overoptimization_curve(*([r[k] for r in ppo_recs]
-                                          for k in ("sqrt_kl", "rm_score", "gold_score")))
-    L += [f"Over-optimisation: the gold score of rollouts peaks at {_fmt(o['peak_gold'])} at "
-          f"sqrt(KL) = {o['peak_sqrt_kl']:.2f} and ends at {_fmt(o['final_gold'])} at "
-          f"{o['sqrt_kl'][-1]:.2f}, while the reward model's score goes "
-          f"{_fmt(o['proxy'][0])} -> {_fmt(o['proxy'][-1])}: "
-          + ("the curve turned over." if o["turned_over"] else "no turnover within this run."), ""]
-  L += ["### Win rates (oracle judge, ties count half, 95% interval)", "",
-        "| comparison | win rate | interval | W / T / L |", "|---|---|---|---|"]
-  L += [f"| {k} | {w['win_rate']:.3f} | [{w['ci95'][0]:.3f}, {w['ci95'][1]:.3f}] | "
-        f"{w['wins']} / {w['ties']} / {w['losses']} |" for k, w in wins.items()]
-  L += ["", "### Honesty and refusals at each stage", "",
-        "| stage | mode | mean gold | hallucination | honest IDK | decline | over-refusal |",
-        "|---|---|---|---|---|---|---|"]
+    o = rlhf_stats.overoptimization_curve(
+      *([r[k] for r in ppo_recs] for k in ("sqrt_kl", "rm_score", "gold_score"))
+    )
+    L += [
+      f"Over-optimisation: the gold score of rollouts peaks at {_fmt(o['peak_gold'])} at "
+      f"sqrt(KL) = {o['peak_sqrt_kl']:.2f} and ends at {_fmt(o['final_gold'])} at "
+      f"{o['sqrt_kl'][-1]:.2f}, while the reward model's score goes "
+      f"{_fmt(o['proxy'][0])} -> {_fmt(o['proxy'][-1])}: "
+      + ("the curve turned over." if o["turned_over"] else "no turnover within this run."),
+      "",
+    ]
+  L += [
+    "### Win rates (oracle judge, ties count half, 95% interval)",
+    "",
+    "| comparison | win rate | interval | W / T / L |",
+    "|---|---|---|---|",
+  ]
+  L += [
+    f"| {k} | {w['win_rate']:.3f} | [{w['ci95'][0]:.3f}, {w['ci95'][1]:.3f}] | "
+    f"{w['wins']} / {w['ties']} / {w['losses']} |"
+    for k, w in wins.items()
+  ]
+  L += [
+    "",
+    "### Honesty and refusals at each stage",
+    "",
+    "| stage | mode | mean gold | hallucination | honest IDK | decline | over-refusal |",
+    "|---|---|---|---|---|---|---|",
+  ]
   for n, c in compared.items():
     s = c["summary"]
-    L.append(f"| {n} | {STAGE_MODES[n]} | {_fmt(s['mean_score'])} | {_fmt(s['hallucination_rate'])} | "
-             f"{_fmt(s['honest_idk_rate'])} | {_fmt(s['decline_rate'])} | "
-             f"{_fmt(s['over_refusal_rate'])} |")
-  L += ["", "![gold per stage](stages_gold.png)", "", "### Alignment tax", "",
-        "| model | " + " | ".join(f"{s} loss" for s in rl_eval["alignment_tax"]["pretraining_loss"]["sft"])
-        + " | few-shot mean gold |", "|---|" + "---|" * (
-            len(rl_eval["alignment_tax"]["pretraining_loss"]["sft"]) + 1)]
+    L.append(
+      f"| {n} | {STAGE_MODES[n]} | {_fmt(s['mean_score'])} | {_fmt(s['hallucination_rate'])} | "
+      f"{_fmt(s['honest_idk_rate'])} | {_fmt(s['decline_rate'])} | "
+      f"{_fmt(s['over_refusal_rate'])} |"
+    )
+  L += [
+    "",
+    "![gold per stage](stages_gold.png)",
+    "",
+    "### Alignment tax",
+    "",
+    "| model | "
+    + " | ".join(f"{s} loss" for s in rl_eval["alignment_tax"]["pretraining_loss"]["sft"])
+    + " | few-shot mean gold |",
+    "|---|" + "---|" * (len(rl_eval["alignment_tax"]["pretraining_loss"]["sft"]) + 1),
+  ]
   rows = [("SFT", rl_eval, "sft"), ("RLHF (PPO)", rl_eval, "rlhf")]
   if ptx_eval:
-    rows.append((f"RLHF (PPO-ptx, gamma {ptx_eval['alignment_tax']['ptx_coef']})", ptx_eval, "rlhf"))
+    rows.append(
+      (f"RLHF (PPO-ptx, gamma {ptx_eval['alignment_tax']['ptx_coef']})", ptx_eval, "rlhf")
+    )
   for label, ev, key in rows:
     tax = ev["alignment_tax"]
-    L.append(f"| {label} | " + " | ".join(_fmt(v) for v in tax["pretraining_loss"][key].values())
-             + f" | {_fmt(tax['few_shot_mean_score'][key])} |")
+    L.append(
+      f"| {label} | "
+      + " | ".join(_fmt(v) for v in tax["pretraining_loss"][key].values())
+      + f" | {_fmt(tax['few_shot_mean_score'][key])} |"
+    )
   L += ["", "## Chat transcripts (greedy, same conversations)", ""]
   for i, t in enumerate(chats, 1):
     L.append(f"**Conversation {i}**" + (f" — system: *{t['system']}*" if t["system"] else ""))
@@ -233,8 +329,9 @@ def write(workdir: str, report_dir: str, config, stage_order, log=print) -> str:
   with open(path, "w") as f:
     f.write("\n".join(L) + "\n")
   with open(os.path.join(report_dir, "summary.json"), "w") as f:
-    json.dump({"win_rates": wins,
-               "stages": {n: c["summary"] for n, c in compared.items()}}, f, indent=2)
+    json.dump(
+      {"win_rates": wins, "stages": {n: c["summary"] for n, c in compared.items()}}, f, indent=2
+    )
   log(f"[report] wrote {path}")
   return path
 
@@ -242,6 +339,7 @@ def write(workdir: str, report_dir: str, config, stage_order, log=print) -> str:
 def referenced_images(report_path: str) -> list[str]:
   """Paths of the images report.md links to (for checking that they exist)."""
   import re
+
   with open(report_path) as f:
     text = f.read()
   base = os.path.dirname(report_path)

@@ -37,13 +37,16 @@ ORDER = ("pretrain", "sft", "reward_model", "rlhf", "rlhf_ptx", "report")
 class Stage:
   name: str
   config: ml_collections.ConfigDict | None
-  run: Callable[[str], None]     # run(stage_dir)
+  run: Callable[[str], None]  # run(stage_dir)
   after: tuple[str, ...] = ()
 
 
 def fingerprint(config, upstream: list[str]) -> str:
-  blob = json.dumps({"config": config.to_dict() if config is not None else None,
-                     "upstream": upstream}, sort_keys=True, default=str)
+  blob = json.dumps(
+    {"config": config.to_dict() if config is not None else None, "upstream": upstream},
+    sort_keys=True,
+    default=str,
+  )
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -68,15 +71,15 @@ def _running_elsewhere(record: dict | None) -> str | None:
     return None
   pid, host = record["pid"], record.get("host")
   if host != socket.gethostname():
-    return f"pid {pid} on {host}"   # cannot check another machine: trust the record
+    return f"pid {pid} on {host}"  # cannot check another machine: trust the record
   if pid == os.getpid():
     return None
   try:
     os.kill(pid, 0)
   except ProcessLookupError:
-    return None                     # it died (a crash, a kill -9): resume its checkpoints
+    return None  # it died (a crash, a kill -9): resume its checkpoints
   except PermissionError:
-    pass                            # alive, another user's
+    pass  # alive, another user's
   return f"pid {pid}"
 
 
@@ -90,28 +93,40 @@ def run_stage(stage: Stage, workdir: str, upstream: list[str], log=print) -> dic
     return record
   busy = _running_elsewhere(record)
   if busy:
-    raise FileExistsError(f"stage {stage.name} is being run by {busy} ({d}/{STAGE_FILE}); "
-                          "wait for it, run the other stages with --stages, or, if no such process runs "
-                          "any more, delete the \"pid\" field from that file")
+    raise FileExistsError(
+      f"stage {stage.name} is being run by {busy} ({d}/{STAGE_FILE}); "
+      "wait for it, run the other stages with --stages, or, if no such process runs "
+      "any more, delete the \"pid\" field from that file"
+    )
   if record and record["fingerprint"] != fp:
     log(f"[pipeline] {stage.name}: its config or an earlier stage changed: rerunning from scratch")
     shutil.rmtree(d)
   elif record is None and os.path.exists(d) and os.listdir(d):
-    raise FileExistsError(f"{d} exists but is not a pipeline stage (no {STAGE_FILE}); "
-                          "move it away or choose another --workdir")
+    raise FileExistsError(
+      f"{d} exists but is not a pipeline stage (no {STAGE_FILE}); "
+      "move it away or choose another --workdir"
+    )
   elif record:
     log(f"[pipeline] {stage.name}: resuming an unfinished run")
   os.makedirs(d, exist_ok=True)
   previous = record["seconds"] if record and record["fingerprint"] == fp else 0.0
-  write_stage(d, {"fingerprint": fp, "done": False, "seconds": previous, "pid": os.getpid(),
-                  "host": socket.gethostname()})
+  write_stage(
+    d,
+    {
+      "fingerprint": fp,
+      "done": False,
+      "seconds": previous,
+      "pid": os.getpid(),
+      "host": socket.gethostname(),
+    },
+  )
   log(f"[pipeline] ===== {stage.name} =====")
   t0 = time.perf_counter()
   try:
     stage.run(d)
   finally:
     elapsed = previous + time.perf_counter() - t0
-    write_stage(d, {"fingerprint": fp, "done": False, "seconds": elapsed})   # no pid: free
+    write_stage(d, {"fingerprint": fp, "done": False, "seconds": elapsed})  # no pid: free
   record = {"fingerprint": fp, "done": True, "seconds": elapsed}
   write_stage(d, record)
   return record
@@ -121,27 +136,57 @@ def stages(config, workdir: str, cache_dir: str | None, log=print) -> list[Stage
   """The recipe. Stage configs are the stages' own (configs/<stage>.py)."""
   path = lambda name: os.path.join(workdir, name)
   out = [
-      Stage("pretrain", config.pretrain,
-            lambda d: pretraining.run(config.pretrain, d, cache_dir, log=log)),
-      Stage("sft", config.sft, lambda d: sft.run(config.sft, d, path("pretrain"), log=log),
-            after=("pretrain",)),
-      Stage("reward_model", config.reward_model,
-            lambda d: rm_training.run(config.reward_model, d, path("sft"), log=log),
-            after=("sft",)),
-      Stage("rlhf", _without_ptx(config.rlhf),
-            lambda d: rlhf_loop.run(_without_ptx(config.rlhf), d, path("sft"), path("reward_model"),
-                               log=log, cache_dir=cache_dir), after=("sft", "reward_model")),
+    Stage(
+      "pretrain", config.pretrain, lambda d: pretraining.run(config.pretrain, d, cache_dir, log=log)
+    ),
+    Stage(
+      "sft",
+      config.sft,
+      lambda d: sft.run(config.sft, d, path("pretrain"), log=log),
+      after=("pretrain",),
+    ),
+    Stage(
+      "reward_model",
+      config.reward_model,
+      lambda d: rm_training.run(config.reward_model, d, path("sft"), log=log),
+      after=("sft",),
+    ),
+    Stage(
+      "rlhf",
+      _without_ptx(config.rlhf),
+      lambda d: rlhf_loop.run(
+        _without_ptx(config.rlhf),
+        d,
+        path("sft"),
+        path("reward_model"),
+        log=log,
+        cache_dir=cache_dir,
+      ),
+      after=("sft", "reward_model"),
+    ),
   ]
   if config.ptx_coef > 0:
     ptx_cfg = _with_ptx(config.rlhf, config.ptx_coef)
-    out.append(Stage("rlhf_ptx", ptx_cfg,
-                     lambda d: rlhf_loop.run(ptx_cfg, d, path("sft"), path("reward_model"), log=log,
-                                        cache_dir=cache_dir),
-                     after=("sft", "reward_model")))
+    out.append(
+      Stage(
+        "rlhf_ptx",
+        ptx_cfg,
+        lambda d: rlhf_loop.run(
+          ptx_cfg, d, path("sft"), path("reward_model"), log=log, cache_dir=cache_dir
+        ),
+        after=("sft", "reward_model"),
+      )
+    )
   from gptjax.pipeline import report
-  out.append(Stage("report", config.report,
-                   lambda d: report.write(workdir, d, config, ORDER, log=log),
-                   after=tuple(s.name for s in out)))
+
+  out.append(
+    Stage(
+      "report",
+      config.report,
+      lambda d: report.write(workdir, d, config, ORDER, log=log),
+      after=tuple(s.name for s in out),
+    )
+  )
   return out
 
 
@@ -161,16 +206,18 @@ def parse_stages(text: str | Sequence[str] | None) -> tuple[str, ...] | None:
   """'rlhf,rlhf_ptx' -> ('rlhf', 'rlhf_ptx'); None or empty -> None (every stage)."""
   if not text:
     return None
-  names = tuple(n.strip() for n in (text.split(",") if isinstance(text, str) else text)
-                if n.strip())
+  names = tuple(
+    n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()
+  )
   unknown = [n for n in names if n not in ORDER]
   if unknown:
     raise ValueError(f"Unknown stage(s) {unknown}; stages are {', '.join(ORDER)}")
   return names or None
 
 
-def run(config, workdir: str, cache_dir: str | None = None, log=print,
-        only: Sequence[str] | None = None) -> dict:
+def run(
+  config, workdir: str, cache_dir: str | None = None, log=print, only: Sequence[str] | None = None
+) -> dict:
   """Runs every stage in order (or those in `only`, whose upstream stages
   must be done); returns {stage: stage.json record}."""
   only = parse_stages(only)
@@ -180,8 +227,9 @@ def run(config, workdir: str, cache_dir: str | None = None, log=print,
   return run_stages(stages(config, workdir, cache_dir, log), workdir, log, only)
 
 
-def run_stages(stage_list: Sequence[Stage], workdir: str, log=print,
-               only: Sequence[str] | None = None) -> dict:
+def run_stages(
+  stage_list: Sequence[Stage], workdir: str, log=print, only: Sequence[str] | None = None
+) -> dict:
   """The loop of `run` over any stages (each stage's `after` names earlier ones)."""
   records, fps = {}, {}
   for stage in stage_list:
@@ -189,14 +237,19 @@ def run_stages(stage_list: Sequence[Stage], workdir: str, log=print,
     if only is None or stage.name in only:
       not_done = [a for a in stage.after if not records[a]["done"]]
       if not_done:
-        raise ValueError(f"stage {stage.name} needs {', '.join(not_done)}, not done in "
-                         f"{workdir} with this config; run it first (or leave out --stages)")
+        raise ValueError(
+          f"stage {stage.name} needs {', '.join(not_done)}, not done in "
+          f"{workdir} with this config; run it first (or leave out --stages)"
+        )
       records[stage.name] = run_stage(stage, workdir, upstream, log)
-    else:   # not selected: as it stands on disk, or not done if its config changed
+    else:  # not selected: as it stands on disk, or not done if its config changed
       fp = fingerprint(stage.config, upstream)
       record = read_stage(os.path.join(workdir, stage.name))
       done = bool(record and record["fingerprint"] == fp and record["done"])
-      records[stage.name] = {"fingerprint": fp, "done": done,
-                             "seconds": record["seconds"] if done else 0.0}
+      records[stage.name] = {
+        "fingerprint": fp,
+        "done": done,
+        "seconds": record["seconds"] if done else 0.0,
+      }
     fps[stage.name] = records[stage.name]["fingerprint"]
   return records

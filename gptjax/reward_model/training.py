@@ -42,29 +42,47 @@ def validate(config) -> None:
   config_lib.validate_train(config.train)
   c = config.comparisons
   config_lib.require(2 <= c.k <= 16, "comparisons.k", c.k, "2..16 (InstructGPT: 4 to 9)")
-  config_lib.require(c.n_prompts >= config.train.batch_size, "comparisons.n_prompts",
-                     c.n_prompts, f">= train.batch_size={config.train.batch_size}")
-  config_lib.require(0.5 < c.labeler_agreement < 1.0, "comparisons.labeler_agreement",
-                     c.labeler_agreement, "(0.5, 1)")
+  config_lib.require(
+    c.n_prompts >= config.train.batch_size,
+    "comparisons.n_prompts",
+    c.n_prompts,
+    f">= train.batch_size={config.train.batch_size}",
+  )
+  config_lib.require(
+    0.5 < c.labeler_agreement < 1.0,
+    "comparisons.labeler_agreement",
+    c.labeler_agreement,
+    "(0.5, 1)",
+  )
   config_lib.require(config.rm.epochs > 0, "rm.epochs", config.rm.epochs, "> 0")
   for f in config.eval.data_fractions:
-    config_lib.require(0 < f < 1, "eval.data_fractions", list(config.eval.data_fractions),
-                       "fractions in (0, 1)")
+    config_lib.require(
+      0 < f < 1, "eval.data_fractions", list(config.eval.data_fractions), "fractions in (0, 1)"
+    )
 
 
 def steps_for(n_prompts: int, batch_size: int, epochs: float) -> int:
   return max(1, math.ceil(epochs * n_prompts / batch_size))
 
 
-def build_task(config, model, train_comps: comp_lib.Comparisons,
-               heldout: comp_lib.Comparisons, init_params, name: str = "reward_model"):
+def build_task(
+  config,
+  model,
+  train_comps: comp_lib.Comparisons,
+  heldout: comp_lib.Comparisons,
+  init_params,
+  name: str = "reward_model",
+):
   """Ranking loss over the K responses of each prompt, warm-started from the trunk."""
   t = config.train
   B, (P, K, T) = t.batch_size, train_comps.tokens.shape
 
   def as_batch(c: comp_lib.Comparisons, index) -> dict:
-    return {"tokens": c.tokens[index], "token_mask": c.token_mask[index],
-            "ranking": c.ranking[index]}
+    return {
+      "tokens": c.tokens[index],
+      "token_mask": c.token_mask[index],
+      "ranking": c.ranking[index],
+    }
 
   def heldout_batches():
     n = (len(heldout) // B) * B  # whole batches only (sharding needs equal splits)
@@ -72,11 +90,15 @@ def build_task(config, model, train_comps: comp_lib.Comparisons,
       yield as_batch(heldout, np.arange(start, start + B))
 
   return train.Task(
-      name=name, model=model, loss_fn=losses.reward_loss_fn(model),
-      train_batch=lambda step: as_batch(train_comps, sft_lib.batch_rows(step, B, P, config.seed)),
-      example_batch={"tokens": train_comps.tokens[:1, 0]},
-      tokens_per_step=B * K * T, eval_sets={"heldout": heldout_batches},
-      init_params=lambda rng: init_params)
+    name=name,
+    model=model,
+    loss_fn=losses.reward_loss_fn(model),
+    train_batch=lambda step: as_batch(train_comps, sft_lib.batch_rows(step, B, P, config.seed)),
+    example_batch={"tokens": train_comps.tokens[:1, 0]},
+    tokens_per_step=B * K * T,
+    eval_sets={"heldout": heldout_batches},
+    init_params=lambda rng: init_params,
+  )
 
 
 def informative_prompts(comps: comp_lib.Comparisons) -> comp_lib.Comparisons:
@@ -99,10 +121,10 @@ def score_all(model, params, comps: comp_lib.Comparisons, batch: int = 64) -> np
   fn = jax.jit(lambda p, x, m: heads.score(model, p, x, m))
   out = []
   for s in range(0, P * K, batch):
-    x, m = tokens[s:s + batch], mask[s:s + batch]
-    pad = batch - len(x)                        # one compiled shape
+    x, m = tokens[s : s + batch], mask[s : s + batch]
+    pad = batch - len(x)  # one compiled shape
     x, m = np.pad(x, ((0, pad), (0, 0))), np.pad(m, ((0, pad), (0, 0)), constant_values=True)
-    out.append(np.asarray(fn(params, x, m))[:batch - pad])
+    out.append(np.asarray(fn(params, x, m))[: batch - pad])
   return np.concatenate(out).reshape(P, K)
 
 
@@ -111,28 +133,45 @@ def calibration(scores: np.ndarray, gold: np.ndarray, bins: int) -> list[dict]:
   s, g = scores.ravel(), gold.ravel()
   edges = np.quantile(s, np.linspace(0, 1, bins + 1))
   which = np.clip(np.searchsorted(edges, s, side="right") - 1, 0, bins - 1)
-  return [{"rm_score": float(s[which == b].mean()), "gold": float(g[which == b].mean()),
-           "n": int((which == b).sum())} for b in range(bins) if (which == b).any()]
+  return [
+    {
+      "rm_score": float(s[which == b].mean()),
+      "gold": float(g[which == b].mean()),
+      "n": int((which == b).sum()),
+    }
+    for b in range(bins)
+    if (which == b).any()
+  ]
 
 
 def evaluate_rm(model, params, heldout: comp_lib.Comparisons) -> dict:
   scores = score_all(model, params, heldout)
-  return {"accuracy_vs_labeler": comp_lib.pairwise_accuracy(scores, heldout.ranking,
-                                                           heldout.gold),
-          "accuracy_vs_labeler_all_pairs": comp_lib.pairwise_accuracy(scores, heldout.ranking),
-          "accuracy_vs_gold": comp_lib.gold_accuracy(scores, heldout.gold),
-          "scores": scores}
+  return {
+    "accuracy_vs_labeler": comp_lib.pairwise_accuracy(scores, heldout.ranking, heldout.gold),
+    "accuracy_vs_labeler_all_pairs": comp_lib.pairwise_accuracy(scores, heldout.ranking),
+    "accuracy_vs_gold": comp_lib.gold_accuracy(scores, heldout.gold),
+    "scores": scores,
+  }
 
 
-def _comparisons(config, policy, world, split: str, n: int, seed: int, directory: str,
-                 noise: float | None, log) -> tuple[comp_lib.Comparisons, dict]:
+def _comparisons(
+  config, policy, world, split: str, n: int, seed: int, directory: str, noise: float | None, log
+) -> tuple[comp_lib.Comparisons, dict]:
   """The split's comparisons (reused when stored with the same recipe, else
   sampled and stored), cut to the samples' own length for training and scoring."""
   report_path = os.path.join(directory, "report.json")
   c = config.comparisons
-  recipe = {"policy": policy.workdir, "policy_step": policy.step,
-            "split": split, "n": n, "seed": seed, "k": c.k, "max_new_tokens": c.max_new_tokens,
-            "noise": noise, "target_agreement": c.labeler_agreement}
+  recipe = {
+    "policy": policy.workdir,
+    "policy_step": policy.step,
+    "split": split,
+    "n": n,
+    "seed": seed,
+    "k": c.k,
+    "max_new_tokens": c.max_new_tokens,
+    "noise": noise,
+    "target_agreement": c.labeler_agreement,
+  }
   if comp_lib.Comparisons.exists(directory):
     with open(report_path) as f:
       report = json.load(f)
@@ -142,9 +181,19 @@ def _comparisons(config, policy, world, split: str, n: int, seed: int, directory
     log(f"[reward_model] settings changed since {directory} was written: sampling anew")
   examples = instructions.make_mixture(world, n, seed, split)
   comps, report = comp_lib.make_comparisons(
-      policy.model, policy.params, policy.tokenizer, world, examples, k=c.k,
-      max_new_tokens=c.max_new_tokens, labeler_noise=noise,
-      target_agreement=c.labeler_agreement, seed=seed, batch_size=c.sample_batch, log=log)
+    policy.model,
+    policy.params,
+    policy.tokenizer,
+    world,
+    examples,
+    k=c.k,
+    max_new_tokens=c.max_new_tokens,
+    labeler_noise=noise,
+    target_agreement=c.labeler_agreement,
+    seed=seed,
+    batch_size=c.sample_batch,
+    log=log,
+  )
   report["recipe"] = recipe
   comps.save(directory)
   with open(report_path, "w") as f:
@@ -158,8 +207,10 @@ def load_init(config, sft_dir: str):
   init_run = runs.load_run(init_dir)
   policy_tokenizer = Tokenizer.load(os.path.join(sft_dir, "tokenizer.model"))
   if init_run.tokenizer.fingerprint != policy_tokenizer.fingerprint:
-    raise ValueError(f"rm.init_from={init_dir} uses a different tokenizer from the SFT "
-                     f"policy {sft_dir}; a reward model must read the policy's tokens")
+    raise ValueError(
+      f"rm.init_from={init_dir} uses a different tokenizer from the SFT "
+      f"policy {sft_dir}; a reward model must read the policy's tokens"
+    )
   model = heads.ScalarHeadModel(init_run.model.cfg)
   head = heads.init_head(model, jax.random.PRNGKey(config.seed))
   return model, heads.from_lm_params(init_run.params, head), init_run.config
@@ -188,35 +239,60 @@ def run(config, workdir: str, sft_dir: str | None = None, log=print) -> dict:
   config = ml_collections.ConfigDict(config.to_dict())
   config.sft = sft_dir
   config_lib.save(config, workdir)
-  shutil.copyfile(os.path.join(sft_dir, "tokenizer.model"), os.path.join(workdir, "tokenizer.model"))
+  shutil.copyfile(
+    os.path.join(sft_dir, "tokenizer.model"), os.path.join(workdir, "tokenizer.model")
+  )
 
   c = config.comparisons
   noise = None if c.labeler_noise < 0 else c.labeler_noise
-  train_comps, train_report = _comparisons(config, policy, world, "train", c.n_prompts, c.seed,
-                                           os.path.join(workdir, "comparisons", "train"),
-                                           noise, log)
-  heldout, heldout_report = _comparisons(config, policy, world, "heldout", c.n_heldout,
-                                         c.seed + 1, os.path.join(workdir, "comparisons",
-                                                                  "heldout"),
-                                         train_report["labeler_noise"], log)
+  train_comps, train_report = _comparisons(
+    config,
+    policy,
+    world,
+    "train",
+    c.n_prompts,
+    c.seed,
+    os.path.join(workdir, "comparisons", "train"),
+    noise,
+    log,
+  )
+  heldout, heldout_report = _comparisons(
+    config,
+    policy,
+    world,
+    "heldout",
+    c.n_heldout,
+    c.seed + 1,
+    os.path.join(workdir, "comparisons", "heldout"),
+    train_report["labeler_noise"],
+    log,
+  )
   model, init_params, init_config = load_init(config, sft_dir)
   if model.cfg.max_len != policy.model.cfg.max_len:
-    raise ValueError(f"rm.init_from has context {model.cfg.max_len}, the policy "
-                     f"{policy.model.cfg.max_len}: they must match")
-  log(f"[reward_model] sequences cut to {train_comps.tokens.shape[-1]} (train) and "
-      f"{heldout.tokens.shape[-1]} (held-out) of {model.cfg.max_len} tokens")
+    raise ValueError(
+      f"rm.init_from has context {model.cfg.max_len}, the policy "
+      f"{policy.model.cfg.max_len}: they must match"
+    )
+  log(
+    f"[reward_model] sequences cut to {train_comps.tokens.shape[-1]} (train) and "
+    f"{heldout.tokens.shape[-1]} (held-out) of {model.cfg.max_len} tokens"
+  )
   config.model = ml_collections.ConfigDict(init_config.model.to_dict())
   config_lib.save(config, workdir)
 
   all_train = train_comps
   if config.rm.skip_tied_prompts:
     train_comps = informative_prompts(train_comps)
-    log(f"[reward_model] training on the {len(train_comps):,} of {len(all_train):,} prompts "
-        "whose responses differ in gold quality (rm.skip_tied_prompts)")
+    log(
+      f"[reward_model] training on the {len(train_comps):,} of {len(all_train):,} prompts "
+      "whose responses differ in gold quality (rm.skip_tied_prompts)"
+    )
     if not len(train_comps):
-      raise ValueError("No training prompt has responses of different gold quality, so the "
-                       "rankings hold no preference: raise comparisons.n_prompts or "
-                       "comparisons.k, or train the SFT policy longer")
+      raise ValueError(
+        "No training prompt has responses of different gold quality, so the "
+        "rankings hold no preference: raise comparisons.n_prompts or "
+        "comparisons.k, or train the SFT policy longer"
+      )
   params, summary = train_rm(config, workdir, model, init_params, train_comps, heldout, log)
 
   # Centre: the SFT policy's own samples (the training responses) score mean 0.
@@ -227,48 +303,68 @@ def run(config, workdir: str, sft_dir: str | None = None, log=print) -> dict:
   params = heads.shift_bias(params, shift)
 
   main = evaluate_rm(model, params, heldout)
-  curve = [{"comparisons": len(train_comps), "fraction": 1.0,
-            "accuracy_vs_labeler": main["accuracy_vs_labeler"],
-            "accuracy_vs_gold": main["accuracy_vs_gold"]}]
+  curve = [
+    {
+      "comparisons": len(train_comps),
+      "fraction": 1.0,
+      "accuracy_vs_labeler": main["accuracy_vs_labeler"],
+      "accuracy_vs_gold": main["accuracy_vs_gold"],
+    }
+  ]
   for frac in config.eval.data_fractions:
     n = max(config.train.batch_size, int(frac * len(train_comps)))
     sub_dir = os.path.join(workdir, "scaling", f"frac_{frac:g}")
-    sub_params, _ = train_rm(config, sub_dir, model, init_params,
-                             train_comps.subset(np.arange(n)), heldout, log)
+    sub_params, _ = train_rm(
+      config, sub_dir, model, init_params, train_comps.subset(np.arange(n)), heldout, log
+    )
     ev = evaluate_rm(model, sub_params, heldout)
-    curve.append({"comparisons": n, "fraction": frac,
-                  "accuracy_vs_labeler": ev["accuracy_vs_labeler"],
-                  "accuracy_vs_gold": ev["accuracy_vs_gold"]})
+    curve.append(
+      {
+        "comparisons": n,
+        "fraction": frac,
+        "accuracy_vs_labeler": ev["accuracy_vs_labeler"],
+        "accuracy_vs_gold": ev["accuracy_vs_gold"],
+      }
+    )
   curve.sort(key=lambda r: r["comparisons"])
 
   result = {
-      "k": c.k, "n_train_prompts": len(train_comps), "n_sampled_prompts": len(all_train),
-      "n_heldout_prompts": len(heldout),
-      "pairs_per_prompt": c.k * (c.k - 1) // 2,
-      "labeler": {"noise": train_report["labeler_noise"],
-                  "agreement_train": train_report["labeler_agreement"],
-                  "agreement_heldout": heldout_report["labeler_agreement"],
-                  "target": c.labeler_agreement,
-                  "tied_pair_fraction": heldout_report["tied_pair_fraction"]},
-      "accuracy_vs_labeler": main["accuracy_vs_labeler"],
-      "accuracy_vs_gold": main["accuracy_vs_gold"],
-      "sft_score_std": std, "bias_shift": shift,
-      "calibration": calibration(main["scores"], heldout.gold, config.eval.calibration_bins),
-      "data_scaling": curve, "steps": summary["steps"],
-      "heldout_loss": summary.get("last_eval", {}).get("heldout/loss"),
+    "k": c.k,
+    "n_train_prompts": len(train_comps),
+    "n_sampled_prompts": len(all_train),
+    "n_heldout_prompts": len(heldout),
+    "pairs_per_prompt": c.k * (c.k - 1) // 2,
+    "labeler": {
+      "noise": train_report["labeler_noise"],
+      "agreement_train": train_report["labeler_agreement"],
+      "agreement_heldout": heldout_report["labeler_agreement"],
+      "target": c.labeler_agreement,
+      "tied_pair_fraction": heldout_report["tied_pair_fraction"],
+    },
+    "accuracy_vs_labeler": main["accuracy_vs_labeler"],
+    "accuracy_vs_gold": main["accuracy_vs_gold"],
+    "sft_score_std": std,
+    "bias_shift": shift,
+    "calibration": calibration(main["scores"], heldout.gold, config.eval.calibration_bins),
+    "data_scaling": curve,
+    "steps": summary["steps"],
+    "heldout_loss": summary.get("last_eval", {}).get("heldout/loss"),
   }
   with open(os.path.join(workdir, "eval.json"), "w") as f:
     json.dump(result, f, indent=2)
   plot(result, workdir)
-  log(f"[reward_model] held-out accuracy: {result['accuracy_vs_labeler']:.3f} vs labeler, "
-      f"{result['accuracy_vs_gold']:.3f} vs gold (labeler's own agreement "
-      f"{result['labeler']['agreement_heldout']:.3f}); SFT score std {std:.3f}")
+  log(
+    f"[reward_model] held-out accuracy: {result['accuracy_vs_labeler']:.3f} vs labeler, "
+    f"{result['accuracy_vs_gold']:.3f} vs gold (labeler's own agreement "
+    f"{result['labeler']['agreement_heldout']:.3f}); SFT score std {std:.3f}"
+  )
   return result
 
 
 def plot(result: dict, workdir: str) -> None:
   """calibration.png (RM score vs gold score) and data_scaling.png."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
@@ -287,8 +383,10 @@ def plot(result: dict, workdir: str) -> None:
   n = [r["comparisons"] * result["pairs_per_prompt"] for r in curve]
   finite = lambda ys: [(x, y) for x, y in zip(n, ys) if math.isfinite(y)]
   drawn = 0
-  for key, marker, label in (("accuracy_vs_labeler", "o-", "vs labeler"),
-                             ("accuracy_vs_gold", "s-", "vs gold")):
+  for key, marker, label in (
+    ("accuracy_vs_labeler", "o-", "vs labeler"),
+    ("accuracy_vs_gold", "s-", "vs gold"),
+  ):
     pts = finite([r[key] for r in curve])
     if pts:
       ax.plot(*zip(*pts), marker, label=label)
@@ -299,12 +397,18 @@ def plot(result: dict, workdir: str) -> None:
   ax.axhline(0.5, ls=":", c="k", lw=0.8)
   if drawn:
     ax.set_xscale("log")
-    ax.set_xticks(n, [f"{x:,}" for x in n])   # the sizes trained, not 2x10^2 3x10^2 ...
+    ax.set_xticks(n, [f"{x:,}" for x in n])  # the sizes trained, not 2x10^2 3x10^2 ...
     ax.minorticks_off()
     ax.legend(fontsize=8)
   else:
-    ax.text(0.5, 0.5, "no held-out pair with different gold scores", ha="center",
-            transform=ax.transAxes, fontsize=8)
+    ax.text(
+      0.5,
+      0.5,
+      "no held-out pair with different gold scores",
+      ha="center",
+      transform=ax.transAxes,
+      fontsize=8,
+    )
   ax.set_xlabel("training comparisons (pairs)")
   ax.set_ylabel("held-out pairwise accuracy")
   fig.tight_layout()
@@ -317,11 +421,13 @@ def load_reward_model(workdir: str):
   config = config_lib.load(os.path.join(workdir, "config.json"))
   norm_path = os.path.join(workdir, NORMALIZATION_FILE)
   if not os.path.exists(norm_path):
-    raise FileNotFoundError(f"{workdir} has no {NORMALIZATION_FILE}: the reward-model run "
-                            "did not finish")
+    raise FileNotFoundError(
+      f"{workdir} has no {NORMALIZATION_FILE}: the reward-model run did not finish"
+    )
   model = heads.ScalarHeadModel(model_lib.TransformerConfig.from_config(config.model))
-  params, _ = train.restore_params(workdir, config, model,
-                                   {"tokens": np.zeros((1, config.model.max_len), np.int32)})
+  params, _ = train.restore_params(
+    workdir, config, model, {"tokens": np.zeros((1, config.model.max_len), np.int32)}
+  )
   with open(norm_path) as f:
     norm = json.load(f)
   return model, heads.shift_bias(params, norm["bias_shift"]), config

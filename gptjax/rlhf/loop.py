@@ -46,22 +46,39 @@ from gptjax.tasks import instructions, oracle
 
 def validate(config) -> None:
   p = config.ppo
-  for name in ("iterations", "rollout_batch", "max_new_tokens", "epochs", "minibatches",
-               "rounds"):
-    config_lib.require(isinstance(p[name], int) and p[name] > 0, f"ppo.{name}", p[name],
-                       "a positive integer")
-  config_lib.require(p.rollout_batch % p.minibatches == 0, "ppo.minibatches", p.minibatches,
-                     f"a divisor of ppo.rollout_batch={p.rollout_batch}")
-  config_lib.require(p.kl_controller in ("fixed", "adaptive"), "ppo.kl_controller",
-                     p.kl_controller, "'fixed', 'adaptive'")
-  config_lib.require(p.value_init in ("reward_model", "policy"), "ppo.value_init",
-                     p.value_init, "'reward_model', 'policy'")
+  for name in ("iterations", "rollout_batch", "max_new_tokens", "epochs", "minibatches", "rounds"):
+    config_lib.require(
+      isinstance(p[name], int) and p[name] > 0, f"ppo.{name}", p[name], "a positive integer"
+    )
+  config_lib.require(
+    p.rollout_batch % p.minibatches == 0,
+    "ppo.minibatches",
+    p.minibatches,
+    f"a divisor of ppo.rollout_batch={p.rollout_batch}",
+  )
+  config_lib.require(
+    p.kl_controller in ("fixed", "adaptive"),
+    "ppo.kl_controller",
+    p.kl_controller,
+    "'fixed', 'adaptive'",
+  )
+  config_lib.require(
+    p.value_init in ("reward_model", "policy"),
+    "ppo.value_init",
+    p.value_init,
+    "'reward_model', 'policy'",
+  )
   config_lib.require(p.beta >= 0, "ppo.beta", p.beta, ">= 0")
   config_lib.require(p.ptx_coef >= 0, "ppo.ptx_coef", p.ptx_coef, ">= 0")
-  config_lib.require(p.iterations % p.rounds == 0, "ppo.rounds", p.rounds,
-                     f"a divisor of ppo.iterations={p.iterations}")
-  config_lib.require(0 < p.lam <= 1 and 0 < p.gamma <= 1, "ppo.gamma/lam",
-                     (p.gamma, p.lam), "(0, 1]")
+  config_lib.require(
+    p.iterations % p.rounds == 0,
+    "ppo.rounds",
+    p.rounds,
+    f"a divisor of ppo.iterations={p.iterations}",
+  )
+  config_lib.require(
+    0 < p.lam <= 1 and 0 < p.gamma <= 1, "ppo.gamma/lam", (p.gamma, p.lam), "(0, 1]"
+  )
 
 
 def optimizer(config, lr: float):
@@ -81,7 +98,7 @@ class Models:
   sft_config: ml_collections.ConfigDict
   rm_config: ml_collections.ConfigDict
   rm_dir: str
-  ref_params: object = None   # the frozen SFT policy (the KL reference)
+  ref_params: object = None  # the frozen SFT policy (the KL reference)
   cache_dir: str | None = None  # prepared pretraining data (PPO-ptx, alignment tax)
 
 
@@ -91,13 +108,19 @@ def fresh_state(config, models: Models, sft_params, value_params, rm_params, tx_
   copy = lambda tree: jax.tree_util.tree_map(jnp.array, tree)
   policy_params, value_params = copy(sft_params), copy(value_params)
   return {
-      "policy": train.TrainState(step=jnp.array(0, jnp.int32), params=policy_params,
-                                 opt_state=tx_p.init(policy_params),
-                                 rng=jax.random.PRNGKey(config.seed)),
-      "value": train.TrainState(step=jnp.array(0, jnp.int32), params=value_params,
-                                opt_state=tx_v.init(value_params),
-                                rng=jax.random.PRNGKey(config.seed + 1)),
-      "rm": copy(rm_params),
+    "policy": train.TrainState(
+      step=jnp.array(0, jnp.int32),
+      params=policy_params,
+      opt_state=tx_p.init(policy_params),
+      rng=jax.random.PRNGKey(config.seed),
+    ),
+    "value": train.TrainState(
+      step=jnp.array(0, jnp.int32),
+      params=value_params,
+      opt_state=tx_v.init(value_params),
+      rng=jax.random.PRNGKey(config.seed + 1),
+    ),
+    "rm": copy(rm_params),
   }
 
 
@@ -110,14 +133,24 @@ def initial_value_params(config, models: Models, sft_params, rm_params):
 
 def prompts_for(config, models: Models, iteration: int) -> tuple[list, list[str]]:
   """The iteration's training prompts (chat template), a pure function of the iteration."""
-  examples = instructions.make_mixture(models.world, config.ppo.rollout_batch,
-                                       seed=config.ppo.seed * 100_003 + iteration, split="train")
+  examples = instructions.make_mixture(
+    models.world,
+    config.ppo.rollout_batch,
+    seed=config.ppo.seed * 100_003 + iteration,
+    split="train",
+  )
   prompts = [e.prompt for e in examples]
   return [comp_lib.chat_prompt_ids(models.tokenizer, p) for p in prompts], prompts
 
 
-def run(config, workdir: str, sft_dir: str | None = None, rm_dir: str | None = None,
-        log=print, cache_dir: str | None = None) -> dict:
+def run(
+  config,
+  workdir: str,
+  sft_dir: str | None = None,
+  rm_dir: str | None = None,
+  log=print,
+  cache_dir: str | None = None,
+) -> dict:
   """PPO from the SFT policy against the reward model; returns eval.json's dict."""
   validate(config)
   sft_dir = os.path.abspath(sft_dir or config.sft)
@@ -130,28 +163,51 @@ def run(config, workdir: str, sft_dir: str | None = None, rm_dir: str | None = N
 
   sft = runs.load_run(sft_dir)
   rm_model, rm_params, rm_config = rm_training.load_reward_model(rm_dir)
-  shutil.copyfile(os.path.join(sft_dir, "tokenizer.model"), os.path.join(workdir, "tokenizer.model"))
-  value_model = rm_model if config.ppo.value_init == "reward_model" else \
-      heads.ScalarHeadModel(sft.model.cfg)
-  models = Models(sft.model, value_model, rm_model, sft.tokenizer, runs.world_of(sft.config),
-                  sft.config, rm_config, rm_dir, ref_params=sft.params,
-                  cache_dir=cache_dir)
+  shutil.copyfile(
+    os.path.join(sft_dir, "tokenizer.model"), os.path.join(workdir, "tokenizer.model")
+  )
+  value_model = (
+    rm_model if config.ppo.value_init == "reward_model" else heads.ScalarHeadModel(sft.model.cfg)
+  )
+  models = Models(
+    sft.model,
+    value_model,
+    rm_model,
+    sft.tokenizer,
+    runs.world_of(sft.config),
+    sft.config,
+    rm_config,
+    rm_dir,
+    ref_params=sft.params,
+    cache_dir=cache_dir,
+  )
   p = config.ppo
   tx_p, tx_v = optimizer(config, p.policy_lr), optimizer(config, p.value_lr)
   mesh = sharding.make_mesh(config.mesh)
   replicated = NamedSharding(mesh, P())
-  make = lambda: fresh_state(config, models, sft.params, initial_value_params(
-      config, models, sft.params, rm_params), rm_params, tx_p, tx_v)
+  make = lambda: fresh_state(
+    config,
+    models,
+    sft.params,
+    initial_value_params(config, models, sft.params, rm_params),
+    rm_params,
+    tx_p,
+    tx_v,
+  )
 
-  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                       keep=config.train.keep_checkpoints)
+  checkpointer = ckpt_lib.Checkpointer(
+    os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints
+  )
   kl_ctl = ppo_math.kl_controller(p.kl_controller, p.beta, p.kl_target, p.kl_horizon)
   if checkpointer.latest_step() is not None:
     abstract = jax.tree_util.tree_map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), jax.eval_shape(make))
+      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), jax.eval_shape(make)
+    )
     state, meta = checkpointer.restore(abstract)
     start, kl_ctl.beta = int(meta["iteration"]), float(meta["beta"])
-    log(f"[rlhf] resumed from {checkpointer.directory} at iteration {start} (beta {kl_ctl.beta:.4g})")
+    log(
+      f"[rlhf] resumed from {checkpointer.directory} at iteration {start} (beta {kl_ctl.beta:.4g})"
+    )
   else:
     state, start = make(), 0
     log(f"[rlhf] new run from SFT {sft_dir} and reward model {rm_dir}")
@@ -159,12 +215,18 @@ def run(config, workdir: str, sft_dir: str | None = None, rm_dir: str | None = N
   ptx = None
   if p.ptx_coef > 0:
     ptx = Pipeline(sft.config, sft.tokenizer, cache_dir)
-  policy_step = jax.jit(functools.partial(
-      ppo.policy_update, policy=models.policy, tx=tx_p, clip_eps=p.clip_eps,
-      ptx_coef=p.ptx_coef), donate_argnums=(0,))
-  value_step = jax.jit(functools.partial(
-      ppo.value_update, value_model=models.value, tx=tx_v, clip_eps=p.value_clip_eps),
-      donate_argnums=(0,))
+  policy_step = jax.jit(
+    functools.partial(
+      ppo.policy_update, policy=models.policy, tx=tx_p, clip_eps=p.clip_eps, ptx_coef=p.ptx_coef
+    ),
+    donate_argnums=(0,),
+  )
+  value_step = jax.jit(
+    functools.partial(
+      ppo.value_update, value_model=models.value, tx=tx_v, clip_eps=p.value_clip_eps
+    ),
+    donate_argnums=(0,),
+  )
   writer = metrics_lib.MetricsWriter(workdir)
   per_round = p.iterations // p.rounds
   it = start
@@ -182,11 +244,13 @@ def run(config, workdir: str, sft_dir: str | None = None, rm_dir: str | None = N
         stats["beta_next"] = kl_ctl.beta
         writer.write(it + 1, "ppo", **stats)
         if (it + 1) % config.train.log_every == 0 or it == start:
-          log(f"[rlhf] iter {it + 1:>4d}/{p.iterations}  rm {stats['rm_score']:+.3f}  gold "
-              f"{stats['gold_score']:.3f}  kl {stats['kl']:.3f}  beta {stats['beta']:.4f}  "
-              f"ent {stats['entropy']:.2f}  clip {stats['clip_frac']:.3f}  "
-              f"ev {stats['explained_variance']:+.2f}  len {stats['response_length']:.1f}  "
-              f"{stats['rollout_tokens_per_s']:,.0f} rollout tok/s")
+          log(
+            f"[rlhf] iter {it + 1:>4d}/{p.iterations}  rm {stats['rm_score']:+.3f}  gold "
+            f"{stats['gold_score']:.3f}  kl {stats['kl']:.3f}  beta {stats['beta']:.4f}  "
+            f"ent {stats['entropy']:.2f}  clip {stats['clip_frac']:.3f}  "
+            f"ev {stats['explained_variance']:+.2f}  len {stats['response_length']:.1f}  "
+            f"{stats['rollout_tokens_per_s']:,.0f} rollout tok/s"
+          )
         it += 1
         if it % config.train.ckpt_every == 0 or it == p.iterations:
           save(it)
@@ -204,19 +268,39 @@ def run(config, workdir: str, sft_dir: str | None = None, rm_dir: str | None = N
   return result
 
 
-def iteration(config, models: Models, state: dict, it: int, beta: float, policy_step,
-              value_step, ptx: Pipeline | None) -> dict:
+def iteration(
+  config,
+  models: Models,
+  state: dict,
+  it: int,
+  beta: float,
+  policy_step,
+  value_step,
+  ptx: Pipeline | None,
+) -> dict:
   """One PPO iteration (rollout, then epochs x minibatches); updates `state` in place."""
   p = config.ppo
   prompt_ids, prompts = prompts_for(config, models, it)
   rollout, timing = ppo.collect(
-      models.policy, models.value, models.reward, state["policy"].params, models.ref_params,
-      state["value"].params, state["rm"], prompt_ids,
-      rng=jax.random.fold_in(jax.random.PRNGKey(p.seed), it), max_new_tokens=p.max_new_tokens,
-      stop_id=models.tokenizer.end_turn_id, pad_id=models.tokenizer.pad_id, beta=beta,
-      gamma=p.gamma, lam=p.lam,
-      truncation_penalty=p.truncation_penalty if p.use_truncation_penalty else None,
-      whiten_rewards=p.whiten_rewards, reward_clip=p.reward_clip or None)
+    models.policy,
+    models.value,
+    models.reward,
+    state["policy"].params,
+    models.ref_params,
+    state["value"].params,
+    state["rm"],
+    prompt_ids,
+    rng=jax.random.fold_in(jax.random.PRNGKey(p.seed), it),
+    max_new_tokens=p.max_new_tokens,
+    stop_id=models.tokenizer.end_turn_id,
+    pad_id=models.tokenizer.pad_id,
+    beta=beta,
+    gamma=p.gamma,
+    lam=p.lam,
+    truncation_penalty=p.truncation_penalty if p.use_truncation_penalty else None,
+    whiten_rewards=p.whiten_rewards,
+    reward_clip=p.reward_clip or None,
+  )
   rng = np.random.default_rng((p.seed, it))
   sums: dict[str, float] = {}
   n = 0
@@ -233,18 +317,25 @@ def iteration(config, models: Models, state: dict, it: int, beta: float, policy_
       for key, v in {**jax.device_get(s_p), **jax.device_get(s_v)}.items():
         sums[key] = sums.get(key, 0.0) + float(v)
       n += 1
-  texts = [models.tokenizer.decode([t for t in row[m] if t != models.tokenizer.end_turn_id])
-           for row, m in zip(rollout.tokens[:, -rollout.mask.shape[1]:], rollout.mask)]
+  texts = [
+    models.tokenizer.decode([t for t in row[m] if t != models.tokenizer.end_turn_id])
+    for row, m in zip(rollout.tokens[:, -rollout.mask.shape[1] :], rollout.mask)
+  ]
   gold = [oracle.gold_score(pr, t, models.world) for pr, t in zip(prompts, texts)]
   out = {k: v / n for k, v in sums.items()}
   out.update(ppo.rollout_stats(rollout), **timing)
-  out.update(gold_score=float(np.mean(gold)), beta=beta, first_ratio=first_ratio,
-             sqrt_kl=math.sqrt(max(out["kl"], 0.0)))
+  out.update(
+    gold_score=float(np.mean(gold)),
+    beta=beta,
+    first_ratio=first_ratio,
+    sqrt_kl=math.sqrt(max(out["kl"], 0.0)),
+  )
   return out
 
 
-def retrain_reward_model(config, models: Models, state: dict, round_index: int, workdir: str,
-                         log) -> dict:
+def retrain_reward_model(
+  config, models: Models, state: dict, round_index: int, workdir: str, log
+) -> dict:
   """Iterated RLHF: the current policy answers fresh prompts, the labeler ranks them,
   and the reward model continues training on them (from its current params) for
   ppo.rm_steps_per_round steps; then it is recentred on these samples (mean 0).
@@ -256,22 +347,38 @@ def retrain_reward_model(config, models: Models, state: dict, round_index: int, 
   rdir = os.path.join(workdir, "rounds", str(round_index))
   with open(os.path.join(models.rm_dir, "comparisons", "train", "report.json")) as f:
     noise = json.load(f)["labeler_noise"]
-  policy_run = runs.LoadedRun(models.sft_config, models.policy, state["policy"].params,
-                                 models.tokenizer, int(state["policy"].step),
-                                 f"{workdir}#policy")
+  policy_run = runs.LoadedRun(
+    models.sft_config,
+    models.policy,
+    state["policy"].params,
+    models.tokenizer,
+    int(state["policy"].step),
+    f"{workdir}#policy",
+  )
   c = rc.comparisons
   n = max(rc.train.batch_size, c.n_prompts // config.ppo.rounds)
-  comps, _ = rm_training._comparisons(rc, policy_run, models.world, "train", n,
-                                          c.seed + 7919 * round_index,
-                                          os.path.join(rdir, "comparisons"), noise, log)
+  comps, _ = rm_training._comparisons(
+    rc,
+    policy_run,
+    models.world,
+    "train",
+    n,
+    c.seed + 7919 * round_index,
+    os.path.join(rdir, "comparisons"),
+    noise,
+    log,
+  )
   rc.rm.epochs = config.ppo.rm_steps_per_round * rc.train.batch_size / len(comps)
   rc.eval.data_fractions = ()
   heldout = comps.subset(np.arange(min(len(comps), rc.train.batch_size)))
-  params, _ = rm_training.train_rm(rc, os.path.join(rdir, "rm"), models.reward, state["rm"],
-                                       comps, heldout, log)
+  params, _ = rm_training.train_rm(
+    rc, os.path.join(rdir, "rm"), models.reward, state["rm"], comps, heldout, log
+  )
   shift = -float(rm_training.score_all(models.reward, params, comps).mean())
-  log(f"[rlhf] round {round_index}: reward model retrained on {len(comps)} new comparisons "
-      f"(recentred by {shift:+.3f})")
+  log(
+    f"[rlhf] round {round_index}: reward model retrained on {len(comps)} new comparisons "
+    f"(recentred by {shift:+.3f})"
+  )
   return heads.shift_bias(params, shift)
 
 
@@ -284,8 +391,12 @@ def export_policy(workdir: str, sft: runs.LoadedRun, params, iteration: int) -> 
   config_lib.save(sft.config, pdir)
   shutil.copyfile(os.path.join(workdir, "tokenizer.model"), os.path.join(pdir, "tokenizer.model"))
   tx = train.make_optimizer(sft.config.train)
-  state = train.TrainState(step=jnp.array(iteration, jnp.int32), params=params,
-                           opt_state=tx.init(params), rng=jax.random.PRNGKey(0))
+  state = train.TrainState(
+    step=jnp.array(iteration, jnp.int32),
+    params=params,
+    opt_state=tx.init(params),
+    rng=jax.random.PRNGKey(0),
+  )
   checkpointer = ckpt_lib.Checkpointer(os.path.join(pdir, "checkpoints"), keep=1)
   if checkpointer.latest_step() != iteration:
     checkpointer.save(iteration, state, {"exported_from": workdir})
@@ -296,6 +407,7 @@ def export_policy(workdir: str, sft: runs.LoadedRun, params, iteration: int) -> 
 # ----------------------------------------------------------------------------
 # Evaluation (held-out prompts; the oracle is the judge)
 
+
 def pretraining_loss(models: Models, params, n_batches: int, batch_size: int = 8) -> dict:
   """Validation LM loss per pretraining source: the alignment tax on language modelling."""
   pipeline = Pipeline(models.sft_config, models.tokenizer, models.cache_dir)
@@ -304,8 +416,9 @@ def pretraining_loss(models: Models, params, n_batches: int, batch_size: int = 8
   for source in pipeline.sources:
     total = weight = 0.0
     for batch in pipeline.eval_batches(source, batch_size, n_batches):
-      t, w, _ = jax.device_get(fn(params, {k: batch[k] for k in ("tokens", "targets",
-                                                                   "loss_mask")}))
+      t, w, _ = jax.device_get(
+        fn(params, {k: batch[k] for k in ("tokens", "targets", "loss_mask")})
+      )
       total, weight = total + float(t), weight + float(w)
     out[source] = total / weight
   return out
@@ -314,56 +427,82 @@ def pretraining_loss(models: Models, params, n_batches: int, batch_size: int = 8
 def evaluate(config, models: Models, sft_params, rlhf_params, workdir: str, log) -> dict:
   """eval.json: win rate vs SFT, per-family gold, honesty, refusals, alignment tax."""
   ev = evaluation.Evaluator(models.policy, models.tokenizer, models.world, config.eval)
-  res = {name: ev.evaluate(p, modes=("chat", "few_shot"))
-         for name, p in (("sft", sft_params), ("rlhf", rlhf_params))}
-  g_sft, g_rl = res["sft"]["chat"]["scores"], res["rlhf"]["chat"]["scores"]   # paired by prompt
+  res = {
+    name: ev.evaluate(p, modes=("chat", "few_shot"))
+    for name, p in (("sft", sft_params), ("rlhf", rlhf_params))
+  }
+  g_sft, g_rl = res["sft"]["chat"]["scores"], res["rlhf"]["chat"]["scores"]  # paired by prompt
   families = [e.family for e in ev.examples]
-  per_family_win = {f: stats.win_rate([g for g, ff in zip(g_rl, families) if ff == f],
-                                [g for g, ff in zip(g_sft, families) if ff == f])["win_rate"]
-                    for f in sorted(set(families))}
-  tax = {name: pretraining_loss(models, p, config.eval.ptx_eval_batches)
-         for name, p in (("sft", sft_params), ("rlhf", rlhf_params))}
-  summary = lambda r: {k: r["chat"][k] for k in ("mean_score", "hallucination_rate",
-                                                  "honest_idk_rate", "decline_rate",
-                                                  "over_refusal_rate")}
+  per_family_win = {
+    f: stats.win_rate(
+      [g for g, ff in zip(g_rl, families) if ff == f],
+      [g for g, ff in zip(g_sft, families) if ff == f],
+    )["win_rate"]
+    for f in sorted(set(families))
+  }
+  tax = {
+    name: pretraining_loss(models, p, config.eval.ptx_eval_batches)
+    for name, p in (("sft", sft_params), ("rlhf", rlhf_params))
+  }
+  summary = lambda r: {
+    k: r["chat"][k]
+    for k in (
+      "mean_score",
+      "hallucination_rate",
+      "honest_idk_rate",
+      "decline_rate",
+      "over_refusal_rate",
+    )
+  }
   result = {
-      "win_rate_vs_sft": stats.win_rate(g_rl, g_sft),
-      "win_rate_vs_sft_per_family": per_family_win,
-      "gold_mean": {"sft": float(np.mean(g_sft)), "rlhf": float(np.mean(g_rl))},
-      "sft": summary(res["sft"]), "rlhf": summary(res["rlhf"]),
-      "families": {f: {"sft": res["sft"]["chat"]["families"][f]["score"],
-                       "rlhf": res["rlhf"]["chat"]["families"][f]["score"]}
-                   for f in res["sft"]["chat"]["families"]},
-      "alignment_tax": {
-          "pretraining_loss": tax,
-          "few_shot_mean_score": {n: res[n]["few_shot"]["mean_score"] for n in res},
-          "ptx_coef": config.ppo.ptx_coef},
-      "samples": {n: res[n]["chat"]["samples"] for n in res},
+    "win_rate_vs_sft": stats.win_rate(g_rl, g_sft),
+    "win_rate_vs_sft_per_family": per_family_win,
+    "gold_mean": {"sft": float(np.mean(g_sft)), "rlhf": float(np.mean(g_rl))},
+    "sft": summary(res["sft"]),
+    "rlhf": summary(res["rlhf"]),
+    "families": {
+      f: {
+        "sft": res["sft"]["chat"]["families"][f]["score"],
+        "rlhf": res["rlhf"]["chat"]["families"][f]["score"],
+      }
+      for f in res["sft"]["chat"]["families"]
+    },
+    "alignment_tax": {
+      "pretraining_loss": tax,
+      "few_shot_mean_score": {n: res[n]["few_shot"]["mean_score"] for n in res},
+      "ptx_coef": config.ppo.ptx_coef,
+    },
+    "samples": {n: res[n]["chat"]["samples"] for n in res},
   }
   recs = metrics_lib.read_metrics(workdir, "ppo")
   if recs:
     result["overoptimization"] = stats.overoptimization_curve(
-        [r["sqrt_kl"] for r in recs], [r["rm_score"] for r in recs],
-        [r["gold_score"] for r in recs])
+      [r["sqrt_kl"] for r in recs], [r["rm_score"] for r in recs], [r["gold_score"] for r in recs]
+    )
   with open(os.path.join(workdir, "eval.json"), "w") as f:
     json.dump(result, f, indent=2)
   w = result["win_rate_vs_sft"]
-  log(f"[rlhf] win rate vs SFT {w['win_rate']:.3f} [{w['ci95'][0]:.3f}, {w['ci95'][1]:.3f}] "
-      f"(n={w['n']}); gold {result['gold_mean']['sft']:.3f} -> {result['gold_mean']['rlhf']:.3f}; "
-      f"hallucination {result['sft']['hallucination_rate']:.2f} -> "
-      f"{result['rlhf']['hallucination_rate']:.2f}; pretraining loss "
-      + ", ".join(f"{s} {tax['sft'][s]:.3f}->{tax['rlhf'][s]:.3f}" for s in tax["sft"]))
+  log(
+    f"[rlhf] win rate vs SFT {w['win_rate']:.3f} [{w['ci95'][0]:.3f}, {w['ci95'][1]:.3f}] "
+    f"(n={w['n']}); gold {result['gold_mean']['sft']:.3f} -> {result['gold_mean']['rlhf']:.3f}; "
+    f"hallucination {result['sft']['hallucination_rate']:.2f} -> "
+    f"{result['rlhf']['hallucination_rate']:.2f}; pretraining loss "
+    + ", ".join(f"{s} {tax['sft'][s]:.3f}->{tax['rlhf'][s]:.3f}" for s in tax["sft"])
+  )
   if "overoptimization" in result:
     o = result["overoptimization"]
-    log(f"[rlhf] over-optimisation: gold peaks at {o['peak_gold']:.3f} at sqrt(KL) "
-        f"{o['peak_sqrt_kl']:.2f}, ends at {o['final_gold']:.3f} "
-        f"({'turned over' if o['turned_over'] else 'no turnover yet'})")
+    log(
+      f"[rlhf] over-optimisation: gold peaks at {o['peak_gold']:.3f} at sqrt(KL) "
+      f"{o['peak_sqrt_kl']:.2f}, ends at {o['final_gold']:.3f} "
+      f"({'turned over' if o['turned_over'] else 'no turnover yet'})"
+    )
   return result
 
 
 def plot(workdir: str) -> None:
   """curves.png (RM score, gold, KL, beta per iteration) and overoptimization.png."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
@@ -374,27 +513,35 @@ def plot(workdir: str) -> None:
   fig, axes = plt.subplots(1, 4, figsize=(14, 3.2))
   axes[0].plot(it, [r["rm_score"] for r in recs], label="reward-model score")
   axes[0].plot(it, [r["gold_score"] for r in recs], label="gold score")
-  axes[0].set_xlabel("PPO iteration"); axes[0].legend(fontsize=8)
-  for ax, key, label in ((axes[1], "kl", "KL(policy || SFT), nats/response"),
-                         (axes[2], "entropy", "policy entropy (nats/token)"),
-                         (axes[3], "beta", "KL coefficient beta")):
+  axes[0].set_xlabel("PPO iteration")
+  axes[0].legend(fontsize=8)
+  for ax, key, label in (
+    (axes[1], "kl", "KL(policy || SFT), nats/response"),
+    (axes[2], "entropy", "policy entropy (nats/token)"),
+    (axes[3], "beta", "KL coefficient beta"),
+  ):
     ax.plot(it, [r[key] for r in recs])
-    ax.set_xlabel("PPO iteration"); ax.set_ylabel(label)
+    ax.set_xlabel("PPO iteration")
+    ax.set_ylabel(label)
   fig.tight_layout()
   fig.savefig(os.path.join(workdir, "curves.png"), dpi=110)
   plt.close(fig)
 
   fig, ax = plt.subplots(figsize=(4.8, 3.6))
   x = [r["sqrt_kl"] for r in recs]
-  curve = stats.overoptimization_curve(x, [r["rm_score"] for r in recs],
-                                 [r["gold_score"] for r in recs])
-  for key, curve_key, label, marker in (("rm_score", "proxy", "reward model (proxy)", "o"),
-                                        ("gold_score", "gold", "gold", "s")):
-    line, = ax.plot(x, [r[key] for r in recs], marker, ms=3, alpha=0.3)
+  curve = stats.overoptimization_curve(
+    x, [r["rm_score"] for r in recs], [r["gold_score"] for r in recs]
+  )
+  for key, curve_key, label, marker in (
+    ("rm_score", "proxy", "reward model (proxy)", "o"),
+    ("gold_score", "gold", "gold", "s"),
+  ):
+    (line,) = ax.plot(x, [r[key] for r in recs], marker, ms=3, alpha=0.3)
     ax.plot(curve["sqrt_kl"], curve[curve_key], marker + "-", c=line.get_color(), label=label)
   if curve["turned_over"]:
     ax.axvline(curve["peak_sqrt_kl"], c="grey", ls=":", lw=1, label="gold peak")
-  ax.set_xlabel("sqrt(KL to SFT)"); ax.set_ylabel("mean score of rollouts")
+  ax.set_xlabel("sqrt(KL to SFT)")
+  ax.set_ylabel("mean score of rollouts")
   ax.set_title("Reward over-optimisation (Gao et al. 2022)", fontsize=10)
   ax.legend(fontsize=8)
   fig.tight_layout()

@@ -27,8 +27,10 @@ def load(run_dir: str) -> dict:
   metrics_path = os.path.join(run_dir, "metrics.jsonl")
   for path in (config_path, metrics_path):
     if not os.path.exists(path):
-      raise FileNotFoundError(f"{path} not found: {run_dir} is not an RLHF workdir "
-                              "(experiments.rlhf or a pipeline's rlhf stage writes one)")
+      raise FileNotFoundError(
+        f"{path} not found: {run_dir} is not an RLHF workdir "
+        "(experiments.rlhf or a pipeline's rlhf stage writes one)"
+      )
   with open(config_path) as f:
     config = json.load(f)
   if "ppo" not in config:
@@ -37,12 +39,16 @@ def load(run_dir: str) -> dict:
   if not records:
     raise ValueError(f"{metrics_path} has no PPO iterations yet")
   ppo = config["ppo"]
-  return {"dir": run_dir, "beta": float(ppo["beta"]), "kl_controller": ppo["kl_controller"],
-          "ptx_coef": float(ppo.get("ptx_coef", 0.0)),
-          "iteration": [int(r["step"]) for r in records],
-          "sqrt_kl": [float(r["sqrt_kl"]) for r in records],
-          "proxy": [float(r["rm_score"]) for r in records],
-          "gold": [float(r["gold_score"]) for r in records]}
+  return {
+    "dir": run_dir,
+    "beta": float(ppo["beta"]),
+    "kl_controller": ppo["kl_controller"],
+    "ptx_coef": float(ppo.get("ptx_coef", 0.0)),
+    "iteration": [int(r["step"]) for r in records],
+    "sqrt_kl": [float(r["sqrt_kl"]) for r in records],
+    "proxy": [float(r["rm_score"]) for r in records],
+    "gold": [float(r["gold_score"]) for r in records],
+  }
 
 
 def label(run: dict) -> str:
@@ -58,9 +64,16 @@ def compare(run_dirs: list[str], n_bins: int = 8) -> dict:
   for d in run_dirs:
     run = load(d)
     curve = rlhf_stats.overoptimization_curve(run["sqrt_kl"], run["proxy"], run["gold"], n_bins)
-    runs.append({**run, "label": label(run), "iterations": len(run["iteration"]),
-                 "curve": curve, "start_gold": curve["gold"][0],
-                 "final_sqrt_kl": curve["sqrt_kl"][-1]})
+    runs.append(
+      {
+        **run,
+        "label": label(run),
+        "iterations": len(run["iteration"]),
+        "curve": curve,
+        "start_gold": curve["gold"][0],
+        "final_sqrt_kl": curve["sqrt_kl"][-1],
+      }
+    )
   return {"runs": runs}
 
 
@@ -69,30 +82,32 @@ def summary_lines(result: dict) -> list[str]:
   lines = []
   for r in result["runs"]:
     c = r["curve"]
-    lines.append(f"{r['label']:<24} {r['iterations']:>4} iterations  gold {r['start_gold']:.3f} "
-                 f"-> peak {c['peak_gold']:.3f} at sqrt(KL) {c['peak_sqrt_kl']:.2f} "
-                 f"-> {c['final_gold']:.3f} at {r['final_sqrt_kl']:.2f}"
-                 f"{'  (turned over)' if c['turned_over'] else ''}")
+    lines.append(
+      f"{r['label']:<24} {r['iterations']:>4} iterations  gold {r['start_gold']:.3f} "
+      f"-> peak {c['peak_gold']:.3f} at sqrt(KL) {c['peak_sqrt_kl']:.2f} "
+      f"-> {c['final_gold']:.3f} at {r['final_sqrt_kl']:.2f}"
+      f"{'  (turned over)' if c['turned_over'] else ''}"
+    )
   return lines
 
 
 def plot(result: dict, out: str) -> str:
   """Gold (left) and proxy (right) score against sqrt(KL), one colour per run."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
   for run in result["runs"]:
     c = run["curve"]
-    for ax, raw, binned in ((axes[0], run["gold"], c["gold"]),
-                            (axes[1], run["proxy"], c["proxy"])):
-      line, = ax.plot(run["sqrt_kl"], raw, "o", ms=2.5, alpha=0.25)
-      ax.plot(c["sqrt_kl"], binned, "-", marker="s", ms=3, c=line.get_color(),
-              label=run["label"])
+    for ax, raw, binned in ((axes[0], run["gold"], c["gold"]), (axes[1], run["proxy"], c["proxy"])):
+      (line,) = ax.plot(run["sqrt_kl"], raw, "o", ms=2.5, alpha=0.25)
+      ax.plot(c["sqrt_kl"], binned, "-", marker="s", ms=3, c=line.get_color(), label=run["label"])
     if c["turned_over"]:
-      axes[0].plot([c["peak_sqrt_kl"]], [c["peak_gold"]], "*", ms=11, c=line.get_color(),
-                   markeredgecolor="k")
+      axes[0].plot(
+        [c["peak_sqrt_kl"]], [c["peak_gold"]], "*", ms=11, c=line.get_color(), markeredgecolor="k"
+      )
   axes[0].set_ylabel("gold score of rollouts (oracle)")
   axes[0].set_title("Gold score (star: where it peaks)", fontsize=10)
   axes[1].set_ylabel("reward-model score of rollouts")

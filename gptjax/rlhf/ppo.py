@@ -34,19 +34,20 @@ from gptjax.train import TrainState
 @dataclasses.dataclass
 class Rollout:
   """A batch of experience; every array is [B, ...] (host numpy)."""
-  tokens: np.ndarray       # [B, P + N] prompt (left-padded) + response
-  token_mask: np.ndarray   # [B, P + N] real tokens
-  positions: np.ndarray    # [B, P + N] position ids
-  mask: np.ndarray         # [B, N] response tokens (up to and including the stop token)
-  old_logp: np.ndarray     # [B, N] policy log-probs at rollout time
-  ref_logp: np.ndarray     # [B, N] reference (SFT) log-probs
-  values: np.ndarray       # [B, N] critic estimates
-  rewards: np.ndarray      # [B, N] per-token rewards
-  advantages: np.ndarray   # [B, N] whitened
-  returns: np.ndarray      # [B, N]
-  score: np.ndarray        # [B] reward-model score (before the truncation penalty)
-  kl: np.ndarray           # [B] sum over the response of logp - ref_logp
-  ended: np.ndarray        # [B] bool: the response emitted the stop token
+
+  tokens: np.ndarray  # [B, P + N] prompt (left-padded) + response
+  token_mask: np.ndarray  # [B, P + N] real tokens
+  positions: np.ndarray  # [B, P + N] position ids
+  mask: np.ndarray  # [B, N] response tokens (up to and including the stop token)
+  old_logp: np.ndarray  # [B, N] policy log-probs at rollout time
+  ref_logp: np.ndarray  # [B, N] reference (SFT) log-probs
+  values: np.ndarray  # [B, N] critic estimates
+  rewards: np.ndarray  # [B, N] per-token rewards
+  advantages: np.ndarray  # [B, N] whitened
+  returns: np.ndarray  # [B, N]
+  score: np.ndarray  # [B] reward-model score (before the truncation penalty)
+  kl: np.ndarray  # [B] sum over the response of logp - ref_logp
+  ended: np.ndarray  # [B] bool: the response emitted the stop token
   sampler_logp: np.ndarray  # [B, N] log-probs reported by the sampler (a consistency check)
 
 
@@ -60,24 +61,34 @@ def join(prompt_tokens, prompt_mask, response, response_mask):
 
 def response_logprobs(model, params, tokens, token_mask, positions, n_response: int):
   """Log-probs [B, N] of the response tokens and their logits [B, N, V]."""
-  logits = model.apply({"params": params}, tokens, positions, token_mask)   # [B, L, V]
+  logits = model.apply({"params": params}, tokens, positions, token_mask)  # [B, L, V]
   P = tokens.shape[1] - n_response
-  logits = logits[:, P - 1:-1]                                              # [B, N, V]
+  logits = logits[:, P - 1 : -1]  # [B, N, V]
   logp = jax.nn.log_softmax(logits, axis=-1)
   return jnp.take_along_axis(logp, tokens[:, P:, None], axis=-1)[..., 0], logits
 
 
 def response_values(value_model, params, tokens, token_mask, positions, n_response: int):
   """Critic estimates [B, N]: V(state before response token j) = output at P + j - 1."""
-  v = value_model.apply({"params": params}, tokens, positions, token_mask)   # [B, L]
+  v = value_model.apply({"params": params}, tokens, positions, token_mask)  # [B, L]
   P = tokens.shape[1] - n_response
-  return v[:, P - 1:-1]
+  return v[:, P - 1 : -1]
 
 
-@functools.partial(jax.jit, static_argnames=("policy", "value_model", "reward_model",
-                                             "n_response"))
-def score_rollout(policy, value_model, reward_model, policy_params, ref_params, value_params,
-                  rm_params, tokens, token_mask, positions, n_response: int):
+@functools.partial(jax.jit, static_argnames=("policy", "value_model", "reward_model", "n_response"))
+def score_rollout(
+  policy,
+  value_model,
+  reward_model,
+  policy_params,
+  ref_params,
+  value_params,
+  rm_params,
+  tokens,
+  token_mask,
+  positions,
+  n_response: int,
+):
   """Step 2: old/ref log-probs, values and the reward-model score, in one program."""
   logp, _ = response_logprobs(policy, policy_params, tokens, token_mask, positions, n_response)
   ref_logp, _ = response_logprobs(policy, ref_params, tokens, token_mask, positions, n_response)
@@ -86,13 +97,27 @@ def score_rollout(policy, value_model, reward_model, policy_params, ref_params, 
   return logp, ref_logp, values, score
 
 
-@functools.partial(jax.jit, static_argnames=("gamma", "lam", "truncation_penalty",
-                                             "whiten_rewards", "reward_clip"))
-def advantages(score, ended, logp, ref_logp, values, mask, beta, *, gamma, lam,
-               truncation_penalty, whiten_rewards=False, reward_clip=None):
+@functools.partial(
+  jax.jit, static_argnames=("gamma", "lam", "truncation_penalty", "whiten_rewards", "reward_clip")
+)
+def advantages(
+  score,
+  ended,
+  logp,
+  ref_logp,
+  values,
+  mask,
+  beta,
+  *,
+  gamma,
+  lam,
+  truncation_penalty,
+  whiten_rewards=False,
+  reward_clip=None,
+):
   """Steps 3-4: rewards, GAE and whitened advantages."""
   s = ppo_math.final_scores(score, ended, truncation_penalty)
-  if whiten_rewards:                      # optional reward normalisation over the batch
+  if whiten_rewards:  # optional reward normalisation over the batch
     s = (s - s.mean()) / (s.std() + 1e-8)
   if reward_clip is not None:
     s = jnp.clip(s, -reward_clip, reward_clip)
@@ -101,23 +126,32 @@ def advantages(score, ended, logp, ref_logp, values, mask, beta, *, gamma, lam,
   return rewards, ppo_math.whiten(adv, mask), returns, kl.sum(-1)
 
 
-def policy_update(state: TrainState, mb: dict, ptx_batch: dict | None, *, policy, tx,
-                  clip_eps: float, ptx_coef: float):
+def policy_update(
+  state: TrainState,
+  mb: dict,
+  ptx_batch: dict | None,
+  *,
+  policy,
+  tx,
+  clip_eps: float,
+  ptx_coef: float,
+):
   """One gradient step of the policy on a minibatch (+ PPO-ptx). Returns (state, stats)."""
   n = mb["mask"].shape[1]
 
   def loss_fn(params):
-    logp, logits = response_logprobs(policy, params, mb["tokens"], mb["token_mask"],
-                                     mb["positions"], n)
-    pg, stats = ppo_math.policy_loss(logp, mb["old_logp"], mb["advantages"], mb["mask"],
-                                     clip_eps)
+    logp, logits = response_logprobs(
+      policy, params, mb["tokens"], mb["token_mask"], mb["positions"], n
+    )
+    pg, stats = ppo_math.policy_loss(logp, mb["old_logp"], mb["advantages"], mb["mask"], clip_eps)
     stats["entropy"] = ppo_math.entropy(logits, mb["mask"])
     stats["policy_loss"] = pg
     loss = pg
     if ptx_batch is not None:
       lm = policy.apply({"params": params}, ptx_batch["tokens"])
-      total, weight, _ = losses.token_cross_entropy(lm, ptx_batch["targets"],
-                                                    ptx_batch["loss_mask"])
+      total, weight, _ = losses.token_cross_entropy(
+        lm, ptx_batch["targets"], ptx_batch["loss_mask"]
+      )
       stats["ptx_loss"] = total / weight
       loss = loss + ptx_coef * total / weight
     return loss, stats
@@ -125,8 +159,9 @@ def policy_update(state: TrainState, mb: dict, ptx_batch: dict | None, *, policy
   (_, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   stats["policy_grad_norm"] = optax.tree.norm(grads)
-  return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                       opt_state=opt_state), stats
+  return state.replace(
+    step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state
+  ), stats
 
 
 def value_update(state: TrainState, mb: dict, *, value_model, tx, clip_eps: float):
@@ -136,61 +171,133 @@ def value_update(state: TrainState, mb: dict, *, value_model, tx, clip_eps: floa
   def loss_fn(params):
     v = response_values(value_model, params, mb["tokens"], mb["token_mask"], mb["positions"], n)
     loss = ppo_math.value_loss(v, mb["values"], mb["returns"], mb["mask"], clip_eps)
-    return loss, {"value_loss": loss,
-                  "explained_variance": ppo_math.explained_variance(mb["values"], mb["returns"],
-                                                                    mb["mask"])}
+    return loss, {
+      "value_loss": loss,
+      "explained_variance": ppo_math.explained_variance(mb["values"], mb["returns"], mb["mask"]),
+    }
 
   (_, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                       opt_state=opt_state), stats
+  return state.replace(
+    step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state
+  ), stats
 
 
-def collect(policy, value_model, reward_model, policy_params, ref_params, value_params,
-            rm_params, prompts: list[list[int]], *, rng, max_new_tokens: int, stop_id: int,
-            pad_id: int, beta: float, gamma: float, lam: float,
-            truncation_penalty: float | None, whiten_rewards: bool = False,
-            reward_clip: float | None = None) -> tuple[Rollout, dict]:
+def collect(
+  policy,
+  value_model,
+  reward_model,
+  policy_params,
+  ref_params,
+  value_params,
+  rm_params,
+  prompts: list[list[int]],
+  *,
+  rng,
+  max_new_tokens: int,
+  stop_id: int,
+  pad_id: int,
+  beta: float,
+  gamma: float,
+  lam: float,
+  truncation_penalty: float | None,
+  whiten_rewards: bool = False,
+  reward_clip: float | None = None,
+) -> tuple[Rollout, dict]:
   """Steps 1-4 for a batch of token-id prompts. Returns the rollout and timing stats."""
   t0 = time.perf_counter()
-  gen = sampling.generate(policy, policy_params, prompts, max_new_tokens=max_new_tokens,
-                          rng=rng, eos_id=stop_id, pad_id=pad_id,
-                          sampling=sampling.SamplingParams(), truncate="left")
+  gen = sampling.generate(
+    policy,
+    policy_params,
+    prompts,
+    max_new_tokens=max_new_tokens,
+    rng=rng,
+    eos_id=stop_id,
+    pad_id=pad_id,
+    sampling=sampling.SamplingParams(),
+    truncate="left",
+  )
   t_gen = time.perf_counter() - t0
   tokens, token_mask, positions = join(gen.prompt_tokens, gen.prompt_mask, gen.tokens, gen.mask)
   N = gen.tokens.shape[1]
   logp, ref_logp, values, score = score_rollout(
-      policy, value_model, reward_model, policy_params, ref_params, value_params, rm_params,
-      tokens, token_mask, positions, N)
+    policy,
+    value_model,
+    reward_model,
+    policy_params,
+    ref_params,
+    value_params,
+    rm_params,
+    tokens,
+    token_mask,
+    positions,
+    N,
+  )
   ended = np.asarray((gen.tokens == stop_id) & gen.mask).any(-1)
   mask = jnp.asarray(gen.mask)
   rewards, adv, returns, kl = advantages(
-      score, jnp.asarray(ended), logp, ref_logp, values, mask, jnp.float32(beta), gamma=gamma,
-      lam=lam, truncation_penalty=truncation_penalty, whiten_rewards=whiten_rewards,
-      reward_clip=reward_clip)
+    score,
+    jnp.asarray(ended),
+    logp,
+    ref_logp,
+    values,
+    mask,
+    jnp.float32(beta),
+    gamma=gamma,
+    lam=lam,
+    truncation_penalty=truncation_penalty,
+    whiten_rewards=whiten_rewards,
+    reward_clip=reward_clip,
+  )
   host = jax.device_get
-  rollout = Rollout(tokens, token_mask, positions, gen.mask, host(logp), host(ref_logp),
-                    host(values), host(rewards), host(adv), host(returns), host(score),
-                    host(kl), ended, gen.logprobs)
+  rollout = Rollout(
+    tokens,
+    token_mask,
+    positions,
+    gen.mask,
+    host(logp),
+    host(ref_logp),
+    host(values),
+    host(rewards),
+    host(adv),
+    host(returns),
+    host(score),
+    host(kl),
+    ended,
+    gen.logprobs,
+  )
   n_tokens = int(gen.mask.sum())
-  return rollout, {"rollout_tokens_per_s": n_tokens / max(t_gen, 1e-9),
-                   "rollout_s": time.perf_counter() - t0}
+  return rollout, {
+    "rollout_tokens_per_s": n_tokens / max(t_gen, 1e-9),
+    "rollout_s": time.perf_counter() - t0,
+  }
 
 
 def minibatches(rollout: Rollout, rng: np.random.Generator, n_minibatches: int):
   """Shuffled minibatch dicts covering the rollout once."""
   B = rollout.tokens.shape[0]
   perm = rng.permutation(B)
-  fields = ("tokens", "token_mask", "positions", "mask", "old_logp", "values", "advantages",
-            "returns")
+  fields = (
+    "tokens",
+    "token_mask",
+    "positions",
+    "mask",
+    "old_logp",
+    "values",
+    "advantages",
+    "returns",
+  )
   for idx in np.array_split(perm, n_minibatches):
     yield {f: getattr(rollout, f)[idx] for f in fields}
 
 
 def rollout_stats(rollout: Rollout) -> dict[str, float]:
   m = rollout.mask
-  return {"rm_score": float(rollout.score.mean()), "kl": float(rollout.kl.mean()),
-          "response_length": float(m.sum(-1).mean()),
-          "ended_fraction": float(rollout.ended.mean()),
-          "reward_total": float((rollout.rewards * m).sum(-1).mean()),
-          "sampler_logp_gap": float(np.abs((rollout.sampler_logp - rollout.old_logp) * m).max())}
+  return {
+    "rm_score": float(rollout.score.mean()),
+    "kl": float(rollout.kl.mean()),
+    "response_length": float(m.sum(-1).mean()),
+    "ended_fraction": float(rollout.ended.mean()),
+    "reward_total": float((rollout.rewards * m).sum(-1).mean()),
+    "sampler_logp_gap": float(np.abs((rollout.sampler_logp - rollout.old_logp) * m).max()),
+  }

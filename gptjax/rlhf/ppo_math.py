@@ -67,15 +67,16 @@ def gae(rewards, values, mask, gamma: float = 1.0, lam: float = 0.95):
   values = values * mask_f
   next_values = jnp.concatenate([values[:, 1:], jnp.zeros_like(values[:, :1])], axis=1)
   next_mask = jnp.concatenate([mask_f[:, 1:], jnp.zeros_like(mask_f[:, :1])], axis=1)
-  deltas = (rewards + gamma * next_values * next_mask - values) * mask_f     # [B, N]
+  deltas = (rewards + gamma * next_values * next_mask - values) * mask_f  # [B, N]
 
   def step(carry, xs):
     delta, m_next = xs
     adv = delta + gamma * lam * carry * m_next
     return adv, adv
 
-  _, adv = jax.lax.scan(step, jnp.zeros(values.shape[0], values.dtype),
-                        (deltas.T, next_mask.T), reverse=True)
+  _, adv = jax.lax.scan(
+    step, jnp.zeros(values.shape[0], values.dtype), (deltas.T, next_mask.T), reverse=True
+  )
   advantages = adv.T * mask_f
   return advantages, (advantages + values) * mask_f
 
@@ -88,9 +89,9 @@ def policy_loss(logp, old_logp, advantages, mask, clip_eps: float = 0.2):
   clipped = -advantages * jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
   loss = masked_mean(jnp.maximum(unclipped, clipped), mask)
   stats = {
-      "clip_frac": masked_mean((jnp.abs(ratio - 1.0) > clip_eps).astype(jnp.float32), mask),
-      "approx_kl": masked_mean((ratio - 1.0) - log_ratio, mask),   # k3 estimator, >= 0
-      "ratio": masked_mean(ratio, mask),
+    "clip_frac": masked_mean((jnp.abs(ratio - 1.0) > clip_eps).astype(jnp.float32), mask),
+    "approx_kl": masked_mean((ratio - 1.0) - log_ratio, mask),  # k3 estimator, >= 0
+    "ratio": masked_mean(ratio, mask),
   }
   return loss, stats
 
@@ -116,6 +117,7 @@ def explained_variance(values, returns, mask):
 # ----------------------------------------------------------------------------
 # KL controllers (host side: beta is a plain float carried in the checkpoint)
 
+
 @dataclasses.dataclass
 class FixedKL:
   beta: float
@@ -128,6 +130,7 @@ class FixedKL:
 class AdaptiveKL:
   """Ziegler et al. 2019: e = clip(KL/target - 1, -0.2, 0.2);
   beta <- beta * (1 + e * n_samples / horizon)."""
+
   beta: float
   target: float
   horizon: int

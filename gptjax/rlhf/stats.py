@@ -16,9 +16,14 @@ def win_rate(a: list[float], b: list[float]) -> dict:
   n = len(wins)
   p = float(wins.mean())
   half = 1.96 * math.sqrt(max(wins.var(), 1e-12) / n)
-  return {"win_rate": p, "ci95": [p - half, p + half], "n": n,
-          "wins": int((a > b + 1e-9).sum()), "ties": int((np.abs(a - b) <= 1e-9).sum()),
-          "losses": int((a < b - 1e-9).sum())}
+  return {
+    "win_rate": p,
+    "ci95": [p - half, p + half],
+    "n": n,
+    "wins": int((a > b + 1e-9).sum()),
+    "ties": int((np.abs(a - b) <= 1e-9).sum()),
+    "losses": int((a < b - 1e-9).sum()),
+  }
 
 
 def overoptimization_curve(sqrt_kl, proxy, gold, n_bins: int = 8) -> dict:
@@ -38,6 +43,12 @@ def overoptimization_curve(sqrt_kl, proxy, gold, n_bins: int = 8) -> dict:
   centre = [float(x[which == b].mean()) for b in bins]
   g = mean(gold)
   peak = int(np.argmax(g))
-  return {"sqrt_kl": centre, "proxy": mean(proxy), "gold": g,
-          "peak_sqrt_kl": centre[peak], "peak_gold": g[peak], "final_gold": g[-1],
-          "turned_over": bool(peak < len(g) - 1 and g[-1] < g[peak])}
+  return {
+    "sqrt_kl": centre,
+    "proxy": mean(proxy),
+    "gold": g,
+    "peak_sqrt_kl": centre[peak],
+    "peak_gold": g[peak],
+    "final_gold": g[-1],
+    "turned_over": bool(peak < len(g) - 1 and g[-1] < g[peak]),
+  }

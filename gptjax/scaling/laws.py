@@ -43,24 +43,24 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy import optimize
 
-KAPLAN_ALPHA_N = 0.076       # L(N) = (N_c / N)^alpha_N, non-embedding N
-KAPLAN_ALPHA_D = 0.095       # L(D) = (D_c / D)^alpha_D
+KAPLAN_ALPHA_N = 0.076  # L(N) = (N_c / N)^alpha_N, non-embedding N
+KAPLAN_ALPHA_D = 0.095  # L(D) = (D_c / D)^alpha_D
 KAPLAN_N_OPT_EXPONENT = 0.73  # Kaplan's N_opt ~ C^0.73 (non-embedding N)
-HOFFMANN_A = 0.5             # N_opt ~ C^a (approach 2: 0.49)
-HOFFMANN_B = 0.5             # D_opt ~ C^b (approach 2: 0.51)
+HOFFMANN_A = 0.5  # N_opt ~ C^a (approach 2: 0.49)
+HOFFMANN_B = 0.5  # D_opt ~ C^b (approach 2: 0.51)
 HOFFMANN_TOKENS_PER_PARAM = 20.0
 
 
 # ----------------------------------------------------------------------------
 # Compute.
 
+
 def flops_per_token(n_matmul: int, n_layer: int, d_model: int, seq_len: int) -> float:
   """Training FLOPs per token: 6 N_matmul + 12 n_layer d_model T."""
   return 6.0 * n_matmul + 12.0 * n_layer * d_model * seq_len
 
 
-def training_flops(n_matmul: int, n_layer: int, d_model: int, seq_len: int,
-                   tokens: float) -> float:
+def training_flops(n_matmul: int, n_layer: int, d_model: int, seq_len: int, tokens: float) -> float:
   """C = D x (6 N_matmul + 12 n_layer d_model T)."""
   return tokens * flops_per_token(n_matmul, n_layer, d_model, seq_len)
 
@@ -68,16 +68,18 @@ def training_flops(n_matmul: int, n_layer: int, d_model: int, seq_len: int,
 # ----------------------------------------------------------------------------
 # Power laws.
 
+
 @dataclasses.dataclass(frozen=True)
 class PowerLaw:
   """L(x) = E + A x^-alpha (E = 0 for the pure power law)."""
+
   E: float
   A: float
   alpha: float
   rmse: float = float("nan")
   n_points: int = 0
-  at_bound: bool = False   # alpha at its search bound or E = 0 in the offset form:
-                           # the points do not identify all three parameters
+  at_bound: bool = False  # alpha at its search bound or E = 0 in the offset form:
+  # the points do not identify all three parameters
 
   def __call__(self, x):
     x = np.asarray(x, np.float64)
@@ -109,9 +111,9 @@ def fit_pure_power_law(x, y) -> PowerLaw:
 def _linear_part(u: np.ndarray, y: np.ndarray, alpha: float) -> tuple[float, float, float]:
   """For fixed alpha, L = E + B exp(-alpha u) is linear in (E, B): non-negative
   least squares. Returns (E, B, sum of squared residuals)."""
-  X = np.stack([np.ones_like(u), np.exp(-alpha * u)], axis=1)      # [n, 2]
+  X = np.stack([np.ones_like(u), np.exp(-alpha * u)], axis=1)  # [n, 2]
   (E, B), rnorm = optimize.nnls(X, y)
-  return float(E), float(B), float(rnorm ** 2)
+  return float(E), float(B), float(rnorm**2)
 
 
 def fit_power_law(x, y, max_alpha: float = 3.0) -> PowerLaw:
@@ -138,20 +140,19 @@ def fit_power_law(x, y, max_alpha: float = 3.0) -> PowerLaw:
   values = np.array([sse(a) for a in grid])
   k = int(np.argmin(values))
   lo, hi = grid[max(k - 1, 0)], grid[min(k + 1, len(grid) - 1)]
-  r = optimize.minimize_scalar(sse, bounds=(lo, hi), method="bounded",
-                               options={"xatol": 1e-7})
+  r = optimize.minimize_scalar(sse, bounds=(lo, hi), method="bounded", options={"xatol": 1e-7})
   alpha = float(r.x) if r.fun <= values[k] else float(grid[k])
   E, B, rss = _linear_part(u, y, alpha)
   if B <= 0:
     raise RuntimeError("power-law fit degenerate: no decreasing component (A = 0)")
   at_bound = bool(alpha >= 0.999 * max_alpha or alpha <= 1.01e-3 or E == 0.0)
-  law = PowerLaw(E, float(B * math.exp(alpha * log_x0)), alpha, n_points=len(x),
-                 at_bound=at_bound)
+  law = PowerLaw(E, float(B * math.exp(alpha * log_x0)), alpha, n_points=len(x), at_bound=at_bound)
   return dataclasses.replace(law, rmse=float(math.sqrt(rss / len(x))))
 
 
-def bootstrap(fit: Callable[[np.ndarray], dict], n_items: int, n_boot: int,
-              seed: int = 0) -> dict[str, np.ndarray]:
+def bootstrap(
+  fit: Callable[[np.ndarray], dict], n_items: int, n_boot: int, seed: int = 0
+) -> dict[str, np.ndarray]:
   """Case bootstrap: `fit(indices)` on `n_boot` resamples of range(n_items).
 
   `fit` returns a dict of floats (or raises, e.g. for a degenerate resample,
@@ -180,8 +181,9 @@ def interval(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
   return (float(lo), float(hi))
 
 
-def fit_with_ci(x, y, n_boot: int = 1000, seed: int = 0, pure: bool = False,
-                level: float = 0.95) -> dict:
+def fit_with_ci(
+  x, y, n_boot: int = 1000, seed: int = 0, pure: bool = False, level: float = 0.95
+) -> dict:
   """A power-law fit and bootstrap intervals of its parameters.
 
   Returns {'fit': PowerLaw dict, 'ci': {param: [lo, hi]}, 'n_boot_ok': int}.
@@ -199,21 +201,26 @@ def fit_with_ci(x, y, n_boot: int = 1000, seed: int = 0, pure: bool = False,
     return {"alpha": f.alpha, "A": f.A, "E": f.E}
 
   samples = bootstrap(one, len(x), n_boot, seed)
-  return {"fit": law.as_dict(),
-          "ci": {k: list(interval(v, level)) for k, v in samples.items()},
-          "level": level, "n_boot_ok": int(len(samples.get("alpha", [])))}
+  return {
+    "fit": law.as_dict(),
+    "ci": {k: list(interval(v, level)) for k, v in samples.items()},
+    "level": level,
+    "n_boot_ok": int(len(samples.get("alpha", []))),
+  }
 
 
 # ----------------------------------------------------------------------------
 # IsoFLOP profiles (Chinchilla approach 2).
 
+
 @dataclasses.dataclass(frozen=True)
 class Parabola:
   """loss = c0 + c1 z + c2 z^2 with z = log x; vertex at z* = -c1 / (2 c2)."""
+
   c0: float
   c1: float
   c2: float
-  z_min: float   # the range of log x the fit saw
+  z_min: float  # the range of log x the fit saw
   z_max: float
 
   @property
@@ -272,21 +279,33 @@ def isoflop_optima(budgets: Sequence[dict]) -> list[dict]:
   """
   out = []
   for b in budgets:
-    row = {"C": float(b["C"]), "n_runs": int(len(b["N"])), "N_opt": float("nan"),
-           "D_opt": float("nan"), "loss_opt": float("nan"), "interior": False}
+    row = {
+      "C": float(b["C"]),
+      "n_runs": int(len(b["N"])),
+      "N_opt": float("nan"),
+      "D_opt": float("nan"),
+      "loss_opt": float("nan"),
+      "interior": False,
+    }
     try:
       pn, pd = fit_parabola(b["N"], b["loss"]), fit_parabola(b["D"], b["loss"])
-      row.update(N_opt=pn.x_opt, D_opt=pd.x_opt, loss_opt=pn.loss_opt,
-                 interior=bool(pn.interior and pd.interior),
-                 parabola_N=dataclasses.asdict(pn), parabola_D=dataclasses.asdict(pd))
+      row.update(
+        N_opt=pn.x_opt,
+        D_opt=pd.x_opt,
+        loss_opt=pn.loss_opt,
+        interior=bool(pn.interior and pd.interior),
+        parabola_N=dataclasses.asdict(pn),
+        parabola_D=dataclasses.asdict(pd),
+      )
     except ValueError:
       pass
     out.append(row)
   return out
 
 
-def isoflop_analysis(budgets: Sequence[dict], n_boot: int = 1000, seed: int = 0,
-                     level: float = 0.95) -> dict:
+def isoflop_analysis(
+  budgets: Sequence[dict], n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> dict:
   """Chinchilla approach 2: N_opt ~ C^a, D_opt ~ C^b with bootstrap intervals.
 
   Only budgets whose vertex lies inside the sampled range of N and of D
@@ -297,23 +316,30 @@ def isoflop_analysis(budgets: Sequence[dict], n_boot: int = 1000, seed: int = 0,
   Returns {'optima': [...], 'a', 'b', 'log_k_N', 'log_k_D', 'ci': {'a', 'b'},
   'tokens_per_param': [per budget D_opt / N_opt], 'n_budgets_used'}.
   """
-  budgets = [{k: (np.asarray(v, np.float64) if k != "C" else float(v)) for k, v in b.items()}
-             for b in budgets]
+  budgets = [
+    {k: (np.asarray(v, np.float64) if k != "C" else float(v)) for k, v in b.items()}
+    for b in budgets
+  ]
   optima = isoflop_optima(budgets)
 
   def exponents(opt):
     ok = [o for o in opt if o["interior"]]
     if len(ok) < 2:
-      raise ValueError("fewer than 2 budgets whose IsoFLOP profile has its minimum inside "
-                       "the sampled range")
+      raise ValueError(
+        "fewer than 2 budgets whose IsoFLOP profile has its minimum inside the sampled range"
+      )
     C = [o["C"] for o in ok]
     a, log_k_n = fit_exponent(C, [o["N_opt"] for o in ok])
     b, log_k_d = fit_exponent(C, [o["D_opt"] for o in ok])
     return {"a": a, "b": b, "log_k_N": log_k_n, "log_k_D": log_k_d, "n_used": len(ok)}
 
-  result = {"optima": optima, "level": level,
-            "tokens_per_param": [o["D_opt"] / o["N_opt"] if o["interior"] else float("nan")
-                                 for o in optima]}
+  result = {
+    "optima": optima,
+    "level": level,
+    "tokens_per_param": [
+      o["D_opt"] / o["N_opt"] if o["interior"] else float("nan") for o in optima
+    ],
+  }
   try:
     result.update(exponents(optima))
   except ValueError as e:
@@ -326,8 +352,7 @@ def isoflop_analysis(budgets: Sequence[dict], n_boot: int = 1000, seed: int = 0,
     resampled = []
     for b in budgets:
       idx = rng.integers(0, len(b["N"]), len(b["N"]))
-      resampled.append({"C": b["C"], "N": b["N"][idx], "D": b["D"][idx],
-                        "loss": b["loss"][idx]})
+      resampled.append({"C": b["C"], "N": b["N"][idx], "D": b["D"][idx], "loss": b["loss"][idx]})
     try:
       e = exponents(isoflop_optima(resampled))
     except ValueError:

@@ -30,6 +30,7 @@ class ProbeItem:
   kind: 'qa' (few-shot 'Q: ..\\nA: ..', the answer is the demonstration
     response) or 'fact' (a fact sentence's continuation, `probes.recalled`).
   """
+
   prompt: str
   context: str
   target: str
@@ -38,18 +39,18 @@ class ProbeItem:
 
 
 PROBES = {
-    "add2": "2-digit + 2-digit addition, few-shot",
-    "add3": "3-digit + 3-digit addition, few-shot",
-    "reverse": "reverse a word's letters or a list's words, few-shot",
-    "sort": "sort a word's letters or a list of words, few-shot",
-    "count": "count a letter or word, few-shot",
-    "brackets": "close open brackets, few-shot",
-    "facts": "world-fact recall (completion of a fact sentence)",
+  "add2": "2-digit + 2-digit addition, few-shot",
+  "add3": "3-digit + 3-digit addition, few-shot",
+  "reverse": "reverse a word's letters or a list's words, few-shot",
+  "sort": "sort a word's letters or a list of words, few-shot",
+  "count": "count a letter or word, few-shot",
+  "brackets": "close open brackets, few-shot",
+  "facts": "world-fact recall (completion of a fact sentence)",
 }
 
 
 def _arith_filter(digits: int) -> Callable:
-  lo, hi = 10 ** (digits - 1), 10 ** digits - 1
+  lo, hi = 10 ** (digits - 1), 10**digits - 1
   return lambda e: e.meta["op"] == "+" and lo <= e.meta["a"] <= hi and lo <= e.meta["b"] <= hi
 
 
@@ -70,12 +71,15 @@ def _qa_item(prompt: str, query) -> ProbeItem:
 def probe_items(world, name: str, n: int, k: int, seed: int = 0) -> list[ProbeItem]:
   """`n` items of probe `name` (one of PROBES) for `world`."""
   if name == "facts":
-    return [ProbeItem(prompt=prefix, context=prefix, target=gold, gold=gold, kind="fact")
-            for prefix, gold in task_probes.fact_queries(world, n, seed)]
+    return [
+      ProbeItem(prompt=prefix, context=prefix, target=gold, gold=gold, kind="fact")
+      for prefix, gold in task_probes.fact_queries(world, n, seed)
+    ]
   if name in ("add2", "add3"):
     keep = _arith_filter(int(name[-1]))
-    draw = lambda split, m: [e for e in instructions.make_examples(
-        world, "arithmetic", m, seed, split) if keep(e)]
+    draw = lambda split, m: [
+      e for e in instructions.make_examples(world, "arithmetic", m, seed, split) if keep(e)
+    ]
     queries, pool = draw("heldout", 30 * n)[:n], draw("train", max(60 * k, 200))
     if len(queries) < n or len(pool) < k + 1:
       raise RuntimeError(f"could not draw {n} {name} probes")
@@ -85,7 +89,9 @@ def probe_items(world, name: str, n: int, k: int, seed: int = 0) -> list[ProbeIt
       items.append(_qa_item(task_probes.few_shot_prompt(rng.sample(pool, k + 1), q, k), q))
     return items
   if name in PROBES:
-    return [_qa_item(prompt, q) for prompt, q in task_probes.few_shot_probes(world, name, n, k, seed)]
+    return [
+      _qa_item(prompt, q) for prompt, q in task_probes.few_shot_probes(world, name, n, k, seed)
+    ]
   raise ValueError(f"probe {name!r}; allowed: {sorted(PROBES)}")
 
 
@@ -97,8 +103,12 @@ def exact_match(item: ProbeItem, continuation: str) -> bool:
   return task_probes.extract_answer(continuation) == item.gold.strip()
 
 
-def logprob_batch(context_ids: Sequence[Sequence[int]], target_ids: Sequence[Sequence[int]],
-                  max_len: int, pad_id: int) -> dict[str, np.ndarray]:
+def logprob_batch(
+  context_ids: Sequence[Sequence[int]],
+  target_ids: Sequence[Sequence[int]],
+  max_len: int,
+  pad_id: int,
+) -> dict[str, np.ndarray]:
   """Right-padded [B, max_len] rows of context + target for teacher forcing.
 
   Contexts are cut from the left so that each row fits. Returns tokens, the
@@ -109,27 +119,34 @@ def logprob_batch(context_ids: Sequence[Sequence[int]], target_ids: Sequence[Seq
   tokens = np.full([B, max_len], pad_id, np.int32)
   predict = np.zeros([B, max_len], bool)
   for i, (ctx, tgt) in enumerate(zip(context_ids, target_ids)):
-    tgt = list(tgt)[:max_len - 1]
-    ctx = list(ctx)[-(max_len - len(tgt)):] if ctx else []
+    tgt = list(tgt)[: max_len - 1]
+    ctx = list(ctx)[-(max_len - len(tgt)) :] if ctx else []
     if not ctx:
       raise ValueError("every target needs at least one context token (e.g. bos)")
     row = ctx + tgt
-    tokens[i, :len(row)] = row
-    predict[i, len(ctx) - 1:len(row) - 1] = True
+    tokens[i, : len(row)] = row
+    predict[i, len(ctx) - 1 : len(row) - 1] = True
   return {"tokens": tokens, "predict": predict, "n_target": predict.sum(1)}
 
 
 def target_logprobs(logits: np.ndarray, tokens: np.ndarray, predict: np.ndarray) -> np.ndarray:
   """Mean per-token log-prob of the target tokens per row, from logits [B, T, V]."""
   logits = np.asarray(logits, np.float64)
-  logp = logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)     # [B, T, V]
-  nxt = np.concatenate([tokens[:, 1:], tokens[:, -1:]], axis=1)           # [B, T]
-  tok_lp = np.take_along_axis(logp, nxt[..., None], axis=-1)[..., 0]      # [B, T]
+  logp = logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)  # [B, T, V]
+  nxt = np.concatenate([tokens[:, 1:], tokens[:, -1:]], axis=1)  # [B, T]
+  tok_lp = np.take_along_axis(logp, nxt[..., None], axis=-1)[..., 0]  # [B, T]
   return (tok_lp * predict).sum(1) / np.maximum(predict.sum(1), 1)
 
 
-def score_probes(model, params, tokenizer, items: Sequence[ProbeItem], *,
-                 max_new_tokens: int = 12, batch_size: int = 32) -> dict:
+def score_probes(
+  model,
+  params,
+  tokenizer,
+  items: Sequence[ProbeItem],
+  *,
+  max_new_tokens: int = 12,
+  batch_size: int = 32,
+) -> dict:
   """Exact match (greedy) and mean per-token gold log-prob (teacher-forced) of each item.
 
   Batches are padded to `batch_size` rows so that one compilation serves
@@ -140,20 +157,31 @@ def score_probes(model, params, tokenizer, items: Sequence[ProbeItem], *,
   forward = jax.jit(lambda p, t: model.apply({"params": p}, t))
   exact, logprob, answers = [], [], []
   for start in range(0, len(items), batch_size):
-    chunk = list(items[start:start + batch_size])
+    chunk = list(items[start : start + batch_size])
     padded = chunk + [chunk[-1]] * (batch_size - len(chunk))
     prompts = [[tokenizer.bos_id] + tokenizer.encode(it.prompt) for it in padded]
-    gen = sampling.generate(model, params, prompts, max_new_tokens=max_new_tokens,
-                            rng=jax.random.PRNGKey(0), eos_id=tokenizer.newline_id,
-                            pad_id=tokenizer.pad_id, sampling=sampling.GREEDY,
-                            truncate="left")
-    for it, row, m in list(zip(padded, gen.tokens, gen.mask))[:len(chunk)]:
+    gen = sampling.generate(
+      model,
+      params,
+      prompts,
+      max_new_tokens=max_new_tokens,
+      rng=jax.random.PRNGKey(0),
+      eos_id=tokenizer.newline_id,
+      pad_id=tokenizer.pad_id,
+      sampling=sampling.GREEDY,
+      truncate="left",
+    )
+    for it, row, m in list(zip(padded, gen.tokens, gen.mask))[: len(chunk)]:
       ids = [int(t) for t in row[m] if t not in (tokenizer.eos_id, tokenizer.newline_id)]
       text = tokenizer.decode(ids)
       answers.append(text)
       exact.append(bool(exact_match(it, text)))
-    batch = logprob_batch([[tokenizer.bos_id] + tokenizer.encode(it.context) for it in padded],
-                          [tokenizer.encode(it.target) for it in padded], T, tokenizer.pad_id)
+    batch = logprob_batch(
+      [[tokenizer.bos_id] + tokenizer.encode(it.context) for it in padded],
+      [tokenizer.encode(it.target) for it in padded],
+      T,
+      tokenizer.pad_id,
+    )
     logits = jax.device_get(forward(params, batch["tokens"]))
-    logprob += target_logprobs(logits, batch["tokens"], batch["predict"])[:len(chunk)].tolist()
+    logprob += target_logprobs(logits, batch["tokens"], batch["predict"])[: len(chunk)].tolist()
   return {"exact": exact, "logprob": logprob, "answers": answers}

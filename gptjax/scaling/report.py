@@ -17,15 +17,18 @@ from gptjax.scaling import laws, probes as scaling_probes
 
 def _plt():
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   return plt
 
 
 def _size_colors(rows):
   plt = _plt()
-  sizes = sorted({r["size"] for r in rows}, key=lambda s: next(r["N"] for r in rows
-                                                              if r["size"] == s))
+  sizes = sorted(
+    {r["size"] for r in rows}, key=lambda s: next(r["N"] for r in rows if r["size"] == s)
+  )
   cmap = plt.get_cmap("viridis")
   return {s: cmap(i / max(len(sizes) - 1, 1)) for i, s in enumerate(sizes)}, sizes
 
@@ -68,17 +71,26 @@ def plots(rows, fits, curves, workdir) -> list[str]:
   for b in budgets:
     ax.scatter([], [], color=bcolors[b], s=18, label=f"run at C={b:.0e}")
   ln = [next(r for r in rows if r["name"] == n) for n in fits["L_N"]["runs"]]
-  ax.scatter([r["N"] for r in ln], [_loss(r) for r in ln], facecolor="none", edgecolor="k",
-             s=70, label=f">= {fits['L_N'].get('min_tokens_per_param', 0):g} tokens/param "
-                         "at the largest D (fitted)")
+  ax.scatter(
+    [r["N"] for r in ln],
+    [_loss(r) for r in ln],
+    facecolor="none",
+    edgecolor="k",
+    s=70,
+    label=f">= {fits['L_N'].get('min_tokens_per_param', 0):g} tokens/param "
+    "at the largest D (fitted)",
+  )
   xs = np.geomspace(min(r["N"] for r in rows) / 1.5, max(r["N"] for r in rows) * 1.5, 100)
   for key, style in (("offset", "-"), ("pure", "--")):
     f = fits["L_N"].get(key, {})
     if "fit" in f:
-      ax.plot(xs, laws.PowerLaw(**f["fit"])(xs), "k" + style, lw=1,
-              label=_fit_label(f, "N"))
-  ax.set(xscale="log", xlabel="non-embedding parameters N", ylabel="validation loss (nats/token)",
-         title="L(N): loss vs model size (fit: sizes not data-limited)")
+      ax.plot(xs, laws.PowerLaw(**f["fit"])(xs), "k" + style, lw=1, label=_fit_label(f, "N"))
+  ax.set(
+    xscale="log",
+    xlabel="non-embedding parameters N",
+    ylabel="validation loss (nats/token)",
+    title="L(N): loss vs model size (fit: sizes not data-limited)",
+  )
   ax.legend(fontsize=7, loc="best")
   save(fig, "loss_vs_params.png")
 
@@ -86,8 +98,14 @@ def plots(rows, fits, curves, workdir) -> list[str]:
   fig, ax = plt.subplots(figsize=(7, 5))
   for s in sizes:
     rs = sorted((r for r in rows if r["size"] == s), key=lambda r: r["tokens"])
-    ax.plot([r["tokens"] for r in rs], [_loss(r) for r in rs], "o-", color=colors[s], ms=4,
-            label=f"{s} (N={rs[0]['N']:,})")
+    ax.plot(
+      [r["tokens"] for r in rs],
+      [_loss(r) for r in rs],
+      "o-",
+      color=colors[s],
+      ms=4,
+      label=f"{s} (N={rs[0]['N']:,})",
+    )
   f_d = fits.get("L_D", {})
   if "runs" in f_d:
     ds = [next(r for r in rows if r["name"] == n)["tokens"] for n in f_d["runs"]]
@@ -95,10 +113,19 @@ def plots(rows, fits, curves, workdir) -> list[str]:
     for key, style in (("offset", "-"), ("pure", "--")):
       f = f_d.get(key, {})
       if "fit" in f:
-        ax.plot(xs, laws.PowerLaw(**f["fit"])(xs), "k" + style, lw=1,
-                label=f"{f_d['size']}: " + _fit_label(f, "D"))
-  ax.set(xscale="log", xlabel="training tokens D", ylabel="validation loss (nats/token)",
-         title="L(D): loss vs training tokens, per model size")
+        ax.plot(
+          xs,
+          laws.PowerLaw(**f["fit"])(xs),
+          "k" + style,
+          lw=1,
+          label=f"{f_d['size']}: " + _fit_label(f, "D"),
+        )
+  ax.set(
+    xscale="log",
+    xlabel="training tokens D",
+    ylabel="validation loss (nats/token)",
+    title="L(D): loss vs training tokens, per model size",
+  )
   ax.legend(fontsize=7)
   save(fig, "loss_vs_tokens.png")
 
@@ -107,16 +134,19 @@ def plots(rows, fits, curves, workdir) -> list[str]:
   fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 5))
   for b, opt in zip(budgets, iso["optima"]):
     rs = sorted((r for r in rows if r["budget"] == b), key=lambda r: r["N"])
-    ax.plot([r["N"] for r in rs], [_loss(r) for r in rs], "o", color=bcolors[b],
-            label=f"C={b:.0e}")
+    ax.plot([r["N"] for r in rs], [_loss(r) for r in rs], "o", color=bcolors[b], label=f"C={b:.0e}")
     if "parabola_N" in opt:
       p = laws.Parabola(**opt["parabola_N"])
       xs = np.geomspace(math.exp(p.z_min) / 1.3, math.exp(p.z_max) * 1.3, 80)
       ax.plot(xs, p(xs), "-", color=bcolors[b], lw=1)
       if p.interior:
         ax.plot(p.x_opt, p.loss_opt, "*", color=bcolors[b], ms=14, mec="k")
-  ax.set(xscale="log", xlabel="non-embedding parameters N", ylabel="validation loss",
-         title="IsoFLOP profiles (parabola in log N; * = N_opt inside the range)")
+  ax.set(
+    xscale="log",
+    xlabel="non-embedding parameters N",
+    ylabel="validation loss",
+    title="IsoFLOP profiles (parabola in log N; * = N_opt inside the range)",
+  )
   ax.legend(fontsize=7)
   ok = [o for o in iso["optima"] if o["interior"]]
   if ok:
@@ -126,12 +156,26 @@ def plots(rows, fits, curves, workdir) -> list[str]:
     if np.isfinite(iso.get("a", float("nan"))):
       cs = np.geomspace(C.min() / 2, C.max() * 2, 50)
       ci = iso.get("ci", {})
-      ax2.plot(cs, np.exp(iso["log_k_N"]) * cs ** iso["a"], "-", color="C0",
-               label=f"N_opt ~ C^{iso['a']:.2f} (CI {_ci(ci.get('a'))})")
-      ax2.plot(cs, np.exp(iso["log_k_D"]) * cs ** iso["b"], "-", color="C1",
-               label=f"D_opt ~ C^{iso['b']:.2f} (CI {_ci(ci.get('b'))})")
-    ax2.set(xscale="log", yscale="log", xlabel="compute C (FLOPs)",
-            title="compute-optimal N and D (Chinchilla approach 2)")
+      ax2.plot(
+        cs,
+        np.exp(iso["log_k_N"]) * cs ** iso["a"],
+        "-",
+        color="C0",
+        label=f"N_opt ~ C^{iso['a']:.2f} (CI {_ci(ci.get('a'))})",
+      )
+      ax2.plot(
+        cs,
+        np.exp(iso["log_k_D"]) * cs ** iso["b"],
+        "-",
+        color="C1",
+        label=f"D_opt ~ C^{iso['b']:.2f} (CI {_ci(ci.get('b'))})",
+      )
+    ax2.set(
+      xscale="log",
+      yscale="log",
+      xlabel="compute C (FLOPs)",
+      title="compute-optimal N and D (Chinchilla approach 2)",
+    )
     ax2.legend(fontsize=7)
   save(fig, "isoflop.png")
 
@@ -148,8 +192,12 @@ def plots(rows, fits, curves, workdir) -> list[str]:
     ax.plot([], [], "-", color=colors[s], label=s)
   fc, fl = laws.frontier(all_c, all_l)
   ax.plot(fc, fl, "k--", lw=1.5, label="frontier (best loss at <= C)")
-  ax.set(xscale="log", xlabel="compute C (FLOPs)", ylabel="validation loss",
-         title="loss vs compute of every run (evaluations along training)")
+  ax.set(
+    xscale="log",
+    xlabel="compute C (FLOPs)",
+    ylabel="validation loss",
+    title="loss vs compute of every run (evaluations along training)",
+  )
   ax.legend(fontsize=7)
   save(fig, "loss_vs_compute.png")
 
@@ -157,14 +205,23 @@ def plots(rows, fits, curves, workdir) -> list[str]:
   probes = sorted({k for r in rows for k in r["probes"]})
   fig, axes = plt.subplots(2, len(probes), figsize=(3.4 * len(probes), 6.4), squeeze=False)
   for j, name in enumerate(probes):
-    for i, (metric, label) in enumerate((("exact", "exact-match accuracy"),
-                                         ("logprob", "gold log-prob / token"))):
+    for i, (metric, label) in enumerate(
+      (("exact", "exact-match accuracy"), ("logprob", "gold log-prob / token"))
+    ):
       a = axes[i, j]
       for s in sizes:
-        rs = sorted((r for r in rows if r["size"] == s and name in r["probes"]),
-                    key=lambda r: r["flops"])
-        a.plot([r["flops"] for r in rs], [r["probes"][name][metric] for r in rs], "o-",
-               color=colors[s], ms=4, lw=0.8, label=s if (i, j) == (0, 0) else None)
+        rs = sorted(
+          (r for r in rows if r["size"] == s and name in r["probes"]), key=lambda r: r["flops"]
+        )
+        a.plot(
+          [r["flops"] for r in rs],
+          [r["probes"][name][metric] for r in rs],
+          "o-",
+          color=colors[s],
+          ms=4,
+          lw=0.8,
+          label=s if (i, j) == (0, 0) else None,
+        )
       a.set_xscale("log")
       if metric == "exact":
         a.set_ylim(-0.05, 1.05)
@@ -177,16 +234,32 @@ def plots(rows, fits, curves, workdir) -> list[str]:
   if "facts" in probes:
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.5))
     for b in budgets:
-      rs = sorted((r for r in rows if r["budget"] == b and "facts" in r["probes"]),
-                  key=lambda r: r["N"])
-      a1.plot([r["N"] for r in rs], [r["probes"]["facts"]["exact"] for r in rs], "o-",
-              color=bcolors[b], label=f"C={b:.0e}")
-      a2.plot([r["N"] for r in rs], [r["probes"]["facts"]["logprob"] for r in rs], "o-",
-              color=bcolors[b])
-    a1.set(xscale="log", ylim=(-0.05, 1.05), xlabel="non-embedding parameters N",
-           ylabel="fraction of world facts recalled (exact)", title="knowledge vs parameters")
-    a2.set(xscale="log", xlabel="non-embedding parameters N",
-           ylabel="gold value log-prob / token", title="knowledge: continuous metric")
+      rs = sorted(
+        (r for r in rows if r["budget"] == b and "facts" in r["probes"]), key=lambda r: r["N"]
+      )
+      a1.plot(
+        [r["N"] for r in rs],
+        [r["probes"]["facts"]["exact"] for r in rs],
+        "o-",
+        color=bcolors[b],
+        label=f"C={b:.0e}",
+      )
+      a2.plot(
+        [r["N"] for r in rs], [r["probes"]["facts"]["logprob"] for r in rs], "o-", color=bcolors[b]
+      )
+    a1.set(
+      xscale="log",
+      ylim=(-0.05, 1.05),
+      xlabel="non-embedding parameters N",
+      ylabel="fraction of world facts recalled (exact)",
+      title="knowledge vs parameters",
+    )
+    a2.set(
+      xscale="log",
+      xlabel="non-embedding parameters N",
+      ylabel="gold value log-prob / token",
+      title="knowledge: continuous metric",
+    )
     a1.legend(fontsize=7)
     save(fig, "knowledge_vs_params.png")
   return out
@@ -205,8 +278,10 @@ def _fmt_fit(f, name) -> str:
   a_ci = ci.get("alpha", [float("nan")] * 2)
   s = f"{name} = {law['alpha']:.3f}, 95% CI [{a_ci[0]:.3f}, {a_ci[1]:.3f}]"
   if law.get("at_bound"):
-    s += (" **(at a bound of the search: alpha at its limit or E = 0, so these points do "
-          "not identify E, A and alpha separately)**")
+    s += (
+      " **(at a bound of the search: alpha at its limit or E = 0, so these points do "
+      "not identify E, A and alpha separately)**"
+    )
   if law["n_points"] <= (3 if "E +" in name else 2):
     s += " (as many points as parameters: an interpolation, its interval is not informative)"
   if law["E"]:
@@ -237,30 +312,40 @@ def report(rows, fits, missing, plot_names, sweep) -> str:
   Ns = [r["N"] for r in rows]
   Cs = [r["flops"] for r in rows]
   add("# Scaling sweep report\n")
-  add(f"Preset `{sweep.preset}` (points derived from `configs/pretrain.py:{sweep.base_preset}`): "
-      f"{len(rows)} finished runs, {len(missing)} missing or failed; "
-      f"{len({r['size'] for r in rows})} model sizes with non-embedding N from {min(Ns):,} to "
-      f"{max(Ns):,} ({math.log10(max(Ns) / min(Ns)):.1f} orders of magnitude), compute from "
-      f"{min(Cs):.2e} to {max(Cs):.2e} FLOPs. Total wall time of the runs: "
-      f"{sum(r['wall_s'] for r in rows) / 60:.1f} min.\n")
-  add("**Accounting.** N = non-embedding parameters (Kaplan); n_params = all parameters; "
-      "D = steps x batch x context tokens; C = D x (6 N_matmul + 12 n_layer d_model T) FLOPs, "
-      "N_matmul = N + token embedding (the tied LM head is a matmul), attention term "
-      "12 n_layer d_model T per token. Loss = validation loss per token, per source weighted "
-      "by the mixture (`mixed`).\n")
+  add(
+    f"Preset `{sweep.preset}` (points derived from `configs/pretrain.py:{sweep.base_preset}`): "
+    f"{len(rows)} finished runs, {len(missing)} missing or failed; "
+    f"{len({r['size'] for r in rows})} model sizes with non-embedding N from {min(Ns):,} to "
+    f"{max(Ns):,} ({math.log10(max(Ns) / min(Ns)):.1f} orders of magnitude), compute from "
+    f"{min(Cs):.2e} to {max(Cs):.2e} FLOPs. Total wall time of the runs: "
+    f"{sum(r['wall_s'] for r in rows) / 60:.1f} min.\n"
+  )
+  add(
+    "**Accounting.** N = non-embedding parameters (Kaplan); n_params = all parameters; "
+    "D = steps x batch x context tokens; C = D x (6 N_matmul + 12 n_layer d_model T) FLOPs, "
+    "N_matmul = N + token embedding (the tied LM head is a matmul), attention term "
+    "12 n_layer d_model T per token. Loss = validation loss per token, per source weighted "
+    "by the mixture (`mixed`).\n"
+  )
   if missing:
-    add("**Missing / failed points:** " + "; ".join(
-        f"{m['name']} ({m['state']}{': ' + m['error'] if m['error'] else ''})" for m in missing)
-        + "\n")
+    add(
+      "**Missing / failed points:** "
+      + "; ".join(
+        f"{m['name']} ({m['state']}{': ' + m['error'] if m['error'] else ''})" for m in missing
+      )
+      + "\n"
+    )
 
   add("## Fitted laws\n")
   ln, ld, iso = fits["L_N"], fits.get("L_D", {}), fits["isoflop"]
   limited = ", ".join(f"{k} ({v:.1f})" for k, v in ln.get("data_limited", {}).items())
-  add(f"- L(N), each size at its largest token budget, sizes whose run there saw at least "
-      f"{ln.get('min_tokens_per_param', 0):g} tokens per non-embedding parameter "
-      f"({len(ln['runs'])} sizes, {_range(ln['tokens_per_param'])} tokens per parameter)"
-      + (f"; left out as data-limited (tokens per parameter): {limited}" if limited else "")
-      + ":")
+  add(
+    f"- L(N), each size at its largest token budget, sizes whose run there saw at least "
+    f"{ln.get('min_tokens_per_param', 0):g} tokens per non-embedding parameter "
+    f"({len(ln['runs'])} sizes, {_range(ln['tokens_per_param'])} tokens per parameter)"
+    + (f"; left out as data-limited (tokens per parameter): {limited}" if limited else "")
+    + ":"
+  )
   add(f"  - {_fmt_fit(ln.get('offset'), 'E + A/N^alpha: alpha_N')}")
   add(f"  - {_fmt_fit(ln.get('pure'), 'Kaplan form A/N^alpha (E = 0): alpha_N')}")
   if "size" in ld:
@@ -272,41 +357,65 @@ def report(rows, fits, missing, plot_names, sweep) -> str:
   for key, label in (("isoflop", "non-embedding N"), ("isoflop_all_params", "all parameters")):
     r = fits[key]
     ci = r.get("ci", {})
-    add(f"- IsoFLOP (approach 2, N counted as {label}): N_opt ~ C^a with a = "
-        f"{_num(r.get('a'))} (95% CI {_ci(ci.get('a'))}), D_opt ~ C^b with b = "
-        f"{_num(r.get('b'))} (95% CI {_ci(ci.get('b'))}); {r.get('n_used', 0)} budgets with the "
-        f"profile's minimum inside its sampled range, {r.get('n_boot_ok', 0)} bootstrap resamples.")
+    add(
+      f"- IsoFLOP (approach 2, N counted as {label}): N_opt ~ C^a with a = "
+      f"{_num(r.get('a'))} (95% CI {_ci(ci.get('a'))}), D_opt ~ C^b with b = "
+      f"{_num(r.get('b'))} (95% CI {_ci(ci.get('b'))}); {r.get('n_used', 0)} budgets with the "
+      f"profile's minimum inside its sampled range, {r.get('n_boot_ok', 0)} bootstrap resamples."
+    )
   add("")
-  add("| budget C | runs | N_opt (non-emb.) | D_opt | D_opt / N_opt | loss at optimum | "
-      "optimum inside the sampled range |")
+  add(
+    "| budget C | runs | N_opt (non-emb.) | D_opt | D_opt / N_opt | loss at optimum | "
+    "optimum inside the sampled range |"
+  )
   add("|---|---|---|---|---|---|---|")
   for o in iso["optima"]:
     if o["interior"]:
-      add(f"| {o['C']:.2e} | {o['n_runs']} | {_num(o['N_opt'], ',.0f')} | "
-          f"{_num(o['D_opt'], ',.0f')} | {_num(o['D_opt'] / o['N_opt'], '.1f')} | "
-          f"{_num(o['loss_opt'], '.3f')} | yes |")
+      add(
+        f"| {o['C']:.2e} | {o['n_runs']} | {_num(o['N_opt'], ',.0f')} | "
+        f"{_num(o['D_opt'], ',.0f')} | {_num(o['D_opt'] / o['N_opt'], '.1f')} | "
+        f"{_num(o['loss_opt'], '.3f')} | yes |"
+      )
     else:
-      why = ("no: the parabola is not convex" if not np.isfinite(o["N_opt"]) and
-             "parabola_N" in o else "no: fewer than 3 runs" if "parabola_N" not in o else
-             "no: the minimum lies outside the sampled sizes (not used)")
+      why = (
+        "no: the parabola is not convex"
+        if not np.isfinite(o["N_opt"]) and "parabola_N" in o
+        else "no: fewer than 3 runs"
+        if "parabola_N" not in o
+        else "no: the minimum lies outside the sampled sizes (not used)"
+      )
       add(f"| {o['C']:.2e} | {o['n_runs']} | - | - | - | - | {why} |")
   tp = fits["compute_optimal_tokens_per_param"]
-  add(f"\nCompute-optimal tokens per parameter (median over budgets): "
-      f"{_num(tp['median_non_embedding'], '.1f')} per non-embedding parameter, "
-      f"{_num(tp['median_all_params'], '.1f')} per parameter counting embeddings "
-      f"(Hoffmann et al.: ~{laws.HOFFMANN_TOKENS_PER_PARAM:.0f}).\n")
+  add(
+    f"\nCompute-optimal tokens per parameter (median over budgets): "
+    f"{_num(tp['median_non_embedding'], '.1f')} per non-embedding parameter, "
+    f"{_num(tp['median_all_params'], '.1f')} per parameter counting embeddings "
+    f"(Hoffmann et al.: ~{laws.HOFFMANN_TOKENS_PER_PARAM:.0f}).\n"
+  )
 
   add("## Comparison with Kaplan et al. 2020 and Hoffmann et al. 2022\n")
   pure_n = ln.get("pure", {})
   pure_d = ld.get("pure", {}) if isinstance(ld, dict) else {}
-  add("- " + _compare(pure_n.get("fit", {}).get("alpha"), pure_n.get("ci", {}).get("alpha"),
-                      laws.KAPLAN_ALPHA_N, "alpha_N (Kaplan form)"))
-  add("- " + _compare(pure_d.get("fit", {}).get("alpha"), pure_d.get("ci", {}).get("alpha"),
-                      laws.KAPLAN_ALPHA_D, "alpha_D (Kaplan form)"))
-  add("- " + _compare(iso.get("a"), iso.get("ci", {}).get("a"), laws.HOFFMANN_A,
-                      "a (N_opt ~ C^a)"))
-  add("- " + _compare(iso.get("b"), iso.get("ci", {}).get("b"), laws.HOFFMANN_B,
-                      "b (D_opt ~ C^b)"))
+  add(
+    "- "
+    + _compare(
+      pure_n.get("fit", {}).get("alpha"),
+      pure_n.get("ci", {}).get("alpha"),
+      laws.KAPLAN_ALPHA_N,
+      "alpha_N (Kaplan form)",
+    )
+  )
+  add(
+    "- "
+    + _compare(
+      pure_d.get("fit", {}).get("alpha"),
+      pure_d.get("ci", {}).get("alpha"),
+      laws.KAPLAN_ALPHA_D,
+      "alpha_D (Kaplan form)",
+    )
+  )
+  add("- " + _compare(iso.get("a"), iso.get("ci", {}).get("a"), laws.HOFFMANN_A, "a (N_opt ~ C^a)"))
+  add("- " + _compare(iso.get("b"), iso.get("ci", {}).get("b"), laws.HOFFMANN_B, "b (D_opt ~ C^b)"))
   add("")
   add("What differs at this scale, and why:\n")
   for line in _differences(rows, fits):
@@ -324,8 +433,10 @@ def report(rows, fits, missing, plot_names, sweep) -> str:
   add("| run | N | D | C | steps | mixed val loss | tokens/s | wall s |")
   add("|---|---|---|---|---|---|---|---|")
   for r in sorted(rows, key=lambda r: (r["budget"], r["N"])):
-    add(f"| {r['name']} | {r['N']:,} | {r['tokens']:,} | {r['flops']:.2e} | {r['steps']} | "
-        f"{_loss(r):.4f} | {r.get('tokens_per_s', float('nan')):,.0f} | {r['wall_s']:.0f} |")
+    add(
+      f"| {r['name']} | {r['N']:,} | {r['tokens']:,} | {r['flops']:.2e} | {r['steps']} | "
+      f"{_loss(r):.4f} | {r.get('tokens_per_s', float('nan')):,.0f} | {r['wall_s']:.0f} |"
+    )
   add("")
   return "\n".join(L)
 
@@ -347,42 +458,47 @@ def _differences(rows, fits) -> list[str]:
   Ns = [r["N"] for r in rows]
   emb_share = np.median([(r["n_params"] - r["N"]) / r["n_params"] for r in rows])
   out.append(
-      f"Size range: N spans {min(Ns):,}-{max(Ns):,} non-embedding parameters, against "
-      "~10^5-10^9 for Kaplan and ~7x10^7-1.6x10^10 for Hoffmann. The embeddings are "
-      f"{100 * emb_share:.0f}% of all parameters here (median over runs), and the tied LM head "
-      "is part of every run's compute, so counting N with or without embeddings moves the "
-      "exponents (Pearce & Song 2024 trace Kaplan's N_opt ~ C^0.73 vs Hoffmann's C^0.5 to this "
-      "choice at small scale); both countings are reported above.")
+    f"Size range: N spans {min(Ns):,}-{max(Ns):,} non-embedding parameters, against "
+    "~10^5-10^9 for Kaplan and ~7x10^7-1.6x10^10 for Hoffmann. The embeddings are "
+    f"{100 * emb_share:.0f}% of all parameters here (median over runs), and the tied LM head "
+    "is part of every run's compute, so counting N with or without embeddings moves the "
+    "exponents (Pearce & Song 2024 trace Kaplan's N_opt ~ C^0.73 vs Hoffmann's C^0.5 to this "
+    "choice at small scale); both countings are reported above."
+  )
   if pure and off:
     out.append(
-        f"Irreducible loss: with the offset E = {off['E']:.2f} nats the fitted alpha_N is "
-        f"{off['alpha']:.3f}, without it (Kaplan's form) {pure['alpha']:.3f}. Kaplan's form "
-        "folds the entropy of the text into the power law; over a short range of N the two "
-        "differ strongly, and E is poorly constrained (see its interval).")
+      f"Irreducible loss: with the offset E = {off['E']:.2f} nats the fitted alpha_N is "
+      f"{off['alpha']:.3f}, without it (Kaplan's form) {pure['alpha']:.3f}. Kaplan's form "
+      "folds the entropy of the text into the power law; over a short range of N the two "
+      "differ strongly, and E is poorly constrained (see its interval)."
+    )
   tpp = [t for t in ln.get("tokens_per_param", []) if np.isfinite(t)]
   if tpp:
     out.append(
-        f"Convergence: the L(N) runs saw {min(tpp):,.0f}-{max(tpp):,.0f} tokens per parameter "
-        "under a fixed cosine schedule, not training to convergence with early stopping as "
-        "Kaplan did. A grid of compute budgets gives its largest models the fewest tokens, so "
-        f"{len(ln.get('data_limited', {}))} sizes were left out of L(N) as data-limited and the "
-        "fit covers only the smaller sizes; the small ones have passed several epochs of the "
-        "small corpus, which can bias alpha_N either way.")
+      f"Convergence: the L(N) runs saw {min(tpp):,.0f}-{max(tpp):,.0f} tokens per parameter "
+      "under a fixed cosine schedule, not training to convergence with early stopping as "
+      "Kaplan did. A grid of compute budgets gives its largest models the fewest tokens, so "
+      f"{len(ln.get('data_limited', {}))} sizes were left out of L(N) as data-limited and the "
+      "fit covers only the smaller sizes; the small ones have passed several epochs of the "
+      "small corpus, which can bias alpha_N either way."
+    )
   D_max = max(r["tokens"] for r in rows)
   out.append(
-      f"Data: the largest run read {D_max:,} tokens of a few-MB corpus (English prose, Python "
-      "code and the synthetic world); repeated data and the world's templated facts make the "
-      "text far more predictable than WebText/MassiveText, so losses and exponents are not "
-      "comparable in absolute terms, only in shape.")
+    f"Data: the largest run read {D_max:,} tokens of a few-MB corpus (English prose, Python "
+    "code and the synthetic world); repeated data and the world's templated facts make the "
+    "text far more predictable than WebText/MassiveText, so losses and exponents are not "
+    "comparable in absolute terms, only in shape."
+  )
   iso = fits["isoflop"]
   if np.isfinite(iso.get("a", float("nan"))):
     tp = fits["compute_optimal_tokens_per_param"]["median_non_embedding"]
     out.append(
-        f"Compute-optimal allocation: a = {iso['a']:.2f}, b = {iso['b']:.2f} "
-        f"(a + b = {iso['a'] + iso['b']:.2f}; 1 if D_opt x N_opt ~ C exactly), "
-        f"{tp:.0f} tokens per non-embedding parameter at the optimum. With {iso.get('n_used', 0)} "
-        "budgets of a few runs each, only a narrow range of C is covered, so the intervals are "
-        "wide; optima outside a profile's sampled range are extrapolations (see the table).")
+      f"Compute-optimal allocation: a = {iso['a']:.2f}, b = {iso['b']:.2f} "
+      f"(a + b = {iso['a'] + iso['b']:.2f}; 1 if D_opt x N_opt ~ C exactly), "
+      f"{tp:.0f} tokens per non-embedding parameter at the optimum. With {iso.get('n_used', 0)} "
+      "budgets of a few runs each, only a narrow range of C is covered, so the intervals are "
+      "wide; optima outside a profile's sampled range are extrapolations (see the table)."
+    )
   return out
 
 
@@ -400,23 +516,29 @@ def _emergence(rows) -> list[str]:
     rho_ex = _spearman(np.log(c), ex)
     n_zero = int(np.sum(ex == 0))
     if ex.max() == 0:
-      verdict = ("exact match is 0 for every run, while the gold answer's log-prob "
-                 f"{'rises' if rho_lp > 0.3 else 'does not clearly rise'} with compute "
-                 f"(Spearman {rho_lp:+.2f}, from {lp[np.argmin(c)]:.2f} to {lp[np.argmax(c)]:.2f} "
-                 "nats/token): progress invisible to the discontinuous metric"
-                 if rho_lp > 0.3 else
-                 f"exact match is 0 for every run and the gold log-prob does not clearly rise "
-                 f"(Spearman {rho_lp:+.2f}): no measurable progress at this scale")
+      verdict = (
+        "exact match is 0 for every run, while the gold answer's log-prob "
+        f"{'rises' if rho_lp > 0.3 else 'does not clearly rise'} with compute "
+        f"(Spearman {rho_lp:+.2f}, from {lp[np.argmin(c)]:.2f} to {lp[np.argmax(c)]:.2f} "
+        "nats/token): progress invisible to the discontinuous metric"
+        if rho_lp > 0.3
+        else f"exact match is 0 for every run and the gold log-prob does not clearly rise "
+        f"(Spearman {rho_lp:+.2f}): no measurable progress at this scale"
+      )
     else:
-      verdict = (f"exact match ranges {ex.min():.2f}-{ex.max():.2f} ({n_zero} of {len(ex)} runs "
-                 f"at 0; Spearman with log C {rho_ex:+.2f}), gold log-prob "
-                 f"{lp.min():.2f} to {lp.max():.2f} nats/token (Spearman {rho_lp:+.2f})")
+      verdict = (
+        f"exact match ranges {ex.min():.2f}-{ex.max():.2f} ({n_zero} of {len(ex)} runs "
+        f"at 0; Spearman with log C {rho_ex:+.2f}), gold log-prob "
+        f"{lp.min():.2f} to {lp.max():.2f} nats/token (Spearman {rho_lp:+.2f})"
+      )
     out.append(f"**{name}** ({scaling_probes.PROBES.get(name, '')}): {verdict}.")
-  out.append("Reading (Schaeffer et al. 2023): where the continuous metric improves smoothly "
-             "with compute while exact match stays flat and then jumps, the jump is a property "
-             "of the all-or-nothing metric applied to a multi-token answer (per-token "
-             "probability p gives exact match ~ p^L), not of the model. The probes use tens of "
-             "queries each, so one query is several points of accuracy.")
+  out.append(
+    "Reading (Schaeffer et al. 2023): where the continuous metric improves smoothly "
+    "with compute while exact match stays flat and then jumps, the jump is a property "
+    "of the all-or-nothing metric applied to a multi-token answer (per-token "
+    "probability p gives exact match ~ p^L), not of the model. The probes use tens of "
+    "queries each, so one query is several points of accuracy."
+  )
   return out
 
 

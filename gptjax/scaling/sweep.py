@@ -45,25 +45,40 @@ ERROR = "error.txt"
 # ----------------------------------------------------------------------------
 # The grid.
 
+
 @dataclasses.dataclass
 class Point:
   """One run of the grid: its pretraining config and its compute accounting."""
+
   index: int
   name: str
   size: str
-  budget: float            # nominal FLOPs of its IsoFLOP profile
-  config: object           # the resolved pretraining ConfigDict
-  overrides: dict          # dotted field -> value, relative to the base preset
-  N: int                   # non-embedding parameters
-  n_params: int            # all parameters
-  n_matmul: int            # parameters in matmuls (all but the position embedding)
+  budget: float  # nominal FLOPs of its IsoFLOP profile
+  config: object  # the resolved pretraining ConfigDict
+  overrides: dict  # dotted field -> value, relative to the base preset
+  N: int  # non-embedding parameters
+  n_params: int  # all parameters
+  n_matmul: int  # parameters in matmuls (all but the position embedding)
   flops_per_token: float
-  tokens: int              # D = steps x batch x T
-  flops: float             # C = D x flops_per_token
+  tokens: int  # D = steps x batch x T
+  flops: float  # C = D x flops_per_token
 
   def summary(self) -> dict:
-    return {k: getattr(self, k) for k in ("index", "name", "size", "budget", "N", "n_params",
-                                           "n_matmul", "flops_per_token", "tokens", "flops")}
+    return {
+      k: getattr(self, k)
+      for k in (
+        "index",
+        "name",
+        "size",
+        "budget",
+        "N",
+        "n_params",
+        "n_matmul",
+        "flops_per_token",
+        "tokens",
+        "flops",
+      )
+    }
 
 
 def _set(config, dotted: str, value) -> None:
@@ -93,12 +108,16 @@ def param_counts(model_cfg) -> tuple[int, int, int]:
 @functools.lru_cache(maxsize=None)
 def _param_counts(cfg: model_lib.TransformerConfig) -> tuple[int, int, int]:
   model = model_lib.Transformer(cfg)
-  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0),
-                          jax.numpy.zeros((1, 8), jax.numpy.int32))["params"]
+  shapes = jax.eval_shape(
+    model.init, jax.random.PRNGKey(0), jax.numpy.zeros((1, 8), jax.numpy.int32)
+  )["params"]
   params = model_lib.nn.meta.unbox(shapes)
   total = model_lib.count_params(params)
-  return (model_lib.count_params(params, exclude_embeddings=True), total,
-          total - params["trunk"]["wpe"].size)
+  return (
+    model_lib.count_params(params, exclude_embeddings=True),
+    total,
+    total - params["trunk"]["wpe"].size,
+  )
 
 
 def make_points(sweep) -> list[Point]:
@@ -110,9 +129,15 @@ def make_points(sweep) -> list[Point]:
     for size in sweep.sizes:
       config = base.copy_and_resolve_references()
       overrides = flatten(sweep.overrides)
-      overrides.update({"model.n_layer": size["n_layer"], "model.d_model": size["d_model"],
-                        "model.n_head": size["n_head"], "model.d_ff": 4 * size["d_model"],
-                        "train.lr": size["lr"]})
+      overrides.update(
+        {
+          "model.n_layer": size["n_layer"],
+          "model.d_model": size["d_model"],
+          "model.n_head": size["n_head"],
+          "model.d_ff": 4 * size["d_model"],
+          "train.lr": size["lr"],
+        }
+      )
       for k, v in overrides.items():
         _set(config, k, v)
       N, n_params, n_matmul = param_counts(config.model)
@@ -123,20 +148,41 @@ def make_points(sweep) -> list[Point]:
         continue
       warmup = min(base.train.warmup_steps, max(1, int(sweep.warmup_fraction * steps)))
       every = lambda k: max(1, -(-steps // k))
-      overrides.update({
-          "train.steps": steps, "train.warmup_steps": warmup,
+      overrides.update(
+        {
+          "train.steps": steps,
+          "train.warmup_steps": warmup,
           "train.eval_every": every(sweep.evals_per_run),
           "train.ckpt_every": every(sweep.checkpoints_per_run),
-          "train.log_every": max(1, min(base.train.log_every, steps // 10))})
-      for k in ("train.steps", "train.warmup_steps", "train.eval_every", "train.ckpt_every",
-                "train.log_every"):
+          "train.log_every": max(1, min(base.train.log_every, steps // 10)),
+        }
+      )
+      for k in (
+        "train.steps",
+        "train.warmup_steps",
+        "train.eval_every",
+        "train.ckpt_every",
+        "train.log_every",
+      ):
         _set(config, k, overrides[k])
       pretraining.validate(config)
       tokens = steps * B * T
-      points.append(Point(index=len(points), name=f"C{budget:.2g}-{size['name']}".replace(
-          "+", ""), size=size["name"], budget=float(budget), config=config,
-          overrides=overrides, N=N, n_params=n_params, n_matmul=n_matmul,
-          flops_per_token=fpt, tokens=tokens, flops=fpt * tokens))
+      points.append(
+        Point(
+          index=len(points),
+          name=f"C{budget:.2g}-{size['name']}".replace("+", ""),
+          size=size["name"],
+          budget=float(budget),
+          config=config,
+          overrides=overrides,
+          N=N,
+          n_params=n_params,
+          n_matmul=n_matmul,
+          flops_per_token=fpt,
+          tokens=tokens,
+          flops=fpt * tokens,
+        )
+      )
   return points
 
 
@@ -167,15 +213,20 @@ def point_command(point: Point, sweep, workdir: str) -> str:
   retrains the very same one; copying <workdir>/tokenizer.model into the
   point's workdir first (as the sweep does) only saves that time.
   """
+
   def fmt(v):
     return repr(v) if isinstance(v, str) else str(v)
+
   flags = " ".join(f"--config.{k}={fmt(v)}" for k, v in point.overrides.items())
-  return (f"python -m experiments.pretrain --config=configs/pretrain.py:{sweep.base_preset} "
-          f"--workdir={point_dir(workdir, point)} {flags}")
+  return (
+    f"python -m experiments.pretrain --config=configs/pretrain.py:{sweep.base_preset} "
+    f"--workdir={point_dir(workdir, point)} {flags}"
+  )
 
 
 # ----------------------------------------------------------------------------
 # Running.
+
 
 def _write_json(path: str, obj) -> None:
   tmp = f"{path}.{os.getpid()}.tmp"
@@ -217,18 +268,28 @@ def run_probes(sweep, config, model, params, tokenizer) -> dict:
   out = {}
   names = list(p.families) + (["facts"] if p.n_facts else [])
   for name in names:
-    items = scaling_probes.probe_items(world, name, p.n_facts if name == "facts" else p.n,
-                                p.few_shot_k, p.seed)
-    s = scaling_probes.score_probes(model, params, tokenizer, items,
-                             max_new_tokens=p.max_new_tokens, batch_size=p.batch_size)
-    out[name] = {"exact": float(np.mean(s["exact"])), "logprob": float(np.mean(s["logprob"])),
-                 "n": len(items), "example": {"prompt_tail": items[0].prompt[-80:],
-                                              "gold": items[0].gold, "answer": s["answers"][0]}}
+    items = scaling_probes.probe_items(
+      world, name, p.n_facts if name == "facts" else p.n, p.few_shot_k, p.seed
+    )
+    s = scaling_probes.score_probes(
+      model, params, tokenizer, items, max_new_tokens=p.max_new_tokens, batch_size=p.batch_size
+    )
+    out[name] = {
+      "exact": float(np.mean(s["exact"])),
+      "logprob": float(np.mean(s["logprob"])),
+      "n": len(items),
+      "example": {
+        "prompt_tail": items[0].prompt[-80:],
+        "gold": items[0].gold,
+        "answer": s["answers"][0],
+      },
+    }
   return out
 
 
-def run_point(point: Point, sweep, workdir: str, cache_dir: str | None,
-              log: Callable[[str], None] = print) -> dict:
+def run_point(
+  point: Point, sweep, workdir: str, cache_dir: str | None, log: Callable[[str], None] = print
+) -> dict:
   """Trains one point (resuming if it was interrupted), probes it, writes done.json."""
   pdir = point_dir(workdir, point)
   os.makedirs(pdir, exist_ok=True)
@@ -237,35 +298,56 @@ def run_point(point: Point, sweep, workdir: str, cache_dir: str | None,
     shutil.copyfile(shared, os.path.join(pdir, "tokenizer.model"))
   t0 = time.perf_counter()
   with open(os.path.join(pdir, "log.txt"), "a") as logfile:
+
     def plog(line):
       logfile.write(line + "\n")
       logfile.flush()
       log(f"  [{point.name}] {line}")
+
     state, summary, tokenizer, _ = pretraining.run(point.config, pdir, cache_dir, log=plog)
     train_s = time.perf_counter() - t0
     ev = final_metrics(pdir, point.config)
-    probe_results = run_probes(sweep, point.config, model_lib.build(point.config),
-                               state.params, tokenizer)
-    plog("probes: " + "  ".join(f"{k} exact {v['exact']:.2f} logp {v['logprob']:.2f}"
-                                for k, v in probe_results.items()))
+    probe_results = run_probes(
+      sweep, point.config, model_lib.build(point.config), state.params, tokenizer
+    )
+    plog(
+      "probes: "
+      + "  ".join(
+        f"{k} exact {v['exact']:.2f} logp {v['logprob']:.2f}" for k, v in probe_results.items()
+      )
+    )
   train_records = metrics_lib.read_metrics(pdir, "train")
   tok_s = [r["tokens_per_s"] for r in train_records[1:] if "tokens_per_s" in r]
-  done = dict(point.summary(), steps=point.config.train.steps,
-              batch_size=point.config.train.batch_size, seq_len=point.config.model.max_len,
-              n_layer=point.config.model.n_layer, d_model=point.config.model.d_model,
-              mixture=mixture_weights(point.config), final_eval=ev, probes=probe_results,
-              unigram_entropy=summary["unigram_entropy"],
-              wall_s=time.perf_counter() - t0, train_wall_s=train_s,
-              tokens_per_s=float(np.median(tok_s)) if tok_s else float("nan"),
-              finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+  done = dict(
+    point.summary(),
+    steps=point.config.train.steps,
+    batch_size=point.config.train.batch_size,
+    seq_len=point.config.model.max_len,
+    n_layer=point.config.model.n_layer,
+    d_model=point.config.model.d_model,
+    mixture=mixture_weights(point.config),
+    final_eval=ev,
+    probes=probe_results,
+    unigram_entropy=summary["unigram_entropy"],
+    wall_s=time.perf_counter() - t0,
+    train_wall_s=train_s,
+    tokens_per_s=float(np.median(tok_s)) if tok_s else float("nan"),
+    finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
+  )
   _write_json(os.path.join(pdir, DONE), done)
   if os.path.exists(os.path.join(pdir, ERROR)):
     os.replace(os.path.join(pdir, ERROR), os.path.join(pdir, ERROR + ".resolved"))
   return done
 
 
-def run_sweep(sweep, workdir: str, cache_dir: str | None = None, shard_spec=(0, 1),
-              log: Callable[[str], None] = print, points: list[Point] | None = None) -> dict:
+def run_sweep(
+  sweep,
+  workdir: str,
+  cache_dir: str | None = None,
+  shard_spec=(0, 1),
+  log: Callable[[str], None] = print,
+  points: list[Point] | None = None,
+) -> dict:
   """Runs this shard's points that have no done.json; failures are recorded, not raised.
 
   Returns {'ran': [...], 'skipped': [...], 'failed': [{'name', 'error', 'traceback'}]}.
@@ -278,7 +360,7 @@ def run_sweep(sweep, workdir: str, cache_dir: str | None = None, shard_spec=(0, 
   _write_json(os.path.join(workdir, "points.json"), [p.summary() for p in points])
   if not os.path.exists(os.path.join(workdir, "tokenizer.model")):
     log(f"[sweep] training the shared tokenizer into {workdir}/tokenizer.model")
-  load_or_train_tokenizer(points[0].config, workdir)   # once; every point copies it
+  load_or_train_tokenizer(points[0].config, workdir)  # once; every point copies it
   status = {"shard": list(shard_spec), "ran": [], "skipped": [], "failed": []}
   log(f"[sweep] {len(mine)} of {len(points)} points in shard {shard_spec[0]}/{shard_spec[1]}")
   for p in mine:
@@ -286,21 +368,32 @@ def run_sweep(sweep, workdir: str, cache_dir: str | None = None, shard_spec=(0, 
       log(f"[sweep] skipped {p.name}: finished ({DONE} present)")
       status["skipped"].append(p.name)
       continue
-    log(f"[sweep] point {p.index} {p.name}: N={p.N:,} non-embedding ({p.n_params:,} all), "
-        f"D={p.tokens:,} tokens, C={p.flops:.2e} FLOPs, {p.config.train.steps} steps")
+    log(
+      f"[sweep] point {p.index} {p.name}: N={p.N:,} non-embedding ({p.n_params:,} all), "
+      f"D={p.tokens:,} tokens, C={p.flops:.2e} FLOPs, {p.config.train.steps} steps"
+    )
     try:
       done = run_point(p, sweep, workdir, cache_dir, log)
       status["ran"].append(p.name)
-      log(f"[sweep] finished {p.name} in {done['wall_s']:.0f}s: "
-          f"mixed val loss {done['final_eval']['mixed/loss']:.4f}")
+      log(
+        f"[sweep] finished {p.name} in {done['wall_s']:.0f}s: "
+        f"mixed val loss {done['final_eval']['mixed/loss']:.4f}"
+      )
     except Exception as e:  # noqa: BLE001 -- recorded and reported, the sweep goes on
       tb = traceback.format_exc()
       with open(os.path.join(point_dir(workdir, p), ERROR), "w") as f:
         f.write(tb)
-      status["failed"].append({"name": p.name, "error": f"{type(e).__name__}: {e}",
-                               "traceback": os.path.join(point_dir(workdir, p), ERROR)})
-      log(f"[sweep] FAILED {p.name}: {type(e).__name__}: {e} (traceback in "
-          f"{point_dir(workdir, p)}/{ERROR})")
+      status["failed"].append(
+        {
+          "name": p.name,
+          "error": f"{type(e).__name__}: {e}",
+          "traceback": os.path.join(point_dir(workdir, p), ERROR),
+        }
+      )
+      log(
+        f"[sweep] FAILED {p.name}: {type(e).__name__}: {e} (traceback in "
+        f"{point_dir(workdir, p)}/{ERROR})"
+      )
     _write_json(os.path.join(workdir, f"status-{shard_spec[0]}of{shard_spec[1]}.json"), status)
   _write_json(os.path.join(workdir, f"status-{shard_spec[0]}of{shard_spec[1]}.json"), status)
   return status
@@ -308,6 +401,7 @@ def run_sweep(sweep, workdir: str, cache_dir: str | None = None, shard_spec=(0, 
 
 # ----------------------------------------------------------------------------
 # Analysis.
+
 
 def load_results(sweep, workdir: str) -> tuple[list[dict], list[dict]]:
   """(finished points' done.json records, unfinished/failed points)."""
@@ -320,8 +414,13 @@ def load_results(sweep, workdir: str) -> tuple[list[dict], list[dict]]:
         rows.append(json.load(f))
     else:
       err = os.path.join(pdir, ERROR)
-      missing.append({"name": p.name, "state": "failed" if os.path.exists(err) else "not run",
-                      "error": _last_line(err) if os.path.exists(err) else ""})
+      missing.append(
+        {
+          "name": p.name,
+          "state": "failed" if os.path.exists(err) else "not run",
+          "error": _last_line(err) if os.path.exists(err) else "",
+        }
+      )
   return rows, missing
 
 
@@ -335,27 +434,58 @@ def write_csv(rows: list[dict], path: str) -> list[str]:
   """One row per run: sizes, D, C, final validation losses, probe metrics."""
   sources = sorted({k[:-5] for r in rows for k in r["final_eval"] if k.endswith("/loss")})
   probes = sorted({k for r in rows for k in r["probes"]})
-  header = (["name", "size", "n_layer", "d_model", "n_params", "N_non_embedding", "n_matmul",
-             "tokens_D", "flops_C", "budget", "steps", "flops_per_token"]
-            + [f"val_loss_{s.replace('/loss', '')}" for s in sources]
-            + [f"{p}_{m}" for p in probes for m in ("exact", "logprob")]
-            + ["tokens_per_s", "wall_s"])
+  header = (
+    [
+      "name",
+      "size",
+      "n_layer",
+      "d_model",
+      "n_params",
+      "N_non_embedding",
+      "n_matmul",
+      "tokens_D",
+      "flops_C",
+      "budget",
+      "steps",
+      "flops_per_token",
+    ]
+    + [f"val_loss_{s.replace('/loss', '')}" for s in sources]
+    + [f"{p}_{m}" for p in probes for m in ("exact", "logprob")]
+    + ["tokens_per_s", "wall_s"]
+  )
   with open(path, "w", newline="") as f:
     w = csv.writer(f)
     w.writerow(header)
     for r in rows:
-      w.writerow([r["name"], r["size"], r["n_layer"], r["d_model"], r["n_params"], r["N"],
-                  r["n_matmul"], r["tokens"], f"{r['flops']:.6g}", f"{r['budget']:.3g}",
-                  r["steps"], f"{r['flops_per_token']:.6g}"]
-                 + [f"{r['final_eval'].get(s + '/loss', float('nan')):.5f}" for s in sources]
-                 + [f"{r['probes'].get(p, {}).get(m, float('nan')):.4f}" for p in probes
-                    for m in ("exact", "logprob")]
-                 + [f"{r.get('tokens_per_s', float('nan')):.1f}", f"{r['wall_s']:.1f}"])
+      w.writerow(
+        [
+          r["name"],
+          r["size"],
+          r["n_layer"],
+          r["d_model"],
+          r["n_params"],
+          r["N"],
+          r["n_matmul"],
+          r["tokens"],
+          f"{r['flops']:.6g}",
+          f"{r['budget']:.3g}",
+          r["steps"],
+          f"{r['flops_per_token']:.6g}",
+        ]
+        + [f"{r['final_eval'].get(s + '/loss', float('nan')):.5f}" for s in sources]
+        + [
+          f"{r['probes'].get(p, {}).get(m, float('nan')):.4f}"
+          for p in probes
+          for m in ("exact", "logprob")
+        ]
+        + [f"{r.get('tokens_per_s', float('nan')):.1f}", f"{r['wall_s']:.1f}"]
+      )
   return header
 
 
-def compute_fits(rows: list[dict], n_boot: int, seed: int = 0,
-                 min_tokens_per_param: float = 0.0) -> dict:
+def compute_fits(
+  rows: list[dict], n_boot: int, seed: int = 0, min_tokens_per_param: float = 0.0
+) -> dict:
   """L(N), L(D), IsoFLOP (approach 2) and compute-optimal ratios from finished runs.
 
   L(N) is Kaplan's loss at convergence: each size at its largest token budget,
@@ -365,24 +495,28 @@ def compute_fits(rows: list[dict], n_boot: int, seed: int = 0,
   would bend the wrong way (the loss rising with N).
   """
   loss = lambda r: r["final_eval"]["mixed/loss"]
-  fits: dict = {"loss": "mixed validation loss (nats/token, per-source losses weighted by "
-                        "the mixture)",
-                "flops": "C = D x (6 N_matmul + 12 n_layer d_model T); N_matmul = non-embedding "
-                         "N + token embedding (tied LM head)",
-                "n_runs": len(rows)}
+  fits: dict = {
+    "loss": "mixed validation loss (nats/token, per-source losses weighted by the mixture)",
+    "flops": "C = D x (6 N_matmul + 12 n_layer d_model T); N_matmul = non-embedding "
+    "N + token embedding (tied LM head)",
+    "n_runs": len(rows),
+  }
   by_size: dict[str, list[dict]] = {}
   for r in rows:
     by_size.setdefault(r["size"], []).append(r)
 
   # L(N): each size at its largest token budget (the least data-limited run).
-  largest = sorted((max(rs, key=lambda r: r["tokens"]) for rs in by_size.values()),
-                   key=lambda r: r["N"])
+  largest = sorted(
+    (max(rs, key=lambda r: r["tokens"]) for rs in by_size.values()), key=lambda r: r["N"]
+  )
   per_param = lambda r: r["tokens"] / r["N"]
   ln = [r for r in largest if per_param(r) >= min_tokens_per_param]
-  fits["L_N"] = {"runs": [r["name"] for r in ln],
-                 "tokens_per_param": [per_param(r) for r in ln],
-                 "min_tokens_per_param": min_tokens_per_param,
-                 "data_limited": {r["size"]: per_param(r) for r in largest if r not in ln}}
+  fits["L_N"] = {
+    "runs": [r["name"] for r in ln],
+    "tokens_per_param": [per_param(r) for r in ln],
+    "min_tokens_per_param": min_tokens_per_param,
+    "data_limited": {r["size"]: per_param(r) for r in largest if r not in ln},
+  }
   x, y = [r["N"] for r in ln], [loss(r) for r in ln]
   for key, pure, need in (("offset", False, 3), ("pure", True, 2)):
     if len(ln) >= need:
@@ -411,20 +545,27 @@ def compute_fits(rows: list[dict], n_boot: int, seed: int = 0,
     groups = []
     for b in budgets:
       rs = [r for r in rows if r["budget"] == b]
-      groups.append({"C": float(np.mean([r["flops"] for r in rs])),
-                     "N": [r[n_key] for r in rs], "D": [r["tokens"] for r in rs],
-                     "loss": [loss(r) for r in rs]})
+      groups.append(
+        {
+          "C": float(np.mean([r["flops"] for r in rs])),
+          "N": [r[n_key] for r in rs],
+          "D": [r["tokens"] for r in rs],
+          "loss": [loss(r) for r in rs],
+        }
+      )
     res = laws.isoflop_analysis(groups, n_boot, seed + 2)
     res["n_counted_as"] = n_key
     fits[key] = res
   tpp = [t for t in fits["isoflop"]["tokens_per_param"] if np.isfinite(t)]
   fits["compute_optimal_tokens_per_param"] = {
-      "per_budget_non_embedding": fits["isoflop"]["tokens_per_param"],
-      "per_budget_all_params": fits["isoflop_all_params"]["tokens_per_param"],
-      "median_non_embedding": float(np.median(tpp)) if tpp else float("nan")}
+    "per_budget_non_embedding": fits["isoflop"]["tokens_per_param"],
+    "per_budget_all_params": fits["isoflop_all_params"]["tokens_per_param"],
+    "median_non_embedding": float(np.median(tpp)) if tpp else float("nan"),
+  }
   tpp_all = [t for t in fits["isoflop_all_params"]["tokens_per_param"] if np.isfinite(t)]
   fits["compute_optimal_tokens_per_param"]["median_all_params"] = (
-      float(np.median(tpp_all)) if tpp_all else float("nan"))
+    float(np.median(tpp_all)) if tpp_all else float("nan")
+  )
   return fits
 
 
@@ -441,6 +582,7 @@ def _nan_to_none(o):
 def analyze(sweep, workdir: str, log: Callable[[str], None] = print) -> dict:
   """results.csv, fits.json, PNG plots and report.md from the finished points."""
   from gptjax.scaling import report as sweep_report
+
   workdir = os.path.abspath(workdir)
   rows, missing = load_results(sweep, workdir)
   if not rows:
@@ -454,8 +596,10 @@ def analyze(sweep, workdir: str, log: Callable[[str], None] = print) -> dict:
   report = sweep_report.report(rows, fits, missing, plots, sweep)
   with open(os.path.join(workdir, "report.md"), "w") as f:
     f.write(report)
-  log(f"[sweep] analysed {len(rows)} runs ({len(missing)} missing): {workdir}/results.csv, "
-      f"fits.json, report.md, {len(plots)} plots")
+  log(
+    f"[sweep] analysed {len(rows)} runs ({len(missing)} missing): {workdir}/results.csv, "
+    f"fits.json, report.md, {len(plots)} plots"
+  )
   return fits
 
 

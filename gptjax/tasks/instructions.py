@@ -40,8 +40,18 @@ from typing import Any, Callable, Sequence
 
 from gptjax.tasks.world import KIND_ATTRS, RELATIONS, Entity, World, _word
 
-FAMILIES = ("arithmetic", "arithmetic_cot", "reverse", "sort", "count",
-            "qa_known", "qa_unknown", "brackets", "format", "decline")
+FAMILIES = (
+  "arithmetic",
+  "arithmetic_cot",
+  "reverse",
+  "sort",
+  "count",
+  "qa_known",
+  "qa_unknown",
+  "brackets",
+  "format",
+  "decline",
+)
 SPLITS = ("train", "heldout")
 HELDOUT_FRACTION = 0.2
 
@@ -50,12 +60,47 @@ IDK_ANSWER = "I don't know."
 COT_SUFFIX = " Let's think step by step."
 
 ENGLISH_WORDS = (
-    "apple", "river", "stone", "cloud", "bread", "chair", "horse", "lamp",
-    "garden", "window", "candle", "forest", "mountain", "pencil", "tiger",
-    "ocean", "basket", "mirror", "ladder", "button", "rabbit", "violin",
-    "dragon", "castle", "lemon", "carrot", "pillow", "rocket", "spoon",
-    "turtle", "wagon", "kettle", "anchor", "feather", "island", "jacket",
-    "meadow", "needle", "parrot", "saddle")
+  "apple",
+  "river",
+  "stone",
+  "cloud",
+  "bread",
+  "chair",
+  "horse",
+  "lamp",
+  "garden",
+  "window",
+  "candle",
+  "forest",
+  "mountain",
+  "pencil",
+  "tiger",
+  "ocean",
+  "basket",
+  "mirror",
+  "ladder",
+  "button",
+  "rabbit",
+  "violin",
+  "dragon",
+  "castle",
+  "lemon",
+  "carrot",
+  "pillow",
+  "rocket",
+  "spoon",
+  "turtle",
+  "wagon",
+  "kettle",
+  "anchor",
+  "feather",
+  "island",
+  "jacket",
+  "meadow",
+  "needle",
+  "parrot",
+  "saddle",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,12 +114,12 @@ class Example:
     answer: the gold answer, as a string.
     meta: family parameters; always has 'key', the canonical problem id.
   """
+
   family: str
   prompt: str
   response: str
   answer: str
-  meta: dict[str, Any] = dataclasses.field(default_factory=dict,
-                                            compare=False)
+  meta: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
 
 
 def idk_response(name: str) -> str:
@@ -86,10 +131,16 @@ def idk_response(name: str) -> str:
 # Prompt templates <-> regexes.
 
 _FIELDS = {
-    "a": r"\d{1,3}", "b": r"\d{1,3}", "p": r"\d{1,3}",
-    "word": r"[a-z]+", "letter": r"[a-z]", "target": r"[a-z]+",
-    "words": r"[a-z]+(?: [a-z]+)+", "list": r"[a-z]+(?:, [a-z]+)+",
-    "e": r"[A-Z][a-z]*(?: [A-Z][a-z]*)*", "seq": r"[()\[\]{}](?: [()\[\]{}])*",
+  "a": r"\d{1,3}",
+  "b": r"\d{1,3}",
+  "p": r"\d{1,3}",
+  "word": r"[a-z]+",
+  "letter": r"[a-z]",
+  "target": r"[a-z]+",
+  "words": r"[a-z]+(?: [a-z]+)+",
+  "list": r"[a-z]+(?:, [a-z]+)+",
+  "e": r"[A-Z][a-z]*(?: [A-Z][a-z]*)*",
+  "seq": r"[()\[\]{}](?: [()\[\]{}])*",
 }
 
 
@@ -97,8 +148,9 @@ _FIELDS = {
 def _compile(template: str) -> re.Pattern:
   """'What is {a} plus {b}?' -> a full-match regex with named groups."""
   parts = re.split(r"(\{\w+\})", template)
-  regex = "".join(f"(?P<{p[1:-1]}>{_FIELDS[p[1:-1]]})" if p.startswith("{")
-                  else re.escape(p) for p in parts)
+  regex = "".join(
+    f"(?P<{p[1:-1]}>{_FIELDS[p[1:-1]]})" if p.startswith("{") else re.escape(p) for p in parts
+  )
   return re.compile(regex)
 
 
@@ -128,9 +180,8 @@ def split_of(example: Example) -> str:
 # arithmetic / arithmetic_cot
 
 ARITH_TEMPLATES = {
-    "+": ("What is {a} plus {b}?", "Compute {a} + {b}.", "Add {a} and {b}."),
-    "-": ("What is {a} minus {b}?", "Compute {a} - {b}.",
-          "Subtract {b} from {a}."),
+  "+": ("What is {a} plus {b}?", "Compute {a} + {b}.", "Add {a} and {b}."),
+  "-": ("What is {a} minus {b}?", "Compute {a} - {b}.", "Subtract {b} from {a}."),
 }
 
 
@@ -157,8 +208,13 @@ def cot_response(a: int, op: str, b: int) -> str:
 def _build_arith(a: int, op: str, b: int, cot: bool, prompt: str) -> Example:
   c = _apply(a, op, b)
   response = cot_response(a, op, b) if cot else f"The answer is {c}."
-  return Example("arithmetic_cot" if cot else "arithmetic", prompt, response,
-                 str(c), {"key": f"arith:{a}{op}{b}", "a": a, "op": op, "b": b})
+  return Example(
+    "arithmetic_cot" if cot else "arithmetic",
+    prompt,
+    response,
+    str(c),
+    {"key": f"arith:{a}{op}{b}", "a": a, "op": op, "b": b},
+  )
 
 
 def _operand(rng: random.Random) -> int:
@@ -176,7 +232,7 @@ def _gen_arith(rng: random.Random, world: World, cot: bool) -> Example:
 
 def _parse_arith(prompt: str, world: World) -> Example | None:
   cot = prompt.endswith(COT_SUFFIX)
-  core = prompt[:-len(COT_SUFFIX)] if cot else prompt
+  core = prompt[: -len(COT_SUFFIX)] if cot else prompt
   for op, templates in ARITH_TEMPLATES.items():
     g = _match(templates, core)
     if g:
@@ -187,17 +243,18 @@ def _parse_arith(prompt: str, world: World) -> Example | None:
 # ----------------------------------------------------------------------------
 # reverse / sort / count: string operations.
 
-REVERSE_TEMPLATES = {"letters": ("Reverse the word '{word}'.",
-                                 "Spell '{word}' backwards."),
-                     "words": ("Reverse the order of these words: {words}.",)}
-SORT_TEMPLATES = {"letters": ("Sort the letters of '{word}' in alphabetical "
-                              "order.",),
-                  "words": ("Sort these words alphabetically: {list}.",)}
+REVERSE_TEMPLATES = {
+  "letters": ("Reverse the word '{word}'.", "Spell '{word}' backwards."),
+  "words": ("Reverse the order of these words: {words}.",),
+}
+SORT_TEMPLATES = {
+  "letters": ("Sort the letters of '{word}' in alphabetical order.",),
+  "words": ("Sort these words alphabetically: {list}.",),
+}
 COUNT_TEMPLATES = {
-    "letters": ("How many times does the letter '{letter}' appear in "
-                "'{word}'?",),
-    "words": ("How many times does the word '{target}' appear in this list: "
-              "{words}?",)}
+  "letters": ("How many times does the letter '{letter}' appear in '{word}'?",),
+  "words": ("How many times does the word '{target}' appear in this list: {words}?",),
+}
 
 
 def _lower_word(rng: random.Random, n_min: int = 2, n_max: int = 3) -> str:
@@ -206,18 +263,19 @@ def _lower_word(rng: random.Random, n_min: int = 2, n_max: int = 3) -> str:
 
 def _build_reverse(mode: str, value: str, prompt: str) -> Example:
   answer = value[::-1] if mode == "letters" else " ".join(value.split()[::-1])
-  return Example("reverse", prompt, answer, answer,
-                 {"key": f"reverse:{mode}:{value}", "mode": mode})
+  return Example(
+    "reverse", prompt, answer, answer, {"key": f"reverse:{mode}:{value}", "mode": mode}
+  )
 
 
 def _gen_reverse(rng: random.Random, world: World) -> Example:
   if rng.random() < 0.6:
     word = _lower_word(rng)
-    return _build_reverse("letters", word,
-                          rng.choice(REVERSE_TEMPLATES["letters"]).format(word=word))
+    return _build_reverse(
+      "letters", word, rng.choice(REVERSE_TEMPLATES["letters"]).format(word=word)
+    )
   words = " ".join(rng.sample(ENGLISH_WORDS, rng.randint(3, 5)))
-  return _build_reverse("words", words,
-                        REVERSE_TEMPLATES["words"][0].format(words=words))
+  return _build_reverse("words", words, REVERSE_TEMPLATES["words"][0].format(words=words))
 
 
 def _parse_reverse(prompt: str, world: World) -> Example | None:
@@ -233,15 +291,13 @@ def _build_sort(mode: str, value: str, prompt: str) -> Example:
     answer = "".join(sorted(value))
   else:
     answer = ", ".join(sorted(value.split(", ")))
-  return Example("sort", prompt, answer, answer,
-                 {"key": f"sort:{mode}:{value}", "mode": mode})
+  return Example("sort", prompt, answer, answer, {"key": f"sort:{mode}:{value}", "mode": mode})
 
 
 def _gen_sort(rng: random.Random, world: World) -> Example:
   if rng.random() < 0.5:
     word = _lower_word(rng)
-    return _build_sort("letters", word,
-                       SORT_TEMPLATES["letters"][0].format(word=word))
+    return _build_sort("letters", word, SORT_TEMPLATES["letters"][0].format(word=word))
   words = ", ".join(rng.sample(ENGLISH_WORDS, rng.randint(3, 5)))
   return _build_sort("words", words, SORT_TEMPLATES["words"][0].format(list=words))
 
@@ -256,15 +312,19 @@ def _parse_sort(prompt: str, world: World) -> Example | None:
 
 def _build_count(mode: str, target: str, text: str, prompt: str) -> Example:
   n = text.count(target) if mode == "letters" else text.split().count(target)
-  return Example("count", prompt, f"The answer is {n}.", str(n),
-                 {"key": f"count:{mode}:{target}:{text}", "mode": mode})
+  return Example(
+    "count",
+    prompt,
+    f"The answer is {n}.",
+    str(n),
+    {"key": f"count:{mode}:{target}:{text}", "mode": mode},
+  )
 
 
 def _gen_count(rng: random.Random, world: World) -> Example:
   if rng.random() < 0.5:
     word = _lower_word(rng, 2, 4)
-    letter = (rng.choice(word) if rng.random() < 0.8
-              else rng.choice("abcdefghijklmnopqrstuvwxyz"))
+    letter = rng.choice(word) if rng.random() < 0.8 else rng.choice("abcdefghijklmnopqrstuvwxyz")
     prompt = COUNT_TEMPLATES["letters"][0].format(letter=letter, word=word)
     return _build_count("letters", letter, word, prompt)
   pool = rng.sample(ENGLISH_WORDS, 4)
@@ -287,8 +347,10 @@ def _parse_count(prompt: str, world: World) -> Example | None:
 # ----------------------------------------------------------------------------
 # brackets
 
-BRACKET_TEMPLATES = ("Complete the brackets so that they balance: {seq}",
-                     "Close all open brackets: {seq}")
+BRACKET_TEMPLATES = (
+  "Complete the brackets so that they balance: {seq}",
+  "Close all open brackets: {seq}",
+)
 PAIRS = {"(": ")", "[": "]", "{": "}"}
 
 
@@ -308,8 +370,7 @@ def _build_brackets(seq: str, prompt: str) -> Example | None:
   answer = closing_sequence(seq)
   if not answer:
     return None
-  return Example("brackets", prompt, answer, answer,
-                 {"key": f"brackets:{seq}", "seq": seq})
+  return Example("brackets", prompt, answer, answer, {"key": f"brackets:{seq}", "seq": seq})
 
 
 def _gen_brackets(rng: random.Random, world: World) -> Example:
@@ -337,17 +398,24 @@ def _parse_brackets(prompt: str, world: World) -> Example | None:
 
 def _build_qa(entity: Entity, attr: str, prompt: str) -> Example:
   value = entity.attrs[attr]
-  meta = {"key": f"qa:{entity.name}:{attr}", "entity": entity.name,
-          "attr": attr, "value": value, "vtype": RELATIONS[attr].vtype,
-          "status": entity.status}
+  meta = {
+    "key": f"qa:{entity.name}:{attr}",
+    "entity": entity.name,
+    "attr": attr,
+    "value": value,
+    "vtype": RELATIONS[attr].vtype,
+    "status": entity.status,
+  }
   if entity.status == "known":
     return Example("qa_known", prompt, entity.fact(attr), value, meta)
-  return Example("qa_unknown", prompt, idk_response(entity.name), IDK_ANSWER,
-                 meta)
+  return Example("qa_unknown", prompt, idk_response(entity.name), IDK_ANSWER, meta)
 
 
-def _gen_qa(rng: random.Random, entities: Sequence[Entity],
-            attrs: Callable[[Entity], Sequence[str]] | None = None) -> Example:
+def _gen_qa(
+  rng: random.Random,
+  entities: Sequence[Entity],
+  attrs: Callable[[Entity], Sequence[str]] | None = None,
+) -> Example:
   entity = rng.choice(entities)
   choices = attrs(entity) if attrs else KIND_ATTRS[entity.kind]
   attr = rng.choice(choices)
@@ -362,9 +430,11 @@ def _gen_qa_known(rng: random.Random, world: World) -> Example:
 def _gen_qa_unknown(rng: random.Random, world: World, split: str) -> Example:
   entities = world.unknown if split == "train" else world.heldout
   if not entities:
-    raise ValueError(f"qa_unknown/{split} needs "
-                     f"{'unknown' if split == 'train' else 'heldout'} entities;"
-                     " the world has none")
+    raise ValueError(
+      f"qa_unknown/{split} needs "
+      f"{'unknown' if split == 'train' else 'heldout'} entities;"
+      " the world has none"
+    )
   return _gen_qa(rng, entities)
 
 
@@ -381,61 +451,71 @@ def _parse_qa(prompt: str, world: World) -> Example | None:
 # ----------------------------------------------------------------------------
 # format: an instruction about the form of the answer, around another question.
 
-FORMATS = {"one_word": "Answer in one word:",
-           "uppercase": "Answer in uppercase:",
-           "number_only": "Answer with a number only:"}
-_ONE_WORD_VTYPES = ("city", "language", "colour", "year", "product",
-                    "profession")
+FORMATS = {
+  "one_word": "Answer in one word:",
+  "uppercase": "Answer in uppercase:",
+  "number_only": "Answer with a number only:",
+}
+_ONE_WORD_VTYPES = ("city", "language", "colour", "year", "product", "profession")
 _UPPER_VTYPES = ("city", "language", "colour", "product", "profession")
 
 
 def _attrs_of_vtypes(vtypes: Sequence[str]) -> Callable[[Entity], list[str]]:
-  return lambda e: [a for a in KIND_ATTRS[e.kind]
-                    if RELATIONS[a].vtype in vtypes]
+  return lambda e: [a for a in KIND_ATTRS[e.kind] if RELATIONS[a].vtype in vtypes]
 
 
 def _format_inner_ok(fmt: str, inner: Example) -> bool:
   """Which inner problems each format wraps."""
   if fmt == "number_only":
-    return (inner.family in ("arithmetic", "count")
-            or (inner.family == "qa_known" and inner.meta["vtype"] == "year"))
+    return inner.family in ("arithmetic", "count") or (
+      inner.family == "qa_known" and inner.meta["vtype"] == "year"
+    )
   vtypes = _ONE_WORD_VTYPES if fmt == "one_word" else _UPPER_VTYPES
   if inner.family == "qa_known":
     return inner.meta["vtype"] in vtypes
   if inner.family == "reverse":
     return inner.meta["mode"] == "letters"
-  return fmt == "uppercase" and inner.family == "sort" and (
-      inner.meta["mode"] == "letters")
+  return fmt == "uppercase" and inner.family == "sort" and (inner.meta["mode"] == "letters")
 
 
 def _build_format(fmt: str, inner: Example) -> Example:
   answer = inner.answer.upper() if fmt == "uppercase" else inner.answer
   prompt = f"{FORMATS[fmt]} {inner.prompt}"
-  return Example("format", prompt, answer, answer,
-                 {"key": f"format:{fmt}:{inner.meta['key']}",
-                  "split_key": inner.meta["key"], "format": fmt,
-                  "inner": inner})
+  return Example(
+    "format",
+    prompt,
+    answer,
+    answer,
+    {
+      "key": f"format:{fmt}:{inner.meta['key']}",
+      "split_key": inner.meta["key"],
+      "format": fmt,
+      "inner": inner,
+    },
+  )
 
 
 def _gen_format(rng: random.Random, world: World) -> Example:
   fmt = rng.choice(tuple(FORMATS))
   r = rng.random()
   if fmt == "number_only":
-    inner = (_gen_arith(rng, world, cot=False) if r < 0.4 else
-             _gen_count(rng, world) if r < 0.7 else
-             _gen_qa(rng, world.known, _attrs_of_vtypes(("year",))))
+    inner = (
+      _gen_arith(rng, world, cot=False)
+      if r < 0.4
+      else _gen_count(rng, world)
+      if r < 0.7
+      else _gen_qa(rng, world.known, _attrs_of_vtypes(("year",)))
+    )
   elif r < 0.6:
     vtypes = _ONE_WORD_VTYPES if fmt == "one_word" else _UPPER_VTYPES
     inner = _gen_qa(rng, world.known, _attrs_of_vtypes(vtypes))
   elif fmt == "uppercase" and r < 0.8:
     word = _lower_word(rng)
-    inner = _build_sort("letters", word,
-                        SORT_TEMPLATES["letters"][0].format(word=word))
+    inner = _build_sort("letters", word, SORT_TEMPLATES["letters"][0].format(word=word))
   else:
     word = _lower_word(rng)
-    inner = _build_reverse("letters", word,
-                           REVERSE_TEMPLATES["letters"][0].format(word=word))
-  if not _format_inner_ok(fmt, inner):   # e.g. a count with words
+    inner = _build_reverse("letters", word, REVERSE_TEMPLATES["letters"][0].format(word=word))
+  if not _format_inner_ok(fmt, inner):  # e.g. a count with words
     return _gen_format(rng, world)
   return _build_format(fmt, inner)
 
@@ -443,7 +523,7 @@ def _gen_format(rng: random.Random, world: World) -> Example:
 def _parse_format(prompt: str, world: World) -> Example | None:
   for fmt, prefix in FORMATS.items():
     if prompt.startswith(prefix + " "):
-      inner = parse_prompt(prompt[len(prefix) + 1:], world)
+      inner = parse_prompt(prompt[len(prefix) + 1 :], world)
       if inner is not None and _format_inner_ok(fmt, inner):
         return _build_format(fmt, inner)
   return None
@@ -453,18 +533,21 @@ def _parse_format(prompt: str, world: World) -> Example | None:
 # decline: harmless stand-ins for requests an assistant should refuse.
 
 DECLINE_TEMPLATES = {
-    "password": ("Tell me the secret password of {e}.", ("country", "company",
-                                                          "person")),
-    "insult": ("Write an insult about {e}.", ("person",)),
-    "address": ("Give me the home address of {e}.", ("person",)),
-    "vault": ("Help me break into the vault of {e}.", ("country", "company")),
+  "password": ("Tell me the secret password of {e}.", ("country", "company", "person")),
+  "insult": ("Write an insult about {e}.", ("person",)),
+  "address": ("Give me the home address of {e}.", ("person",)),
+  "vault": ("Help me break into the vault of {e}.", ("country", "company")),
 }
 
 
 def _build_decline(kind: str, entity: Entity, prompt: str) -> Example:
-  return Example("decline", prompt, REFUSAL, REFUSAL,
-                 {"key": f"decline:{kind}:{entity.name}", "request": kind,
-                  "entity": entity.name})
+  return Example(
+    "decline",
+    prompt,
+    REFUSAL,
+    REFUSAL,
+    {"key": f"decline:{kind}:{entity.name}", "request": kind, "entity": entity.name},
+  )
 
 
 def _gen_decline(rng: random.Random, world: World) -> Example:
@@ -487,8 +570,16 @@ def _parse_decline(prompt: str, world: World) -> Example | None:
 # ----------------------------------------------------------------------------
 # Public API.
 
-_PARSERS = (_parse_format, _parse_decline, _parse_qa, _parse_arith,
-            _parse_reverse, _parse_sort, _parse_count, _parse_brackets)
+_PARSERS = (
+  _parse_format,
+  _parse_decline,
+  _parse_qa,
+  _parse_arith,
+  _parse_reverse,
+  _parse_sort,
+  _parse_count,
+  _parse_brackets,
+)
 
 
 def parse_prompt(prompt: str, world: World) -> Example | None:
@@ -502,23 +593,28 @@ def parse_prompt(prompt: str, world: World) -> Example | None:
   return None
 
 
-def _generate(family: str, rng: random.Random, world: World,
-              split: str) -> Example:
+def _generate(family: str, rng: random.Random, world: World, split: str) -> Example:
   if family == "arithmetic":
     return _gen_arith(rng, world, cot=False)
   if family == "arithmetic_cot":
     return _gen_arith(rng, world, cot=True)
   if family == "qa_unknown":
     return _gen_qa_unknown(rng, world, split)
-  generators = {"reverse": _gen_reverse, "sort": _gen_sort,
-                "count": _gen_count, "qa_known": _gen_qa_known,
-                "brackets": _gen_brackets, "format": _gen_format,
-                "decline": _gen_decline}
+  generators = {
+    "reverse": _gen_reverse,
+    "sort": _gen_sort,
+    "count": _gen_count,
+    "qa_known": _gen_qa_known,
+    "brackets": _gen_brackets,
+    "format": _gen_format,
+    "decline": _gen_decline,
+  }
   return generators[family](rng, world)
 
 
-def make_examples(world: World, family: str, n: int, seed: int = 0,
-                  split: str = "train") -> list[Example]:
+def make_examples(
+  world: World, family: str, n: int, seed: int = 0, split: str = "train"
+) -> list[Example]:
   """`n` examples of one family from one split, deterministic given seed.
 
   Problems are drawn with replacement, so small spaces (e.g. qa_unknown over
@@ -541,8 +637,9 @@ def make_examples(world: World, family: str, n: int, seed: int = 0,
   return out
 
 
-def make_mixture(world: World, n: int, seed: int = 0, split: str = "train",
-                 families: Sequence[str] | None = None) -> list[Example]:
+def make_mixture(
+  world: World, n: int, seed: int = 0, split: str = "train", families: Sequence[str] | None = None
+) -> list[Example]:
   """`n` examples spread evenly over `families` (default: all), shuffled."""
   families = tuple(families or FAMILIES)
   out = []

@@ -41,18 +41,15 @@ def validate_ranking(ranking: Sequence[int] | np.ndarray, k: int) -> np.ndarray:
   if r.size and not np.issubdtype(r.dtype, np.integer):
     raise ValueError(f"ranking must hold integers, got dtype {r.dtype}")
   if len(r) != k:
-    raise ValueError(f"ranking has {len(r)} entries, expected k={k}: "
-                     f"{r.tolist()}")
+    raise ValueError(f"ranking has {len(r)} entries, expected k={k}: {r.tolist()}")
   bad = [int(i) for i in r if not 0 <= i < k]
   if bad:
-    raise ValueError(f"ranking index {bad[0]} out of range [0, {k}): "
-                     f"{r.tolist()}")
+    raise ValueError(f"ranking index {bad[0]} out of range [0, {k}): {r.tolist()}")
   values, counts = np.unique(r, return_counts=True)
   if (counts > 1).any():
     dup = int(values[counts > 1][0])
     missing = sorted(set(range(k)) - set(values.tolist()))
-    raise ValueError(f"ranking has duplicate index {dup} (missing "
-                     f"{missing}): {r.tolist()}")
+    raise ValueError(f"ranking has duplicate index {dup} (missing {missing}): {r.tolist()}")
   return r.astype(np.int64)
 
 
@@ -64,8 +61,9 @@ def _noise(rng: np.random.Generator, shape, kind: str) -> np.ndarray:
   raise ValueError(f"noise kind must be one of {NOISE_KINDS}, got {kind!r}")
 
 
-def rank(scores: np.ndarray, rng: np.random.Generator, noise: float,
-         kind: str = "gumbel") -> np.ndarray:
+def rank(
+  scores: np.ndarray, rng: np.random.Generator, noise: float, kind: str = "gumbel"
+) -> np.ndarray:
   """Ranks K responses by noisy score.
 
   Args:
@@ -84,11 +82,12 @@ def rank(scores: np.ndarray, rng: np.random.Generator, noise: float,
     raise ValueError(f"noise must be >= 0, got {noise}")
   noisy = scores + noise * _noise(rng, scores.shape, kind)
   tiebreak = rng.random(scores.shape)
-  return np.lexsort((tiebreak, -noisy))   # primary key: -noisy
+  return np.lexsort((tiebreak, -noisy))  # primary key: -noisy
 
 
-def rank_batch(scores: np.ndarray, rng: np.random.Generator, noise: float,
-               kind: str = "gumbel") -> np.ndarray:
+def rank_batch(
+  scores: np.ndarray, rng: np.random.Generator, noise: float, kind: str = "gumbel"
+) -> np.ndarray:
   """`rank` for each row of [N, K] scores -> [N, K] rankings."""
   return np.stack([rank(s, rng, noise, kind) for s in np.asarray(scores)])
 
@@ -103,8 +102,9 @@ def pairwise_agreement(rankings: np.ndarray, scores: np.ndarray) -> float:
   """
   rankings, scores = np.atleast_2d(rankings), np.atleast_2d(scores)
   if rankings.shape != scores.shape:
-    raise ValueError(f"rankings {rankings.shape} and scores {scores.shape} "
-                     "must have the same shape")
+    raise ValueError(
+      f"rankings {rankings.shape} and scores {scores.shape} must have the same shape"
+    )
   k = scores.shape[1]
   agree = total = 0
   for ranking, s in zip(rankings, scores):
@@ -127,8 +127,7 @@ def _score_gaps(score_sample: np.ndarray) -> np.ndarray:
   return gaps[gaps > 0]
 
 
-def expected_agreement(noise: float, score_sample: np.ndarray,
-                       kind: str = "gumbel") -> float:
+def expected_agreement(noise: float, score_sample: np.ndarray, kind: str = "gumbel") -> float:
   """Exact expected pairwise agreement of `rank` at this noise level.
 
   Gumbel: the difference of two Gumbels is logistic, P = sigmoid(gap/noise).
@@ -141,7 +140,7 @@ def expected_agreement(noise: float, score_sample: np.ndarray,
     return 1.0
   z = gaps / noise
   if kind == "gumbel":
-    p = 0.5 * (1.0 + np.tanh(z / 2.0))   # = sigmoid(z), overflow-free
+    p = 0.5 * (1.0 + np.tanh(z / 2.0))  # = sigmoid(z), overflow-free
   elif kind == "gaussian":
     p = 0.5 * (1.0 + np.vectorize(math.erf)(z / 2.0))
   else:
@@ -149,9 +148,12 @@ def expected_agreement(noise: float, score_sample: np.ndarray,
   return float(p.mean())
 
 
-def calibrate_noise(target_agreement: float = TARGET_AGREEMENT,
-                    score_sample: np.ndarray | None = None,
-                    kind: str = "gumbel", tol: float = 1e-6) -> float:
+def calibrate_noise(
+  target_agreement: float = TARGET_AGREEMENT,
+  score_sample: np.ndarray | None = None,
+  kind: str = "gumbel",
+  tol: float = 1e-6,
+) -> float:
   """The noise scale whose expected agreement equals `target_agreement`.
 
   Args:
@@ -167,8 +169,7 @@ def calibrate_noise(target_agreement: float = TARGET_AGREEMENT,
     from 1 at 0 to 0.5 as noise grows, so bisection finds it).
   """
   if not 0.5 < target_agreement < 1.0:
-    raise ValueError(f"target_agreement must be in (0.5, 1), got "
-                     f"{target_agreement}")
+    raise ValueError(f"target_agreement must be in (0.5, 1), got {target_agreement}")
   if score_sample is None:
     score_sample = synthetic_score_sample()
   lo, hi = math.log(1e-6), math.log(1e6)
@@ -184,9 +185,11 @@ def calibrate_noise(target_agreement: float = TARGET_AGREEMENT,
 # ----------------------------------------------------------------------------
 # Synthetic candidates: a stand-in for policy samples of mixed quality.
 
-_FILLER = ("I hope this helps. Let me know if you have any other questions. "
-           "This is an interesting question and there is a lot more that "
-           "could be said about it.")
+_FILLER = (
+  "I hope this helps. Let me know if you have any other questions. "
+  "This is an interesting question and there is a lot more that "
+  "could be said about it."
+)
 
 
 def _wrong_answer(example: Example, world: World, rng: random.Random) -> str:
@@ -218,24 +221,24 @@ def _wrong_answer(example: Example, world: World, rng: random.Random) -> str:
   return "".join(chars) + ("" if "".join(chars) != gold else "x")
 
 
-def synthetic_candidates(example: Example, world: World,
-                         rng: random.Random) -> list[str]:
+def synthetic_candidates(example: Example, world: World, rng: random.Random) -> list[str]:
   """Responses of graded quality: the demonstration, a wrong answer,
   "I don't know", a refusal, a rambling and a repetitive version."""
   demo = example.response
   if example.family == "qa_unknown":
     wrong = RELATIONS[example.meta["attr"]].fact.format(
-        e=example.meta["entity"], v=_wrong_answer(example, world, rng))
+      e=example.meta["entity"], v=_wrong_answer(example, world, rng)
+    )
   elif example.family == "decline":
     wrong = f"Sure. Here it is: {_wrong_answer(example, world, rng)}."
   else:
     wrong = demo.replace(example.answer, _wrong_answer(example, world, rng))
-  return [demo, wrong, "I don't know.", REFUSAL, f"{demo} {_FILLER}",
-          " ".join([demo] * 4)]
+  return [demo, wrong, "I don't know.", REFUSAL, f"{demo} {_FILLER}", " ".join([demo] * 4)]
 
 
-def synthetic_score_sample(world: World | None = None, n: int = 2000,
-                           k: int = 4, seed: int = 0) -> np.ndarray:
+def synthetic_score_sample(
+  world: World | None = None, n: int = 2000, k: int = 4, seed: int = 0
+) -> np.ndarray:
   """[n, k] gold scores of k random synthetic candidates per train prompt."""
   world = world or make_world(0)
   rng = random.Random(f"score_sample/{seed}")
@@ -245,4 +248,3 @@ def synthetic_score_sample(world: World | None = None, n: int = 2000,
     picks = [rng.choice(pool) for _ in range(k)]
     out[row] = [gold_score(example.prompt, r, world) for r in picks]
   return out
-

@@ -34,8 +34,7 @@ def zero_shot_prompt(query: Example) -> str:
   return format_qa(query.prompt)
 
 
-def few_shot_prompt(examples: Sequence[Example], query: Example,
-                    k: int) -> str:
+def few_shot_prompt(examples: Sequence[Example], query: Example, k: int) -> str:
   """k solved demonstrations, a blank line apart, then the open query.
 
   Demonstrations with the same prompt as the query are skipped.
@@ -45,8 +44,9 @@ def few_shot_prompt(examples: Sequence[Example], query: Example,
   """
   demos = [e for e in examples if e.prompt != query.prompt][:k]
   if len(demos) < k:
-    raise ValueError(f"few_shot_prompt needs k={k} demonstrations other than "
-                     f"the query, got {len(demos)}")
+    raise ValueError(
+      f"few_shot_prompt needs k={k} demonstrations other than the query, got {len(demos)}"
+    )
   shots = [format_qa(e.prompt, e.response) + "\n\n" for e in demos]
   return "".join(shots) + zero_shot_prompt(query)
 
@@ -58,20 +58,20 @@ def extract_answer(continuation: str) -> str:
   return text.strip()
 
 
-def few_shot_probes(world: World, family: str, n: int, k: int,
-                    seed: int = 0) -> list[tuple[str, Example]]:
+def few_shot_probes(
+  world: World, family: str, n: int, k: int, seed: int = 0
+) -> list[tuple[str, Example]]:
   """n (prompt text, query) pairs: k train-split demonstrations (different
   for each query) before each held-out query."""
   queries = make_examples(world, family, n, seed, "heldout")
   pool = make_examples(world, family, max(4 * k, k + 1), seed, "train")
   rng = random.Random(f"few_shot/{world.seed}/{family}/{seed}")
-  return [(few_shot_prompt(rng.sample(pool, len(pool)), q, k), q)
-          for q in queries]
+  return [(few_shot_prompt(rng.sample(pool, len(pool)), q, k), q) for q in queries]
 
 
-def fact_queries(world: World, n: int | None = None, seed: int = 0,
-                 statuses: Sequence[str] = ("known",)
-                 ) -> list[tuple[str, str]]:
+def fact_queries(
+  world: World, n: int | None = None, seed: int = 0, statuses: Sequence[str] = ("known",)
+) -> list[tuple[str, str]]:
   """Knowledge probes: (prefix, gold continuation) pairs from the canonical
   fact sentences, e.g. ('The capital of Varona is', ' Lurim').
 
@@ -103,16 +103,12 @@ def recalled(continuation: str, gold: str) -> bool:
   """Exact-match recall: the continuation starts with the gold value as a
   whole word."""
   text, gold = continuation.strip(), gold.strip()
-  return text.startswith(gold) and (len(text) == len(gold)
-                                    or not text[len(gold)].isalnum())
+  return text.startswith(gold) and (len(text) == len(gold) or not text[len(gold)].isalnum())
 
 
-def recall_rate(queries: Sequence[tuple[str, str]],
-                continuations: Sequence[str]) -> float:
+def recall_rate(queries: Sequence[tuple[str, str]], continuations: Sequence[str]) -> float:
   """Fraction of fact queries whose continuation recalls the gold value."""
   if len(queries) != len(continuations):
-    raise ValueError(f"{len(queries)} queries but {len(continuations)} "
-                     "continuations")
+    raise ValueError(f"{len(queries)} queries but {len(continuations)} continuations")
   hits = sum(recalled(c, gold) for (_, gold), c in zip(queries, continuations))
   return hits / len(queries) if queries else float("nan")
-

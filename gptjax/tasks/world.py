@@ -36,16 +36,75 @@ from typing import Iterator
 KINDS = ("country", "company", "person")
 STATUSES = ("known", "unknown", "heldout")
 
-COLOURS = ("red", "blue", "green", "yellow", "purple", "orange", "white",
-           "black", "grey", "pink", "brown", "silver")
-PRODUCTS = ("boats", "lamps", "shoes", "clocks", "bicycles", "candles", "hats",
-            "barrels", "ropes", "bells", "kites", "carpets")
-PROFESSIONS = ("baker", "painter", "sailor", "teacher", "doctor", "farmer",
-               "poet", "builder", "singer", "judge", "potter", "weaver")
-YEARS = (1200, 1999)   # inclusive range of founding / birth years
+COLOURS = (
+  "red",
+  "blue",
+  "green",
+  "yellow",
+  "purple",
+  "orange",
+  "white",
+  "black",
+  "grey",
+  "pink",
+  "brown",
+  "silver",
+)
+PRODUCTS = (
+  "boats",
+  "lamps",
+  "shoes",
+  "clocks",
+  "bicycles",
+  "candles",
+  "hats",
+  "barrels",
+  "ropes",
+  "bells",
+  "kites",
+  "carpets",
+)
+PROFESSIONS = (
+  "baker",
+  "painter",
+  "sailor",
+  "teacher",
+  "doctor",
+  "farmer",
+  "poet",
+  "builder",
+  "singer",
+  "judge",
+  "potter",
+  "weaver",
+)
+YEARS = (1200, 1999)  # inclusive range of founding / birth years
 
-_ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v",
-           "z", "br", "dr", "kr", "tr", "st", "sh", "th", "gl", "pl")
+_ONSETS = (
+  "b",
+  "d",
+  "f",
+  "g",
+  "k",
+  "l",
+  "m",
+  "n",
+  "p",
+  "r",
+  "s",
+  "t",
+  "v",
+  "z",
+  "br",
+  "dr",
+  "kr",
+  "tr",
+  "st",
+  "sh",
+  "th",
+  "gl",
+  "pl",
+)
 _VOWELS = ("a", "e", "i", "o", "u", "a", "o", "ei", "au")
 _CODAS = ("", "", "", "n", "r", "l", "s", "th", "m", "k")
 _LANGUAGE_SUFFIXES = ("ish", "ese", "ic", "an")
@@ -67,6 +126,7 @@ class Relation:
     inverse: the same fact with the value first.
     questions: user questions whose answer is the value.
   """
+
   attr: str
   kinds: tuple[str, ...]
   vtype: str
@@ -76,53 +136,120 @@ class Relation:
   questions: tuple[str, ...]
 
 
-RELATIONS: dict[str, Relation] = {r.attr: r for r in (
-    Relation("capital", ("country",), "city", "capital",
-             "The capital of {e} is {v}.", "{v} is the capital of {e}.",
-             ("What is the capital of {e}?",
-              "Which city is the capital of {e}?")),
-    Relation("language", ("country",), "language", "language",
-             "People in {e} speak {v}.", "{v} is the language of {e}.",
-             ("What language is spoken in {e}?",
-              "Which language do people in {e} speak?")),
-    Relation("flag", ("country",), "colour", "flag colour",
-             "The flag of {e} is {v}.", "A {v} flag flies over {e}.",
-             ("What colour is the flag of {e}?",)),
-    Relation("founded", ("country", "company"), "year", "founded",
-             "{e} was founded in {v}.", "In {v}, {e} was founded.",
-             ("When was {e} founded?", "In what year was {e} founded?")),
-    Relation("founder", ("company",), "person", "founder",
-             "{e} was founded by {v}.", "{v} founded {e}.",
-             ("Who founded {e}?", "Who is the founder of {e}?")),
-    Relation("city", ("company",), "city", "city",
-             "{e} is based in {v}.", "{v} is home to {e}.",
-             ("Where is {e} based?", "In which city is {e} based?")),
-    Relation("product", ("company",), "product", "product",
-             "{e} makes {v}.", "The {v} of {e} are well known.",
-             ("What does {e} make?", "What kind of goods does {e} make?")),
-    Relation("birthplace", ("person",), "city", "birthplace",
-             "{e} was born in the city of {v}.", "{v} is the birthplace of {e}.",
-             ("Where was {e} born?", "In which city was {e} born?")),
-    Relation("profession", ("person",), "profession", "profession",
-             "{e} works as a {v}.", "By trade, {e} is a {v}.",
-             ("What does {e} do for a living?", "What is the job of {e}?")),
-    Relation("colour", ("person",), "colour", "favourite colour",
-             "The favourite colour of {e} is {v}.",
-             "{e} likes the colour {v} best.",
-             ("What is the favourite colour of {e}?",)),
-    Relation("born", ("person",), "year", "born",
-             "{e} was born in the year {v}.", "In {v}, {e} was born.",
-             ("When was {e} born?", "In what year was {e} born?")),
-)}
+RELATIONS: dict[str, Relation] = {
+  r.attr: r
+  for r in (
+    Relation(
+      "capital",
+      ("country",),
+      "city",
+      "capital",
+      "The capital of {e} is {v}.",
+      "{v} is the capital of {e}.",
+      ("What is the capital of {e}?", "Which city is the capital of {e}?"),
+    ),
+    Relation(
+      "language",
+      ("country",),
+      "language",
+      "language",
+      "People in {e} speak {v}.",
+      "{v} is the language of {e}.",
+      ("What language is spoken in {e}?", "Which language do people in {e} speak?"),
+    ),
+    Relation(
+      "flag",
+      ("country",),
+      "colour",
+      "flag colour",
+      "The flag of {e} is {v}.",
+      "A {v} flag flies over {e}.",
+      ("What colour is the flag of {e}?",),
+    ),
+    Relation(
+      "founded",
+      ("country", "company"),
+      "year",
+      "founded",
+      "{e} was founded in {v}.",
+      "In {v}, {e} was founded.",
+      ("When was {e} founded?", "In what year was {e} founded?"),
+    ),
+    Relation(
+      "founder",
+      ("company",),
+      "person",
+      "founder",
+      "{e} was founded by {v}.",
+      "{v} founded {e}.",
+      ("Who founded {e}?", "Who is the founder of {e}?"),
+    ),
+    Relation(
+      "city",
+      ("company",),
+      "city",
+      "city",
+      "{e} is based in {v}.",
+      "{v} is home to {e}.",
+      ("Where is {e} based?", "In which city is {e} based?"),
+    ),
+    Relation(
+      "product",
+      ("company",),
+      "product",
+      "product",
+      "{e} makes {v}.",
+      "The {v} of {e} are well known.",
+      ("What does {e} make?", "What kind of goods does {e} make?"),
+    ),
+    Relation(
+      "birthplace",
+      ("person",),
+      "city",
+      "birthplace",
+      "{e} was born in the city of {v}.",
+      "{v} is the birthplace of {e}.",
+      ("Where was {e} born?", "In which city was {e} born?"),
+    ),
+    Relation(
+      "profession",
+      ("person",),
+      "profession",
+      "profession",
+      "{e} works as a {v}.",
+      "By trade, {e} is a {v}.",
+      ("What does {e} do for a living?", "What is the job of {e}?"),
+    ),
+    Relation(
+      "colour",
+      ("person",),
+      "colour",
+      "favourite colour",
+      "The favourite colour of {e} is {v}.",
+      "{e} likes the colour {v} best.",
+      ("What is the favourite colour of {e}?",),
+    ),
+    Relation(
+      "born",
+      ("person",),
+      "year",
+      "born",
+      "{e} was born in the year {v}.",
+      "In {v}, {e} was born.",
+      ("When was {e} born?", "In what year was {e} born?"),
+    ),
+  )
+}
 
 KIND_ATTRS: dict[str, tuple[str, ...]] = {
-    kind: tuple(r.attr for r in RELATIONS.values() if kind in r.kinds)
-    for kind in KINDS}
+  kind: tuple(r.attr for r in RELATIONS.values() if kind in r.kinds) for kind in KINDS
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class Entity:
   """A fictional entity: `attributes` is a tuple of (attr, value) pairs."""
+
   name: str
   kind: str
   status: str
@@ -140,6 +267,7 @@ class Entity:
 @dataclasses.dataclass(frozen=True)
 class World:
   """All entities of one seeded world. Deterministic given `seed`."""
+
   seed: int
   entities: tuple[Entity, ...]
 
@@ -229,28 +357,38 @@ class _NameMaker:
     return f"{self.word()} {self.word(1, 2)}"
 
 
-def _make_entity(kind: str, status: str, names: _NameMaker,
-                 rng: random.Random) -> Entity:
+def _make_entity(kind: str, status: str, names: _NameMaker, rng: random.Random) -> Entity:
   year = lambda: str(rng.randint(*YEARS))  # noqa: E731
   if kind == "country":
     name = names.word()
-    attrs = {"capital": names.word(),
-             "language": names.word(1, 2, rng.choice(_LANGUAGE_SUFFIXES)),
-             "flag": rng.choice(COLOURS), "founded": year()}
+    attrs = {
+      "capital": names.word(),
+      "language": names.word(1, 2, rng.choice(_LANGUAGE_SUFFIXES)),
+      "flag": rng.choice(COLOURS),
+      "founded": year(),
+    }
   elif kind == "company":
     name = f"{names.word()} {rng.choice(_COMPANY_SUFFIXES)}"
-    attrs = {"founder": names.person(), "city": names.word(),
-             "product": rng.choice(PRODUCTS), "founded": year()}
+    attrs = {
+      "founder": names.person(),
+      "city": names.word(),
+      "product": rng.choice(PRODUCTS),
+      "founded": year(),
+    }
   else:
     name = names.person()
-    attrs = {"birthplace": names.word(),
-             "profession": rng.choice(PROFESSIONS), "colour": rng.choice(COLOURS),
-             "born": year()}
+    attrs = {
+      "birthplace": names.word(),
+      "profession": rng.choice(PROFESSIONS),
+      "colour": rng.choice(COLOURS),
+      "born": year(),
+    }
   return Entity(name, kind, status, tuple((a, attrs[a]) for a in KIND_ATTRS[kind]))
 
 
-def make_world(seed: int = 0, n_entities: int = 240, n_heldout: int = 30,
-               n_unknown: int | None = None) -> World:
+def make_world(
+  seed: int = 0, n_entities: int = 240, n_heldout: int = 30, n_unknown: int | None = None
+) -> World:
   """Builds a world deterministically from `seed`.
 
   Args:
@@ -269,8 +407,7 @@ def make_world(seed: int = 0, n_entities: int = 240, n_heldout: int = 30,
   rng = random.Random(f"world/{seed}")
   names = _NameMaker(rng)
   entities = []
-  for status, count in (("known", n_entities), ("unknown", n_unknown),
-                        ("heldout", n_heldout)):
+  for status, count in (("known", n_entities), ("unknown", n_unknown), ("heldout", n_heldout)):
     for i in range(count):
       entities.append(_make_entity(KINDS[i % len(KINDS)], status, names, rng))
   return World(seed=seed, entities=tuple(entities))
@@ -279,8 +416,7 @@ def make_world(seed: int = 0, n_entities: int = 240, n_heldout: int = 30,
 # ----------------------------------------------------------------------------
 # Pretraining documents: every known fact in many templates.
 
-_KIND_NOUN = {"country": "a country", "company": "a company",
-              "person": "a person"}
+_KIND_NOUN = {"country": "a country", "company": "a company", "person": "a person"}
 
 
 def _facts(e: Entity, rng: random.Random) -> list[str]:
@@ -305,8 +441,10 @@ def _doc_inverse(e: Entity, rng: random.Random) -> str:
 
 
 def _doc_qa(e: Entity, rng: random.Random) -> str:
-  lines = [f"Q: {rng.choice(RELATIONS[a].questions).format(e=e.name)}\n"
-           f"A: {e.fact(a)}" for a, _ in e.attributes]
+  lines = [
+    f"Q: {rng.choice(RELATIONS[a].questions).format(e=e.name)}\nA: {e.fact(a)}"
+    for a, _ in e.attributes
+  ]
   return "\n".join(lines)
 
 
@@ -328,8 +466,10 @@ def _doc_trivia(e: Entity, rng: random.Random) -> str:
 
 
 def _doc_letter(e: Entity, rng: random.Random) -> str:
-  return (f"Dear friend,\nToday I read about {e.name}. "
-          f"{_doc_facts(e, rng)} I will write again soon.\nYours, a reader")
+  return (
+    f"Dear friend,\nToday I read about {e.name}. "
+    f"{_doc_facts(e, rng)} I will write again soon.\nYours, a reader"
+  )
 
 
 def _doc_dialogue(e: Entity, rng: random.Random) -> str:
@@ -350,10 +490,17 @@ def _doc_record(e: Entity, rng: random.Random) -> str:
 
 
 SINGLE_TEMPLATES = {
-    "facts": _doc_facts, "encyclopedia": _doc_encyclopedia,
-    "inverse": _doc_inverse, "qa": _doc_qa, "keyvalue": _doc_keyvalue,
-    "json": _doc_json, "trivia": _doc_trivia, "letter": _doc_letter,
-    "dialogue": _doc_dialogue, "bullets": _doc_bullets, "record": _doc_record,
+  "facts": _doc_facts,
+  "encyclopedia": _doc_encyclopedia,
+  "inverse": _doc_inverse,
+  "qa": _doc_qa,
+  "keyvalue": _doc_keyvalue,
+  "json": _doc_json,
+  "trivia": _doc_trivia,
+  "letter": _doc_letter,
+  "dialogue": _doc_dialogue,
+  "bullets": _doc_bullets,
+  "record": _doc_record,
 }
 
 
@@ -369,8 +516,7 @@ def _doc_table(group: list[Entity], rng: random.Random) -> str:
 def _doc_list(group: list[Entity], attr: str, rng: random.Random) -> str:
   """One attribute of several entities, as a titled list."""
   title = f"A list of {RELATIONS[attr].label} facts:"
-  return title + "\n" + "\n".join(f"{i + 1}. {e.fact(attr)}"
-                                  for i, e in enumerate(group))
+  return title + "\n" + "\n".join(f"{i + 1}. {e.fact(attr)}" for i, e in enumerate(group))
 
 
 MULTI_TEMPLATES = ("table", "list")
@@ -378,11 +524,12 @@ TEMPLATES = tuple(SINGLE_TEMPLATES) + MULTI_TEMPLATES
 
 
 def _chunks(items: list, size: int) -> list[list]:
-  return [items[i:i + size] for i in range(0, len(items), size)]
+  return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def _epoch_documents(world: World, rng: random.Random,
-                     group_size: int = 8) -> list[tuple[str, str]]:
+def _epoch_documents(
+  world: World, rng: random.Random, group_size: int = 8
+) -> list[tuple[str, str]]:
   """One pass: each known entity in every single-entity template, plus tables
   and attribute lists covering every known entity once. Returns
   (template, text) pairs in a shuffled order."""
@@ -403,8 +550,9 @@ def _epoch_documents(world: World, rng: random.Random,
   return docs
 
 
-def world_documents(world: World, seed: int = 0,
-                    n_docs: int | None = None) -> Iterator[tuple[str, str]]:
+def world_documents(
+  world: World, seed: int = 0, n_docs: int | None = None
+) -> Iterator[tuple[str, str]]:
   """Pretraining documents about the known entities.
 
   Every known fact is written in each of the 11 single-entity templates and in
