@@ -25,6 +25,7 @@ import pytest
 from configs import pretrain as pretrain_configs
 from gptjax import (
   checkpoint as ckpt_lib,
+  cli,
   config as config_lib,
   losses,
   metrics,
@@ -418,8 +419,8 @@ def test_unknown_config_field_is_named():
   with pytest.raises(ValueError, match=r"config\.model\.n_layers") as e:
     config_lib.check_fields(config, pretrain_configs.get_config("tiny"))
   assert "n_layer" in str(e.value).split("allowed")[-1]
-  with pytest.raises(ValueError, match=r"config\.model\.n_layers"):
-    pretraining.validate(config)
+  with pytest.raises(ValueError, match=r"config\.model\.n_layers"):  # what experiments/ call
+    cli.checked(config, pretrain_configs.get_config)
 
 
 @pytest.mark.parametrize(
