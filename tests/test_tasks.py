@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 
-from gptjax.tasks import instructions, labeler, oracle, probes, world as W
+from gptjax.tasks import competence, instructions, labeler, oracle, probes, world as W, writers
 from gptjax.tasks.instructions import FAMILIES, SPLITS
 
 FILLER = (
@@ -142,10 +142,11 @@ def test_bad_arguments_raise(world):
 
 def test_cot_demonstration_steps():
   assert (
-    instructions.cot_response(523, "-", 245) == "523 - 245 = 523 - 200 - 40 - 5. 523 - 200 = 323. "
+    instructions.cot_response(523, "-", 245) == "523 - 200 = 323. "
     "323 - 40 = 283. 283 - 5 = 278. The answer is 278."
   )
   assert instructions.cot_response(123, "+", 200) == ("123 + 200 = 323. The answer is 323.")
+  assert instructions.cot_response(7, "-", 7) == ("7 - 7 = 0. The answer is 0.")
 
 
 # ----------------------------------------------------------------------------
@@ -171,8 +172,8 @@ def _cases(world):
     "arithmetic": ("What is 123 plus 45?", "The answer is 168.", "The answer is 178."),
     "arithmetic_cot": (
       "Subtract 45 from 123. Let's think step by step.",
-      "123 - 45 = 123 - 40 - 5. 123 - 40 = 83. 83 - 5 = 78. The answer is 78.",
-      "123 - 45 = 123 - 40 - 5. 123 - 40 = 83. 83 - 5 = 77. The answer is 77.",
+      "123 - 40 = 83. 83 - 5 = 78. The answer is 78.",
+      "123 - 40 = 83. 83 - 5 = 77. The answer is 77.",
     ),
     "reverse": ("Reverse the word 'tolam'.", "malot", "molat"),
     "reverse_words": (
@@ -242,15 +243,18 @@ def test_order_correct_idk_wrong_and_penalties(world, case):
 def test_length_penalty_is_graded(world):
   prompt, good, _ = _cases(world)["arithmetic"]
   words = (FILLER + " " + FILLER.upper()).split()  # no repeated bigrams
-  scores = [score(world, prompt, " ".join([good] + words[:n])) for n in (0, 8, 20, 40, 80)]
-  assert scores[0] == scores[1] == 1.0  # a little slack is free
-  assert scores[1] > scores[2] > scores[3] > scores[4]
+  scores = [score(world, prompt, " ".join([good] + words[:n])) for n in (0, 1, 8, 20, 40, 80)]
+  assert scores[0] == scores[1] == 1.0  # one word of slack is free
+  assert scores[1] > scores[2] > scores[3] > scores[4] > scores[5]
+  assert scores[2] == pytest.approx(0.5 ** (7 / oracle.LENGTH_HALVING))  # concise beats verbose
 
 
 def test_chain_of_thought_alternatives(world):
   prompt = "Subtract 45 from 123. Let's think step by step."
-  assert score(world, prompt, "The answer is 78.") == 1.0  # short is fine
-  assert score(world, prompt, "123 - 45 = 78. The answer is 78.") == 1.0
+  assert score(world, prompt, "123 - 45 = 78. The answer is 78.") == 1.0  # one step is enough
+  # Rubric 2: the prompt asks for steps; the bare answer is right but unformatted.
+  assert oracle.judge(prompt, "The answer is 78.", world).outcome == "unformatted"
+  assert score(world, prompt, "The answer is 78.") == oracle.BASE_SCORES["unformatted"]
 
 
 def test_qa_hedging_between_values_is_not_correct(world):
@@ -307,7 +311,8 @@ def test_format_following(world):
   for prompt, good, unformatted, wrong in cases:
     j = {r: oracle.judge(prompt, r, world) for r in (good, unformatted, wrong)}
     assert j[good].outcome == "correct" and j[good].score == 1.0
-    assert j[unformatted].outcome == "partial" and j[unformatted].score == 0.5
+    assert j[unformatted].outcome == "unformatted"
+    assert 0.4 < j[unformatted].score <= oracle.BASE_SCORES["unformatted"]
     assert j[wrong].score == 0.0
 
 
@@ -397,3 +402,220 @@ def test_fact_queries(world):
   golds = [g for _, g in queries[:4]]
   assert probes.recall_rate(queries[:4], golds) == 1.0
   assert probes.recall_rate(queries[:2], [golds[0] + "x", "nope"]) == 0.0
+
+
+# ----------------------------------------------------------------------------
+# Family registry, levels, writers (issues 14 and 15).
+
+# sha256 of make_mixture(world 0, 400, seed, split) as (family, prompt, response,
+# answer, key, level, writer) rows. Pinned when the registry landed (the
+# registry refactor kept rubric-1 examples identical, checked against the
+# pre-registry code) and re-pinned for levels and writers: a change here
+# changes every stage's data and needs a reason.
+MIXTURE_HASHES = {
+  ("train", 0): "aac99c4de9ef3969",
+  ("heldout", 0): "fc4be4b5904dd515",
+}
+
+
+def _mixture_hash(world, split, seed):
+  import hashlib
+  import json
+
+  rows = [
+    [e.family, e.prompt, e.response, e.answer, e.meta["key"], e.level, e.writer]
+    for e in instructions.make_mixture(world, 400, seed, split)
+  ]
+  return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize("split,seed", list(MIXTURE_HASHES))
+def test_mixture_is_pinned(world, split, seed):
+  assert _mixture_hash(world, split, seed) == MIXTURE_HASHES[(split, seed)]
+
+
+def test_registry_is_the_single_list_of_families():
+  assert FAMILIES == tuple(instructions.REGISTRY)
+  assert all(f.name == name for name, f in instructions.REGISTRY.items())
+  dup = instructions.REGISTRY["sort"]
+  with pytest.raises(ValueError, match="already registered"):
+    instructions.register_family(dup)
+  with pytest.raises(ValueError, match="kind"):
+    instructions.register_family(
+      instructions.Family("x", dup.generate, dup.parse, dup.score, kind="poem")
+    )
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_level_is_generated_and_parsed_back(world, family):
+  n_levels = instructions.REGISTRY[family].levels
+  assert n_levels >= 3
+  for level in range(n_levels):
+    for split in SPLITS:
+      exs = instructions.make_examples(world, family, 8, seed=2, split=split, levels=[level])
+      for ex in exs:
+        assert ex.level == level, ex
+        assert instructions.parse_prompt(ex.prompt, world) == ex
+  mix = instructions.make_examples(world, family, 200, seed=0)
+  counts = np.bincount([e.level for e in mix], minlength=n_levels)
+  assert (counts > 200 / n_levels / 2).all(), counts  # default: every level equally
+
+
+def test_level_sizes_grow():
+  w = W.make_world(0)
+  size = {
+    "arithmetic": lambda e: max(e.meta["a"], e.meta["b"]),
+    "brackets": lambda e: len(e.answer.split()),
+    "reverse": lambda e: len(e.answer),
+  }
+  for family, measure in size.items():
+    means = [
+      np.mean([measure(e) for e in instructions.make_examples(w, family, 40, levels=[lv])])
+      for lv in range(instructions.REGISTRY[family].levels)
+    ]
+    assert means == sorted(means) and means[0] < means[-1], (family, means)
+
+
+def test_level_spec_errors(world):
+  assert instructions.level_weights("qa_known", {0: 1, 5: 1}) == {0: 1.0}
+  with pytest.raises(ValueError, match="no level"):
+    instructions.make_examples(world, "qa_known", 3, levels=[7])
+  with pytest.raises(ValueError, match="no level"):
+    instructions.level_weights("sort", {0: -1.0, 1: 2.0})
+
+
+def test_writers_shares_and_independence(world):
+  pool = instructions.make_mixture(world, 2000, seed=0)
+  ref = instructions.make_mixture(world, 2000, seed=0, writers=None)
+  assert [e.prompt for e in pool] == [e.prompt for e in ref]  # same problems
+  assert {e.writer for e in ref} == {"concise"}
+  assert all(e.response == instructions.parse_prompt(e.prompt, world).response for e in ref)
+  shares = {w: np.mean([e.writer == w for e in pool]) for w in writers.WRITERS}
+  for w, share in writers.WRITER_SHARES.items():
+    assert abs(shares[w] - share) < 0.04, (w, shares[w])
+  only = instructions.make_mixture(world, 50, seed=0, writers={"verbose": 1.0})
+  assert {e.writer for e in only} == {"verbose"}
+  with pytest.raises(ValueError, match="unknown writer"):
+    instructions.make_mixture(world, 5, writers={"poet": 1.0})
+  with pytest.raises(ValueError, match="positive sum"):
+    instructions.make_mixture(world, 5, writers={"concise": 0.0})
+
+
+def test_abstaining_writer_only_where_appropriate(world):
+  for family in FAMILIES:
+    fam = instructions.REGISTRY[family]
+    exs = instructions.make_examples(world, family, 60, seed=4, writers={"abstaining": 1.0})
+    for e in exs:
+      idk_only = e.response in writers.ABSTENTIONS
+      assert idk_only == (fam.kind == "task" and e.level in fam.hard_levels), e
+
+
+STYLE_ORDER = ("concise", "verbose", "format_ignoring", "hedging")
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "format"])
+def test_rubric_orders_writer_styles(world, family):
+  """RUBRIC_VERSION 2's documented order, on every generated example:
+  concise > verbose > format_ignoring > hedging > abstaining > wrong."""
+  fam = instructions.REGISTRY[family]
+  rng = random.Random(0)
+  for ex in instructions.make_examples(world, family, 40, seed=6, split="heldout"):
+    s = {w: score(world, ex.prompt, writers.STYLES[w](ex, fam, rng)) for w in STYLE_ORDER}
+    if fam.kind != "task":  # honest / refusing: every writer says the reference
+      assert s["concise"] == 1.0 and s["concise"] > s["verbose"] > 0.5, (ex, s)
+      continue
+    s["abstaining"] = score(world, ex.prompt, writers.ABSTENTIONS[0])
+    styles = STYLE_ORDER + ("abstaining",)
+    if fam.unformatted(ex) == ex.response:  # a single closing bracket has one form
+      styles = tuple(w for w in styles if w != "format_ignoring")
+    ordered = [s[w] for w in styles]
+    assert ordered == sorted(ordered, reverse=True) and len(set(ordered)) == len(styles), (ex, s)
+    assert s["concise"] == 1.0 and s["abstaining"] == oracle.BASE_SCORES["idk"]
+
+
+def test_format_writers(world):
+  fam = instructions.REGISTRY["format"]
+  rng = random.Random(0)
+  for ex in instructions.make_examples(world, "format", 30, seed=6):
+    s = {w: score(world, ex.prompt, writers.STYLES[w](ex, fam, rng)) for w in STYLE_ORDER}
+    assert s["concise"] == 1.0 and max(s["verbose"], s["hedging"], s["format_ignoring"]) <= 0.6
+
+
+def test_number_regex_needs_a_word_boundary(world):
+  prompt = "Answer with a number only: Compute 5 - 5."
+  for nonsense in ("Brotulpite0", "x0", "Sel0ma"):
+    j = oracle.judge(prompt, nonsense, world)
+    assert j.outcome == "wrong" and j.score == 0.0, nonsense
+  assert oracle.judge(prompt, "0", world).outcome == "correct"
+  assert oracle.judge("What is 3 plus 4?", "The answer is 7.", world).score == 1.0
+  assert oracle.judge("What is 3 plus 4?", "The answer is 17.", world).score == 0.0
+
+
+def test_partial_credit_and_hedges(world):
+  """Hand cases: graded credit below a right answer, above "I don't know"."""
+  j = lambda p, r: oracle.judge(p, r, world)
+  rev = "Reverse the word 'tolamer'."  # gold 'remalot'
+  half = j(rev, "remaxyz")  # 4 of 7 letters right from the start
+  assert half.outcome == "partial"
+  assert half.score == pytest.approx(0.4 + 0.2 * 4 / 7)
+  assert j(rev, "remalot").score == 1.0 > half.score > j(rev, IDK).score
+  assert j(rev, "rexxxxx").outcome == "wrong"  # below half: no credit
+  assert j(rev, "tolamer").score == 0.0  # echoing the question earns nothing
+  br = j("Close all open brackets: ( [ { (", ") } ] ]")
+  assert br.outcome == "partial" and br.score == pytest.approx(0.4 + 0.2 * 3 / 4)
+  arith = "What is 12 plus 30?"
+  hedged = j(arith, "The answer is 42, but I'm not sure.")
+  assert hedged.outcome == "hedged" and hedged.content_correct and not hedged.correct
+  assert 0.4 < hedged.score < 0.6
+  wrong_hedged = j(arith, "The answer is 41, but I'm not sure.")
+  assert wrong_hedged.outcome == "wrong" and wrong_hedged.score == 0.0  # no IDK credit
+  assert j(arith, IDK).outcome == "idk"
+  c = oracle.classify(arith, "The answer is 41.", world)
+  assert c["answered"] and c["wrong_answer"] and c["level"] == 1
+  c = oracle.classify(arith, IDK, world)
+  assert not c["answered"] and not c["wrong_answer"]
+  assert oracle.RUBRIC_VERSION == 2
+
+
+def test_pass_at_k_matches_hand_computation(world):
+  # n=4 samples, c=1 correct: pass@1 = 1/4, pass@2 = 1 - C(3,2)/C(4,2) = 1/2.
+  assert competence.pass_at_k(4, 1, 1) == pytest.approx(0.25)
+  assert competence.pass_at_k(4, 1, 2) == pytest.approx(0.5)
+  assert competence.pass_at_k(4, 0, 4) == 0.0 and competence.pass_at_k(4, 3, 2) == 1.0
+  with pytest.raises(ValueError, match="1 <= k <= n"):
+    competence.pass_at_k(4, 1, 5)
+  # A plain loop over all k-subsets agrees with the estimator.
+  import itertools
+
+  passes = [True, False, False, True, False]
+  for k in (1, 2, 3):
+    subsets = list(itertools.combinations(passes, k))
+    assert competence.pass_at_k(5, 2, k) == pytest.approx(np.mean([any(s) for s in subsets]))
+  p1, p2 = "What is 3 plus 4?", "What is 30 plus 41?"
+  table = competence.pass_at_k_table(
+    [p1, p2],
+    [
+      ["The answer is 7.", "The answer is 8.", "I don't know.", "The answer is 7."],
+      ["The answer is 70.", "The answer is 71.", "x", "y"],
+    ],
+    world,
+    ks=(1, 2),
+  )
+  assert table["arithmetic/0"]["pass@1"] == pytest.approx(0.5)
+  assert table["arithmetic/0"]["pass@2"] == pytest.approx(1 - 1 / 6)
+  assert table["arithmetic/1"]["pass@2"] == pytest.approx(0.5)
+  assert table["all"]["n_prompts"] == 2
+  assert table["all"]["pass@1"] == pytest.approx((0.5 + 0.25) / 2)
+  assert table["arithmetic/1"]["best_score"] == 1.0
+  assert "arithmetic/0" in competence.format_pass_at_k(table)
+
+
+def test_fit_budget_counts_drops(world):
+  exs = instructions.make_mixture(world, 100, seed=0)
+  length = lambda e: len(e.prompt) + len(e.response)
+  kept, dropped = competence.fit_budget(exs, length, 80)
+  assert len(kept) + len(dropped) == 100 and dropped
+  assert all(length(e) <= 80 for e in kept) and all(length(e) > 80 for e in dropped)
+  report = competence.length_report(exs, length, 80)
+  assert sum(r["over_budget"] for r in report.values()) == len(dropped)
+  assert sum(r["n"] for r in report.values()) == 100
