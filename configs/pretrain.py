@@ -23,7 +23,9 @@ which sets data.mixture to WORLD_MIXTURE. Any other weights work too:
 
 import ml_collections
 
-PRESETS = ("tiny", "small", "base")
+from configs import common
+
+PRESETS = common.PRESETS
 DEFAULT_MIXTURE = {"english": 0.7, "code": 0.3}
 WORLD_MIXTURE = {"english": 0.45, "code": 0.25, "world": 0.3}  # the `+world` presets
 
@@ -66,36 +68,31 @@ def data_config(preset: str) -> ml_collections.ConfigDict:
   return d
 
 
+# The pretraining schedule; fine-tuning stages state their own (configs/common.py).
+STEPS = {"tiny": 300, "small": 800, "base": 100_000}  # small: ~1 h on 2 CPU cores
+BATCH_SIZE = {"tiny": 16, "small": 16, "base": 512}  # global, sequences
+LR = {"tiny": 3e-3, "small": 1e-3, "base": 6e-4}
+EVAL_EVERY = {"tiny": 100, "small": 200, "base": 2000}
+EVAL_BATCHES = {"tiny": 4, "small": 8, "base": 32}
+
+
 def train_config(preset: str) -> ml_collections.ConfigDict:
-  t = ml_collections.ConfigDict()
-  t.steps = {"tiny": 300, "small": 800, "base": 100_000}[preset]  # small: ~1 h on 2 CPU cores
-  t.batch_size = {"tiny": 16, "small": 16, "base": 512}[preset]  # global, sequences
-  t.grad_accum = 1  # micro-batches per optimizer step
-  t.lr = {"tiny": 3e-3, "small": 1e-3, "base": 6e-4}[preset]
-  t.min_lr_ratio = 0.1  # cosine decays to lr * min_lr_ratio
-  t.warmup_steps = {"tiny": 30, "small": 80, "base": 2000}[preset]
-  t.weight_decay = 0.1
-  t.b1 = 0.9
-  t.b2 = 0.95
-  t.clip_norm = 1.0
-  t.log_every = {"tiny": 25, "small": 20, "base": 100}[preset]
-  t.eval_every = {"tiny": 100, "small": 200, "base": 2000}[preset]
-  t.eval_batches = {"tiny": 4, "small": 8, "base": 32}[preset]
-  t.ckpt_every = {"tiny": 100, "small": 100, "base": 2000}[preset]
-  t.keep_checkpoints = 3
-  t.sample_tokens = {"tiny": 32, "small": 96, "base": 128}[preset]
-  t.measure_peak = True  # time a large matmul at start: the MFU denominator
-  return t
+  return common.train_config(
+    preset,
+    steps=STEPS,
+    batch_size=BATCH_SIZE,
+    lr=LR,
+    warmup_steps={"tiny": 30, "small": 80, "base": 2000},
+    log_every={"tiny": 25, "small": 20, "base": 100},
+    eval_every=EVAL_EVERY,
+    eval_batches=EVAL_BATCHES,
+    ckpt_every={"tiny": 100, "small": 100, "base": 2000},
+    sample_tokens={"tiny": 32, "small": 96, "base": 128},
+    measure_peak=True,
+  )
 
 
-def mesh_config() -> ml_collections.ConfigDict:
-  """Device mesh; -1 on one axis takes all remaining devices."""
-  m = ml_collections.ConfigDict()
-  m.data = -1
-  m.fsdp = 1
-  m.tensor = 1
-  m.num_devices = -1  # -1 = every device; N = the first N (small meshes in tests)
-  return m
+mesh_config = common.mesh_config
 
 
 def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:

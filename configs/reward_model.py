@@ -13,7 +13,7 @@ a smaller model than the policy (same tokenizer and context length).
 
 import ml_collections
 
-from configs import pretrain as pretrain_configs
+from configs import common, pretrain as pretrain_configs
 
 PRESETS = pretrain_configs.PRESETS
 
@@ -49,19 +49,19 @@ def rm_config(preset: str) -> ml_collections.ConfigDict:
 
 
 def train_config(preset: str) -> ml_collections.ConfigDict:
-  t = pretrain_configs.train_config(preset)
-  t.steps = 1  # derived from rm.epochs at run time
-  t.batch_size = {"tiny": 16, "small": 16, "base": 64}[preset]  # prompts (x K sequences)
-  t.lr = {"tiny": 1e-3, "small": 1e-4, "base": 9e-6}[preset]
-  t.warmup_steps = {"tiny": 5, "small": 10, "base": 50}[preset]
-  t.weight_decay = 0.0
-  t.log_every = {"tiny": 5, "small": 10, "base": 20}[preset]
-  t.eval_every = {"tiny": 1000, "small": 1000, "base": 1000}[preset]
-  t.eval_batches = 1  # unused: the held-out set is evaluated whole
-  t.ckpt_every = {"tiny": 1000, "small": 1000, "base": 1000}[preset]
-  t.measure_peak = False
-  del t.sample_tokens
-  return t
+  return common.train_config(
+    preset,
+    steps=1,  # replaced at run time by rm.epochs x comparisons / batch_size
+    batch_size={"tiny": 16, "small": 16, "base": 64},  # prompts (x K sequences)
+    lr={"tiny": 1e-3, "small": 1e-4, "base": 9e-6},
+    warmup_steps={"tiny": 5, "small": 10, "base": 50},
+    weight_decay=0.0,
+    log_every={"tiny": 5, "small": 10, "base": 20},
+    eval_every=1000,
+    eval_batches=1,  # not read: the held-out comparisons are evaluated whole
+    ckpt_every=1000,
+    measure_peak=False,
+  )
 
 
 def eval_config(preset: str) -> ml_collections.ConfigDict:
@@ -84,5 +84,5 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   c.rm = rm_config(preset)
   c.train = train_config(preset)
   c.eval = eval_config(preset)
-  c.mesh = pretrain_configs.mesh_config()
+  c.mesh = common.mesh_config()
   return c

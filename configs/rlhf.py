@@ -13,7 +13,7 @@ controller), critic initialised from the reward model.
 
 import ml_collections
 
-from configs import pretrain as pretrain_configs, sft as sft_configs
+from configs import common, pretrain as pretrain_configs, sft as sft_configs
 
 PRESETS = pretrain_configs.PRESETS
 
@@ -51,16 +51,24 @@ def ppo_config(preset: str) -> ml_collections.ConfigDict:
 
 
 def train_config(preset: str) -> ml_collections.ConfigDict:
-  """Optimizer settings shared by policy and critic (lr comes from ppo.*_lr)."""
-  t = pretrain_configs.train_config(preset)
-  t.warmup_steps = 10
-  t.weight_decay = 0.0
-  t.min_lr_ratio = 1.0  # constant after warmup
-  t.log_every = {"tiny": 5, "small": 5, "base": 10}[preset]  # iterations
-  t.ckpt_every = {"tiny": 20, "small": 10, "base": 50}[preset]  # iterations
-  t.measure_peak = False
-  del t.sample_tokens
-  return t
+  """Optimizer settings shared by policy and critic. PPO decides the rest
+  (ppo.*_lr, steps = iterations x epochs x minibatches), so steps, batch_size,
+  lr, eval_every and eval_batches are not read; they keep the pretraining
+  values that earlier workdirs and the pipeline's stage fingerprints hold."""
+  return common.train_config(
+    preset,
+    steps=pretrain_configs.STEPS,
+    batch_size=pretrain_configs.BATCH_SIZE,
+    lr=pretrain_configs.LR,
+    warmup_steps=10,
+    weight_decay=0.0,
+    min_lr_ratio=1.0,  # constant after warmup
+    log_every={"tiny": 5, "small": 5, "base": 10},  # iterations
+    eval_every=pretrain_configs.EVAL_EVERY,
+    eval_batches=pretrain_configs.EVAL_BATCHES,
+    ckpt_every={"tiny": 20, "small": 10, "base": 50},  # iterations
+    measure_peak=False,
+  )
 
 
 def eval_config(preset: str) -> ml_collections.ConfigDict:
@@ -81,5 +89,5 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   c.ppo = ppo_config(preset)
   c.train = train_config(preset)
   c.eval = eval_config(preset)
-  c.mesh = pretrain_configs.mesh_config()
+  c.mesh = common.mesh_config()
   return c

@@ -14,7 +14,7 @@ Presets: tiny (tests, minutes on a CPU), small (CPU research run), base.
 
 import ml_collections
 
-from configs import pretrain as pretrain_configs
+from configs import common, pretrain as pretrain_configs
 
 PRESETS = pretrain_configs.PRESETS
 
@@ -30,19 +30,19 @@ def sft_config(preset: str) -> ml_collections.ConfigDict:
 
 
 def train_config(preset: str) -> ml_collections.ConfigDict:
-  """The pretraining train section with fine-tuning values."""
-  t = pretrain_configs.train_config(preset)
-  t.steps = {"tiny": 600, "small": 400, "base": 2000}[preset]
-  t.lr = {"tiny": 1e-3, "small": 3e-4, "base": 3e-5}[preset]
-  t.warmup_steps = {"tiny": 30, "small": 20, "base": 100}[preset]
-  t.weight_decay = 0.0
-  t.log_every = {"tiny": 50, "small": 20, "base": 50}[preset]
-  t.eval_every = {"tiny": 300, "small": 200, "base": 500}[preset]
-  t.eval_batches = {"tiny": 4, "small": 8, "base": 16}[preset]
-  t.ckpt_every = {"tiny": 300, "small": 100, "base": 500}[preset]
-  t.measure_peak = preset != "tiny"  # the MFU denominator; seconds on a CPU
-  del t.sample_tokens
-  return t
+  return common.train_config(
+    preset,
+    steps={"tiny": 600, "small": 400, "base": 2000},
+    batch_size=pretrain_configs.BATCH_SIZE,
+    lr={"tiny": 1e-3, "small": 3e-4, "base": 3e-5},
+    warmup_steps={"tiny": 30, "small": 20, "base": 100},
+    weight_decay=0.0,
+    log_every={"tiny": 50, "small": 20, "base": 50},
+    eval_every={"tiny": 300, "small": 200, "base": 500},
+    eval_batches={"tiny": 4, "small": 8, "base": 16},
+    ckpt_every={"tiny": 300, "small": 100, "base": 500},
+    measure_peak=preset != "tiny",  # the MFU denominator; seconds on a CPU
+  )
 
 
 def eval_config(preset: str) -> ml_collections.ConfigDict:
@@ -70,5 +70,5 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   c.sft = sft_config(preset)
   c.train = train_config(preset)
   c.eval = eval_config(preset)
-  c.mesh = pretrain_configs.mesh_config()
+  c.mesh = common.mesh_config()
   return c

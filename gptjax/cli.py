@@ -9,23 +9,27 @@ inside ml_collections:
   n_layerz; did you mean "n_layer" instead of "n_layerz"?
 
 `run(main)` does that and also reports the errors a user causes (a missing
-or foreign workdir, an invalid config value, a corrupted checkpoint) as one
-line, and Ctrl-C (after the train loop has saved) as exit status 130 -- no
+or foreign workdir, an invalid config value, a corrupted checkpoint, a NaN
+loss, a full disk) as one line, and a graceful stop as exit status 130 -- no
 traceback. GPTJAX_TRACEBACK=1 shows the traceback too.
 
 SIGTERM (what Slurm, Kubernetes and preemptible VMs send before killing a
-job) stops a run the same way as Ctrl-C: checkpoint, then exit 130. So does
-SIGINT to a run started in the background (`cmd &`), which a shell would
-otherwise start with SIGINT ignored.
+job) and Ctrl-C stop a run gracefully: the handler only sets a flag
+(`train.request_stop`), every loop checks it between steps, saves and exits
+130 -- also when the signal comes during start-up (compilation), before
+step 1. So does SIGINT to a run started in the background (`cmd &`), which a
+shell would otherwise start with SIGINT ignored. A second signal aborts at
+once, without saving.
 """
 
+import errno
 import os
 import signal
 import sys
 
 from absl import app, flags
 
-from gptjax import config as config_lib
+from gptjax import checkpoint as ckpt_lib, config as config_lib, train
 
 
 def _field(arg: str) -> str:
@@ -42,6 +46,8 @@ def parse_flags(argv: list[str]) -> list[str]:
     if "Traceback" in msg:  # a config file's get_config raised: keep what it said
       lines = [l for l in msg.splitlines() if l.strip()]
       msg = f"{lines[0]} {lines[-1]}"
+  except OSError as e:  # a --config file that does not exist or cannot be read
+    msg = f"{e.strerror or e}: {e.filename or ''}".strip()
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     # ml_collections wraps the KeyError's repr: unescape it to plain text.
     msg = str(e).replace("\\n", " ").replace("\\'", "'").replace("\\\"", '"').strip("'\" ")
@@ -51,6 +57,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     arg = next((a for a in argv[1:] if a.startswith("--config.") and _field(a) in msg), None)
     if arg:
       msg = f"{arg}: {msg}"
+  msg = " ".join(msg.split())  # one line, whatever the exception's own layout
   sys.stderr.write(f"FATAL Flags parsing error: {msg}\nPass --helpfull to see help on flags.\n")
   sys.exit(1)
 
@@ -67,38 +74,76 @@ def checked(config, get_reference):
 
 
 # Errors whose message is the whole story: gptjax raises them for bad input
-# (config validation, workdirs, checkpoints) with the field or path named.
-USER_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, ValueError)
+# (config validation, workdirs, checkpoints, a diverging run) with the field or
+# path named.
+USER_ERRORS = (
+  FileNotFoundError,
+  FileExistsError,
+  PermissionError,
+  ValueError,
+  ckpt_lib.CheckpointError,
+  train.NonFiniteLossError,
+)
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
-def _interrupt(signum, frame):
-  raise KeyboardInterrupt(signal.Signals(signum).name)
+def _on_signal(signum, frame):
+  name = signal.Signals(signum).name
+  if train.stop_requested():
+    raise KeyboardInterrupt(f"{name} again: aborted without saving")
+  train.request_stop(name)
+  sys.stderr.write(
+    f"{name}: stopping after the step in progress, with a checkpoint "
+    "(send it again to abort without saving)\n"
+  )
 
 
 def graceful_stop_signals() -> None:
-  """SIGINT and SIGTERM raise KeyboardInterrupt, which every loop turns into a
-  checkpoint of its last completed step. Main thread only."""
-  signal.signal(signal.SIGINT, signal.default_int_handler)
-  signal.signal(signal.SIGTERM, _interrupt)
+  """SIGINT and SIGTERM request a graceful stop (`train.request_stop`); a second
+  one raises KeyboardInterrupt. Main thread only."""
+  train.clear_stop()
+  signal.signal(signal.SIGINT, _on_signal)
+  signal.signal(signal.SIGTERM, _on_signal)
+
+
+def _disk_full(e: BaseException) -> OSError | None:
+  """The ENOSPC/EDQUOT OSError behind `e` (an Orbax save wraps it), if any."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno in _DISK_FULL:
+      return e
+    e = e.__cause__ or e.__context__
+  return None
+
+
+def _fatal(e: BaseException) -> None:
+  full = _disk_full(e)
+  if full is not None:
+    where = f" writing {full.filename}" if full.filename else ""
+    msg = f"FATAL OSError: the disk is full{where} ({full.strerror}). Free space and rerun."
+  else:
+    msg = f"FATAL {type(e).__name__}: {' '.join(str(e).split())}"
+  sys.stderr.write(f"{msg}\n(GPTJAX_TRACEBACK=1 shows where it was raised)\n")
+  sys.exit(1)
 
 
 def run(main) -> None:
-  """`app.run(main)` with one-line user errors, a quiet Ctrl-C, and SIGTERM
-  treated as Ctrl-C."""
+  """`app.run(main)` with one-line user errors and a graceful stop (SIGTERM,
+  Ctrl-C) that exits 130."""
 
   def wrapped(argv):
     graceful_stop_signals()
     try:
       return main(argv)
-    except KeyboardInterrupt:
-      sys.stderr.write("interrupted\n")
+    except KeyboardInterrupt as e:
+      sys.stderr.write(f"interrupted: {e}\n" if str(e) else "interrupted\n")
       sys.exit(130)
-    except USER_ERRORS as e:
-      if os.environ.get("GPTJAX_TRACEBACK"):
+    except Exception as e:
+      if os.environ.get("GPTJAX_TRACEBACK") or not (
+        isinstance(e, USER_ERRORS) or _disk_full(e) is not None
+      ):
         raise
-      sys.stderr.write(
-        f"FATAL {type(e).__name__}: {e}\n(GPTJAX_TRACEBACK=1 shows where it was raised)\n"
-      )
-      sys.exit(1)
+      _fatal(e)
 
   app.run(wrapped, flags_parser=parse_flags)

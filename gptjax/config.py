@@ -80,14 +80,88 @@ def validate_train(t: ml_collections.ConfigDict) -> None:
   )
 
 
+def copy(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A deep, unlocked copy: editing it never changes `config` (nor its references)."""
+  return ml_collections.ConfigDict(config.to_dict())
+
+
 def save(config: ml_collections.ConfigDict, workdir: str, name: str = "config.json") -> str:
-  """Writes the resolved config as JSON into the workdir; returns the path."""
+  """Writes the resolved config as JSON into the workdir (atomically); returns the path."""
   path = os.path.join(workdir, name)
-  with open(path, "w") as f:
+  tmp = f"{path}.{os.getpid()}.tmp"
+  with open(tmp, "w") as f:
     f.write(config.to_json(indent=2, sort_keys=True))
+  os.replace(tmp, path)
   return path
 
 
 def load(path: str) -> ml_collections.ConfigDict:
   with open(path) as f:
     return ml_collections.ConfigDict(json.load(f))
+
+
+# Fields a resumed run may change: how long it runs, how often it logs, evaluates
+# and saves, and where it runs (the mesh). Everything else decides what is
+# computed, so changing it would silently mix two experiments in one workdir.
+SAFE_TO_CHANGE = (
+  "train.steps",
+  "train.log_every",
+  "train.eval_every",
+  "train.ckpt_every",
+  "train.keep_checkpoints",
+  "train.measure_peak",
+  "ppo.iterations",
+  "mesh.*",
+)
+
+
+def changed_fields(old: dict, new: dict, prefix: str = "") -> list[str]:
+  """Dotted names whose values differ between two config dicts (added and removed too)."""
+  out = []
+  for key in sorted(set(old) | set(new)):
+    name = f"{prefix}{key}"
+    a, b = old.get(key, _MISSING), new.get(key, _MISSING)
+    if isinstance(a, dict) and isinstance(b, dict) and key not in _FREE_FORM:
+      out.extend(changed_fields(a, b, name + "."))
+    elif _json(a) != _json(b):
+      out.append(name)
+  return out
+
+
+_MISSING = "<absent>"
+
+
+def _json(v) -> str:
+  return json.dumps(v, sort_keys=True, default=str)  # tuples and lists alike
+
+
+def _safe(name: str) -> bool:
+  return any(name == s or (s.endswith(".*") and name.startswith(s[:-1])) for s in SAFE_TO_CHANGE)
+
+
+def check_unchanged(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Raises ValueError naming the fields that differ from the config.json a previous
+  run left in `workdir`, except those in SAFE_TO_CHANGE. No config.json: nothing to check."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    old = json.load(f)
+  new = json.loads(config.to_json(sort_keys=True))
+  unsafe = [n for n in changed_fields(old, new) if not _safe(n)]
+  if unsafe:
+    shown = ", ".join(f"config.{n} ({_get(old, n)} -> {_get(new, n)})" for n in unsafe[:6])
+    more = f" and {len(unsafe) - 6} more" if len(unsafe) > 6 else ""
+    raise ValueError(
+      f"{workdir} holds a run with another config: {shown}{more}. Resuming it would mix "
+      "two experiments; use another --workdir, or restore those values. Safe to change "
+      f"on resume: {', '.join(SAFE_TO_CHANGE)}."
+    )
+
+
+def _get(d: dict, dotted: str):
+  for part in dotted.split("."):
+    if not isinstance(d, dict) or part not in d:
+      return _MISSING
+    d = d[part]
+  return d

@@ -20,8 +20,11 @@ Degeneration"): on the same prompts, greedy decoding against nucleus (top-p)
 sampling; repetition = mean fraction of repeated word bigrams in a
 continuation, distinct-n = distinct word n-grams / all n-grams, pooled.
 
-All generation goes through `gptjax.sampling.generate`, in fixed-size batches
-(the last one padded), so each mode compiles once.
+All generation goes through `gptjax.sampling.generate_batched`, in
+fixed-size batches (the last one padded), so each mode compiles once.
+
+`chat_prompt_ids` is the one way a question becomes a chat prompt: SFT's
+demonstrations, the reward model's comparisons and PPO's rollouts all use it.
 """
 
 import functools
@@ -37,6 +40,22 @@ from gptjax.tokenizer import Tokenizer
 
 MODES = ("chat", "zero_shot", "few_shot")
 BENIGN = tuple(f for f in instructions.FAMILIES if f not in ("decline", "qa_unknown"))
+
+
+# ----------------------------------------------------------------------------
+# Chat prompts.
+
+
+def chat_messages(prompt: str, system: str = "") -> list[dict[str, str]]:
+  """The conversation that asks `prompt`, after an optional system message."""
+  system_turn = [{"role": "system", "content": system}] if system else []
+  return system_turn + [{"role": "user", "content": prompt}]
+
+
+def chat_prompt_ids(tokenizer: Tokenizer, prompt: str, system: str = "") -> list[int]:
+  """`prompt` as a user turn in the chat template, ending with <|assistant|>:
+  what a chat model continues with its answer."""
+  return tokenizer.encode_chat(chat_messages(prompt, system), add_generation_prompt=True)
 
 
 # ----------------------------------------------------------------------------
@@ -121,10 +140,7 @@ class Evaluator:
   # --- prompts --------------------------------------------------------------
 
   def chat_ids(self, prompt: str) -> list[int]:
-    messages = ([{"role": "system", "content": self.system}] if self.system else []) + [
-      {"role": "user", "content": prompt}
-    ]
-    return self.tokenizer.encode_chat(messages, add_generation_prompt=True)
+    return chat_prompt_ids(self.tokenizer, prompt, self.system)
 
   def plain_ids(self, text: str) -> list[int]:
     return [self.tokenizer.bos_id] + self.tokenizer.encode(text)
@@ -163,33 +179,21 @@ class Evaluator:
     params_sampling=sampling.GREEDY,
     seed: int = 0,
   ) -> list[str]:
-    """Continuations of token prompts, in batches of cfg.batch_size."""
-    B = self.cfg.batch_size
-    out = []
-    for start in range(0, len(prompts), B):
-      chunk = prompts[start : start + B]
-      padded = chunk + [chunk[-1]] * (B - len(chunk))  # one shape: one compile
-      gen = sampling.generate(
-        self.model,
-        params,
-        padded,
-        max_new_tokens=max_new_tokens,
-        rng=jax.random.PRNGKey(seed + start),
-        eos_id=stop_id,
-        pad_id=self.tokenizer.pad_id,
-        sampling=params_sampling,
-        truncate="left",
-      )
-      out += [
-        self._text(row, m) for row, m in zip(gen.tokens[: len(chunk)], gen.mask[: len(chunk)])
-      ]
-    return out
-
-  def _text(self, tokens: np.ndarray, mask: np.ndarray) -> str:
-    ids = [int(t) for t in tokens[mask]]
-    if self.tokenizer.eos_id in ids:  # plain text: a document ends
-      ids = ids[: ids.index(self.tokenizer.eos_id)]
-    return self.tokenizer.decode(ids)
+    """Continuations of token prompts, in batches of cfg.batch_size, each cut
+    at its stop token or at the document's EOS (plain text: a document ended)."""
+    gen = sampling.generate_batched(
+      self.model,
+      params,
+      prompts,
+      batch_size=self.cfg.batch_size,
+      max_new_tokens=max_new_tokens,
+      rng=jax.random.PRNGKey(seed),
+      eos_id=stop_id,
+      pad_id=self.tokenizer.pad_id,
+      sampling=params_sampling,
+      truncate="left",
+    )
+    return gen.texts(self.tokenizer, cut_at=(self.tokenizer.eos_id,))
 
   def answer(self, mode: str, text: str) -> str:
     return text.strip() if mode == "chat" else probes.extract_answer(text)

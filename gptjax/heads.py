@@ -10,11 +10,14 @@ parameter tree is {'trunk': <LM trunk>, 'head': {'w', 'b'}}; the LM's tied
 embedding lives in the trunk and is reused as is.
 """
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from gptjax import model as model_lib
+from gptjax import model as model_lib, sampling
 
 
 class ScalarHeadModel(nn.Module):
@@ -42,7 +45,9 @@ class ScalarHeadModel(nn.Module):
 
 
 def final_index(token_mask) -> jax.Array:
-  """Index of each row's last real token. token_mask [B, T] -> [B] int32."""
+  """Index of each row's last True entry: token_mask [B, T] -> [B] int32, -1
+  for an empty row (`jax.nn.one_hot` of -1 is all zeros). Used for the reward
+  model's score and PPO's last-token reward alike."""
   T = token_mask.shape[-1]
   positions = jnp.arange(T)
   return jnp.max(jnp.where(token_mask, positions, -1), axis=-1).astype(jnp.int32)
@@ -57,6 +62,24 @@ def score(model: ScalarHeadModel, params, tokens, token_mask, positions=None) ->
   """Reward-model score of each sequence [B] (padding anywhere is ignored)."""
   values = model.apply({"params": params}, tokens, positions, token_mask)
   return final_score(values, token_mask)
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _score_jit(model, params, tokens, token_mask):
+  return score(model, params, tokens, token_mask)
+
+
+def score_batched(model: ScalarHeadModel, params, tokens, token_mask, batch_size: int = 64):
+  """`score` of every row of tokens/token_mask [N, T] -> [N] numpy, in batches
+  of `batch_size` rows padded to one shape (`sampling.padded_batches`): one
+  compilation per (model, T) however many rows."""
+  out = np.zeros(len(tokens), np.float32)
+  for start, index in sampling.padded_batches(len(tokens), batch_size):
+    n = min(batch_size, len(tokens) - start)
+    out[start : start + n] = np.asarray(
+      _score_jit(model, params, tokens[index], token_mask[index])
+    )[:n]
+  return out
 
 
 def from_lm_params(lm_params, head_params) -> dict:

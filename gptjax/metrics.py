@@ -4,6 +4,11 @@ One writer serves every experiment. Each record is one JSON line
 `{"step": s, "split": "train"|"eval"|..., <name>: <float>, ...}` in
 `workdir/metrics.jsonl`; the same scalars go to TensorBoard under
 `<split>/<name>`. Plots and reports are generated from the JSONL alone.
+
+A resumed run replays the steps after its checkpoint, so the train loop cuts
+the file back to that step first (`truncate`): the records of a resumed run
+are those of an uninterrupted one. `read_metrics` also tolerates what an
+older or killed writer leaves (a half-written last line, repeated records).
 """
 
 import json
@@ -43,6 +48,26 @@ class MetricsWriter:
         if k not in ("step", "split") and isinstance(v, (int, float)):
           self._tb.add_scalar(f"{split}/{k}", v, step)
 
+  def truncate(self, step: int) -> None:
+    """Keeps only the records at or before `step` (atomically)."""
+    self._rewrite(lambda r: r.get("step", 0) <= step)
+
+  def drop_split(self, split: str) -> None:
+    """Removes a split's records, before writing them anew (a stage's final scores)."""
+    self._rewrite(lambda r: r.get("split") != split)
+
+  def _rewrite(self, keep) -> None:
+    if jax.process_index() != 0 or not os.path.exists(self.path):
+      return
+    records = _parse(self.path)
+    kept = [r for r in records if keep(r)]
+    if len(kept) == len(records):
+      return
+    tmp = f"{self.path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in kept)
+    os.replace(tmp, self.path)
+
   def flush(self) -> None:
     if self._tb is not None:
       self._tb.flush()
@@ -63,13 +88,38 @@ def _plain(v):
 
 
 def read_metrics(workdir_or_path: str, split: str | None = None) -> list[dict]:
-  """Reads back a metrics.jsonl, optionally keeping one split."""
+  """Reads back a metrics.jsonl, optionally keeping one split.
+
+  A (split, step) written more than once (by a run resumed before resumes cut
+  the file back) counts once, with its last value; a line cut short by a kill
+  is skipped."""
   path = workdir_or_path
   if os.path.isdir(path):
     path = os.path.join(path, "metrics.jsonl")
+  unique: dict = {}
+  for r in _parse(path):
+    unique[(r.get("split"), r.get("step"))] = r  # keeps the first position, the last value
+  return [r for r in unique.values() if split is None or r.get("split") == split]
+
+
+def _parse(path: str) -> list[dict]:
+  records = []
   with open(path) as f:
-    records = [json.loads(line) for line in f if line.strip()]
-  return [r for r in records if split is None or r.get("split") == split]
+    for line in f:
+      try:
+        records.append(json.loads(line))
+      except ValueError:
+        continue  # a line cut short by a kill mid-write
+  return records
+
+
+# Keys that measure time rather than the computation: the only ones in which a
+# resumed run's records may differ from an uninterrupted run's.
+TIMING_KEYS = ("tokens_per_s", "steps_per_s", "eta_s", "mfu", "rollout_tokens_per_s", "rollout_s")
+
+
+def without_timing(record: dict) -> dict:
+  return {k: v for k, v in record.items() if k not in TIMING_KEYS}
 
 
 def measure_matmul_peak(dtype=jnp.float32, n: int = 2048, repeats: int = 5, devices=None) -> float:

@@ -4,17 +4,28 @@
 scaling sweep reuse `build_task` and `sample_texts`.
 """
 
+import os
+
 import jax
 
-from gptjax import config as config_lib, losses, model as model_lib, sampling, sharding, train
+from gptjax import config as config_lib, losses, model as model_lib, runs, sampling, sharding, train
 from gptjax.data.packing import Pipeline
 from gptjax.data.tokenizer_corpus import load_or_train_tokenizer
 from gptjax.tokenizer import Tokenizer
+
+MIN_VOCAB = 4 + 1 + 4 + 256 + 32
 
 
 def validate(config) -> None:
   """Fails in the first second, naming the field, instead of after data preparation."""
   model_lib.TransformerConfig.from_config(config.model)
+  config_lib.require(
+    config.model.vocab_size >= MIN_VOCAB,
+    "model.vocab_size",
+    config.model.vocab_size,
+    f">= {MIN_VOCAB} (4 special ids, newline, 4 chat tokens and 256 byte-fallback pieces "
+    "come first; the corpus's pieces after them)",
+  )
   config_lib.validate_train(config.train)
   config_lib.require(
     config.train.sample_tokens > 0,
@@ -86,20 +97,36 @@ def build_task(config, pipeline: Pipeline, tokenizer: Tokenizer, log=print) -> t
   )
 
 
+def _tokenizer(config, workdir: str) -> Tokenizer:
+  try:
+    return load_or_train_tokenizer(config, workdir)
+  except RuntimeError as e:  # sentencepiece's trainer: e.g. "Vocabulary size is too high"
+    raise ValueError(
+      f"Training the tokenizer failed ({' '.join(str(e).split())[:200]}): "
+      f"config.model.vocab_size={config.model.vocab_size} needs more text than "
+      f"config.data.tokenizer_chars={config.data.tokenizer_chars} of this corpus provides; "
+      "lower the one or raise the other"
+    ) from None
+
+
+def check_cache_dir(cache_dir: str | None) -> None:
+  if cache_dir and os.path.exists(cache_dir) and not os.path.isdir(cache_dir):
+    raise ValueError(f"--cache_dir={cache_dir} is a file; pass a directory (created if missing)")
+
+
 def run(config, workdir: str, cache_dir: str | None = None, log=print):
   """Tokenizer -> data -> train. Returns (state, summary, tokenizer, pipeline)."""
-  validate(config)
-  sharding.maybe_initialize_distributed()
-  workdir = train.prepare_workdir(workdir)
-  config_lib.save(config, workdir)
-  tokenizer = load_or_train_tokenizer(config, workdir)
-  pipeline = Pipeline(config, tokenizer, cache_dir)
-  for s in pipeline.sources:
-    log(
-      f"[data] {s}: {pipeline.num_tokens(s, 'train'):,} train / "
-      f"{pipeline.num_tokens(s, 'validation'):,} validation tokens"
-    )
-  task = build_task(config, pipeline, tokenizer, log)
-  state, summary = train.run(config, workdir, task, log=log)
+  check_cache_dir(cache_dir)
+  with runs.prepare_stage(config, workdir, validate=validate, log=log) as stage:
+    tokenizer = _tokenizer(config, stage.workdir)
+    pipeline = Pipeline(config, tokenizer, cache_dir)
+    for s in pipeline.sources:
+      log(
+        f"[data] {s}: {pipeline.num_tokens(s, 'train'):,} train / "
+        f"{pipeline.num_tokens(s, 'validation'):,} validation tokens"
+      )
+    train.check_stop("pretrain", "after data preparation, before step 1", stage.workdir)
+    task = build_task(config, pipeline, tokenizer, log)
+    state, summary = train.run(config, stage.workdir, task, log=log)
   summary["unigram_entropy"] = pipeline.unigram_entropy()
   return state, summary, tokenizer, pipeline

@@ -1,18 +1,26 @@
-"""A run's workdir: writing into it safely and loading what a finished stage left.
+"""A run's workdir: the stage scaffold, writing into it safely, and loading what a
+finished stage left.
 
-Every stage reads its upstream through `load_run` (config.json, tokenizer.model,
-the latest checkpoint's params) and writes JSON results with `write_json`
-(atomic: a crash never leaves half a file).
+Every stage starts with `prepare_stage` (validate, join a multi-host job,
+resolve the config against its upstream runs, create and lock the workdir,
+refuse a changed config, save config.json, copy the tokenizer), reads its
+upstream through `load_run` (config.json, tokenizer.model, the latest
+checkpoint's params) and writes JSON results with `write_json` (atomic: a
+crash never leaves half a file).
 """
 
 import dataclasses
 import json
 import os
+import shutil
+import socket
+from typing import Any, Callable
 
+import jax
 import ml_collections
 import numpy as np
 
-from gptjax import config as config_lib, model as model_lib, train
+from gptjax import config as config_lib, model as model_lib, sharding, train
 from gptjax.data import sources
 from gptjax.tasks import world as world_lib
 from gptjax.tokenizer import Tokenizer
@@ -22,8 +30,141 @@ def write_json(path: str, obj, **dump_kwargs) -> None:
   """Writes `obj` as JSON to `path` atomically (a temporary file, then a rename)."""
   tmp = f"{path}.{os.getpid()}.tmp"
   with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
+    json.dump(obj, f, **{"indent": 2, "sort_keys": True, **dump_kwargs})
   os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------
+# The stage scaffold
+
+LOCK_FILE = "lock.json"
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    pass  # alive, another user's
+  return True
+
+
+class WorkdirLock:
+  """`workdir/lock.json` names the process (pid, host) that writes into a workdir.
+
+  Created with O_EXCL, so two processes cannot both take it. A lock left by a
+  dead process on this host (a crash, a kill -9) is taken over; one held by a
+  live process, or by a process on another host (which cannot be checked), is
+  a FileExistsError naming it. The same process may take it again (the
+  pipeline runs stages one after another in one process).
+  """
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, LOCK_FILE)
+    self.me = {"pid": os.getpid(), "host": socket.gethostname()}
+    self.held = False
+
+  def acquire(self) -> "WorkdirLock":
+    for _ in range(3):
+      try:
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+      except FileExistsError:
+        if self._stale():  # its process is gone (else _stale raises)
+          os.remove(self.path)
+        continue
+      with os.fdopen(fd, "w") as f:
+        json.dump(self.me, f)
+      self.held = True
+      return self
+    raise FileExistsError(f"Could not lock {self.path}; retry.")
+
+  def _stale(self) -> bool:
+    """True if the existing lock may be taken over; raises if a live process holds it."""
+    try:
+      with open(self.path) as f:
+        other = json.load(f)
+    except (OSError, ValueError):
+      return True  # half-written by a process killed while writing it
+    if other == self.me:
+      return True
+    pid, host = other.get("pid"), other.get("host")
+    if host == self.me["host"] and not _alive(int(pid)):
+      return True
+    raise FileExistsError(
+      f"{os.path.dirname(self.path)} is in use by pid {pid} on {host} ({self.path}). "
+      "Wait for that run to finish or stop it; if no such process runs any more, "
+      f"delete {self.path}."
+    )
+
+  def release(self) -> None:
+    if self.held:
+      self.held = False
+      try:
+        os.remove(self.path)
+      except FileNotFoundError:
+        pass
+
+
+@dataclasses.dataclass
+class Stage:
+  """A prepared, locked workdir and the resolved config saved in it.
+
+  A context manager: leaving it releases the workdir's lock."""
+
+  config: ml_collections.ConfigDict
+  workdir: str
+  upstream: Any
+  lock: WorkdirLock
+
+  def __enter__(self) -> "Stage":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.lock.release()
+
+
+def prepare_stage(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  validate: Callable[[ml_collections.ConfigDict], None],
+  resolve: Callable[[ml_collections.ConfigDict], tuple] | None = None,
+  tokenizer_from: str | None = None,
+  log: Callable[[str], None] = print,
+) -> Stage:
+  """The start every stage shares, in this order:
+
+  validate(config) (fails in the first second, naming the field) -> join a
+  multi-host job (before any JAX computation, such as loading an upstream run)
+  -> resolve(config) -> (resolved config, upstream objects the stage needs;
+  e.g. SFT adds the pretrained run's model section) -> create the workdir and
+  check it is writable -> lock it -> refuse a config that differs from the
+  one saved by an earlier run in it (except config.SAFE_TO_CHANGE) -> save
+  config.json -> copy tokenizer.model from `tokenizer_from` (the upstream run).
+
+  Use as `with prepare_stage(...) as stage:` so the lock is released.
+  """
+  validate(config)
+  sharding.maybe_initialize_distributed()
+  upstream = None
+  if resolve is not None:
+    config, upstream = resolve(config)
+  workdir = train.prepare_workdir(workdir)
+  lock = WorkdirLock(workdir)
+  if jax.process_index() == 0:  # in a multi-host job the other processes share its lock
+    lock.acquire()
+  try:
+    config_lib.check_unchanged(config, workdir)
+    config_lib.save(config, workdir)
+    if tokenizer_from is not None:
+      shutil.copyfile(
+        os.path.join(tokenizer_from, "tokenizer.model"), os.path.join(workdir, "tokenizer.model")
+      )
+  except BaseException:
+    lock.release()
+    raise
+  return Stage(config, workdir, upstream, lock)
 
 
 @dataclasses.dataclass

@@ -8,6 +8,8 @@ and a mask, so a row computes exactly what it would compute alone.
 `lax.while_loop` that samples one token per step and stops when every row has
 emitted EOS or `max_new_tokens` is reached. `stream` runs the same two
 functions step by step from Python, for a chat that prints as it goes.
+`generate_batched` serves any number of prompts in fixed-size batches (one
+compilation), and `Generation.texts` reads answers back without the stop token.
 
 Returned log-probs are those of the *model's* distribution (temperature 1,
 no truncation) for the chosen tokens: what PPO's ratio and KL need.
@@ -15,7 +17,7 @@ no truncation) for the chosen tokens: what PPO's ratio and KL need.
 
 import dataclasses
 import functools
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -45,20 +47,34 @@ GREEDY = SamplingParams(temperature=0.0)
 
 @dataclasses.dataclass
 class Generation:
-  tokens: np.ndarray  # [B, N] int32, pad after EOS
+  tokens: np.ndarray  # [B, N] int32, pad after the stop token
   logprobs: np.ndarray  # [B, N] float32, model log-prob of each token (0 where masked)
-  mask: np.ndarray  # [B, N] bool, True for generated tokens up to and including EOS
+  mask: np.ndarray  # [B, N] bool, True for generated tokens up to and including the stop token
   prompt_tokens: np.ndarray  # [B, P] int32, left-padded prompts
   prompt_mask: np.ndarray  # [B, P] bool
+  stop_id: int  # the `eos_id` generation stopped at
 
-  def texts(self, tokenizer, strip_eos: bool = True) -> list[str]:
-    out = []
-    for row, m in zip(self.tokens, self.mask):
-      ids = [int(t) for t in row[m]]
-      if strip_eos and ids and ids[-1] == tokenizer.eos_id:
-        ids = ids[:-1]
-      out.append(tokenizer.decode(ids))
-    return out
+  def response_ids(self) -> list[list[int]]:
+    """Each row's generated ids, the stop token included when it was emitted."""
+    return [[int(t) for t in row[m]] for row, m in zip(self.tokens, self.mask)]
+
+  def texts(self, tokenizer, cut_at: Sequence[int] = ()) -> list[str]:
+    """Each row's text without its stop token (see `response_texts`); ids in
+    `cut_at` end a response too (e.g. the document's EOS when the stop is a newline)."""
+    return response_texts(tokenizer, self.tokens, self.mask, (self.stop_id, *cut_at))
+
+
+def response_texts(tokenizer, tokens, mask, stop_ids: Sequence[int]) -> list[str]:
+  """The text of each generated row [B, N]: its masked tokens up to, not
+  including, the first of `stop_ids` (the sampler's stop token, which it emits
+  last; any other id listed also ends the text, with what follows it)."""
+  stops = {int(t) for t in stop_ids}
+  out = []
+  for row, m in zip(tokens, mask):
+    ids = [int(t) for t in row[m]]
+    end = next((i for i, t in enumerate(ids) if t in stops), len(ids))
+    out.append(tokenizer.decode(ids[:end]))
+  return out
 
 
 def filter_logits(logits, temperature, top_k, top_p):
@@ -143,32 +159,54 @@ def _decode_one(model, params, token, position, cache):
   return logits[:, 0], mut["cache"]
 
 
+class SamplingState(NamedTuple):
+  """What `_generate`'s loop carries from one step to the next."""
+
+  step: jax.Array  # [] int32: index of the token sampled next
+  logits: jax.Array  # [B, V] the model's logits for that token
+  cache: dict  # the KV cache, filled up to `position`
+  position: jax.Array  # [B] int32: position id of the token sampled next
+  done: jax.Array  # [B] bool: the row has emitted its stop token
+  tokens: jax.Array  # [B, N] int32 generated so far (pad_id elsewhere)
+  logprobs: jax.Array  # [B, N] float32 (0 elsewhere)
+  mask: jax.Array  # [B, N] bool: True for generated tokens
+
+
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens"))
 def _generate(model, params, tokens, mask, rng, sampling, eos_id, pad_id, max_new_tokens):
   B = tokens.shape[0]
   logits, cache, pos = _prefill(model, params, tokens, mask, model_lib.init_cache(model, B))
-  out_tok = jnp.full((B, max_new_tokens), pad_id, jnp.int32)
-  out_lp = jnp.zeros((B, max_new_tokens), jnp.float32)
-  out_mask = jnp.zeros((B, max_new_tokens), jnp.bool_)
 
-  def cond(c):
-    i, _, _, _, done, *_ = c
-    return (i < max_new_tokens) & ~done.all()
+  def cond(s: SamplingState):
+    return (s.step < max_new_tokens) & ~s.done.all()
 
-  def body(c):
-    i, logits, cache, pos, done, out_tok, out_lp, out_mask = c
-    tok, lp = sample_token(jax.random.fold_in(rng, i), logits, sampling)
-    live = ~done
-    out_tok = out_tok.at[:, i].set(jnp.where(live, tok, pad_id))
-    out_lp = out_lp.at[:, i].set(jnp.where(live, lp, 0.0))
-    out_mask = out_mask.at[:, i].set(live)
-    done = done | (tok == eos_id)
-    logits, cache = _decode_one(model, params, tok, pos, cache)
-    return i + 1, logits, cache, pos + 1, done, out_tok, out_lp, out_mask
+  def body(s: SamplingState) -> SamplingState:
+    tok, lp = sample_token(jax.random.fold_in(rng, s.step), s.logits, sampling)
+    live = ~s.done
+    logits, cache = _decode_one(model, params, tok, s.position, s.cache)
+    return SamplingState(
+      step=s.step + 1,
+      logits=logits,
+      cache=cache,
+      position=s.position + 1,
+      done=s.done | (tok == eos_id),
+      tokens=s.tokens.at[:, s.step].set(jnp.where(live, tok, pad_id)),
+      logprobs=s.logprobs.at[:, s.step].set(jnp.where(live, lp, 0.0)),
+      mask=s.mask.at[:, s.step].set(live),
+    )
 
-  init = (jnp.array(0), logits, cache, pos, jnp.zeros((B,), jnp.bool_), out_tok, out_lp, out_mask)
-  _, _, _, _, _, out_tok, out_lp, out_mask = jax.lax.while_loop(cond, body, init)
-  return out_tok, out_lp, out_mask
+  init = SamplingState(
+    step=jnp.array(0),
+    logits=logits,
+    cache=cache,
+    position=pos,
+    done=jnp.zeros((B,), jnp.bool_),
+    tokens=jnp.full((B, max_new_tokens), pad_id, jnp.int32),
+    logprobs=jnp.zeros((B, max_new_tokens), jnp.float32),
+    mask=jnp.zeros((B, max_new_tokens), jnp.bool_),
+  )
+  final = jax.lax.while_loop(cond, body, init)
+  return final.tokens, final.logprobs, final.mask
 
 
 def prepare_prompts(
@@ -238,7 +276,79 @@ def generate(
     max_new_tokens,
   )
   out_tok, out_lp, out_mask = jax.device_get(out)
-  return Generation(np.asarray(out_tok), np.asarray(out_lp), np.asarray(out_mask), tokens, mask)
+  return Generation(
+    np.asarray(out_tok), np.asarray(out_lp), np.asarray(out_mask), tokens, mask, eos_id
+  )
+
+
+def padded_batches(n: int, batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
+  """Fixed-size batches of row indices covering range(n): (start, index [batch_size]).
+
+  The last batch repeats its last row up to `batch_size`, so every batch has
+  one shape and one compilation serves all; a caller keeps the first
+  min(batch_size, n - start) results of each batch.
+  """
+  if batch_size < 1:
+    raise ValueError(f"batch_size={batch_size} must be >= 1")
+  for start in range(0, n, batch_size):
+    yield start, np.minimum(np.arange(start, start + batch_size), n - 1)
+
+
+def generate_batched(
+  model,
+  params,
+  prompts: Sequence[Sequence[int]],
+  *,
+  batch_size: int,
+  max_new_tokens: int,
+  rng,
+  eos_id: int,
+  pad_id: int,
+  sampling: SamplingParams = SamplingParams(),
+  truncate: str = "error",
+  progress: Callable[[int], None] | None = None,
+) -> Generation:
+  """`generate` over any number of prompts, in batches of `batch_size` rows.
+
+  Batches are padded to `batch_size` (`padded_batches`), so one compilation
+  serves them all; batch `start` samples with `fold_in(rng, start)`. Rows come
+  back in order, prompts left-padded to the widest batch's. `progress` is
+  called with the number of rows done after each batch.
+  """
+  if not prompts:
+    raise ValueError("generate_batched() needs at least one prompt")
+  parts = []
+  for start, index in padded_batches(len(prompts), batch_size):
+    gen = generate(
+      model,
+      params,
+      [prompts[i] for i in index],
+      max_new_tokens=max_new_tokens,
+      rng=jax.random.fold_in(rng, start),
+      eos_id=eos_id,
+      pad_id=pad_id,
+      sampling=sampling,
+      truncate=truncate,
+    )
+    parts.append((gen, min(batch_size, len(prompts) - start)))
+    if progress is not None:
+      progress(start + parts[-1][1])
+  return _concatenate(parts, pad_id)
+
+
+def _concatenate(parts: Sequence[tuple[Generation, int]], pad_id: int) -> Generation:
+  """The first n rows of each (generation, n), in order; prompts left-padded to the widest."""
+  P = max(g.prompt_tokens.shape[1] for g, _ in parts)
+  widen = lambda x, fill: np.pad(x, ((0, 0), (P - x.shape[1], 0)), constant_values=fill)
+  cat = lambda rows: np.concatenate([rows(g)[:n] for g, n in parts])
+  return Generation(
+    tokens=cat(lambda g: g.tokens),
+    logprobs=cat(lambda g: g.logprobs),
+    mask=cat(lambda g: g.mask),
+    prompt_tokens=cat(lambda g: widen(g.prompt_tokens, pad_id)),
+    prompt_mask=cat(lambda g: widen(g.prompt_mask, False)),
+    stop_id=parts[0][0].stop_id,
+  )
 
 
 _prefill_jit = jax.jit(_prefill, static_argnames=("model",))

@@ -22,7 +22,6 @@ params become the SFT Task's `init_params`.
 import dataclasses
 import json
 import os
-import shutil
 from typing import Sequence
 
 import ml_collections
@@ -34,7 +33,6 @@ from gptjax import (
   losses,
   metrics as metrics_lib,
   runs,
-  sharding,
   train,
 )
 from gptjax.tasks import instructions
@@ -44,10 +42,7 @@ from gptjax.tokenizer import Tokenizer
 # Demonstrations -> token rows.
 
 
-def chat_messages(prompt: str, system: str = "") -> list[dict[str, str]]:
-  """The conversation that asks `prompt`, with an optional system message."""
-  system_turn = [{"role": "system", "content": system}] if system else []
-  return system_turn + [{"role": "user", "content": prompt}]
+chat_messages = evaluation.chat_messages  # one definition, next to chat_prompt_ids
 
 
 def render(
@@ -58,7 +53,7 @@ def render(
   ids == tokenizer.encode_chat(messages + [assistant turn]); the mask covers
   the response and its <|end_turn|>, not <|assistant|> (that is the prompt).
   """
-  head = tokenizer.encode_chat(chat_messages(prompt, system), add_generation_prompt=True)
+  head = evaluation.chat_prompt_ids(tokenizer, prompt, system)
   answer = tokenizer.encode(response) + [tokenizer.end_turn_id]
   return head + answer, [0] * len(head) + [1] * len(answer)
 
@@ -150,10 +145,10 @@ def validate(config) -> None:
 def resolve(config, pretrained: runs.LoadedRun, pretrained_dir: str) -> ml_collections.ConfigDict:
   """The SFT config plus the pretrained run's model and data sections, so the
   SFT workdir describes itself (chat and later stages load it alone)."""
-  out = ml_collections.ConfigDict(config.to_dict())
+  out = config_lib.copy(config)
   out.pretrained = os.path.abspath(pretrained_dir)
-  out.model = ml_collections.ConfigDict(pretrained.config.model.to_dict())
-  out.data = ml_collections.ConfigDict(pretrained.config.data.to_dict())
+  out.model = config_lib.copy(pretrained.config.model)
+  out.data = config_lib.copy(pretrained.config.data)
   return out
 
 
@@ -195,52 +190,41 @@ def run(config, workdir: str, pretrained_dir: str | None = None, log=print):
   Writes into `workdir`: config.json (resolved), tokenizer.model (the
   pretrained run's), checkpoints/, metrics.jsonl and eval.json.
   """
-  validate(config)
   pretrained_dir = pretrained_dir or config.pretrained
   if not pretrained_dir:
     raise ValueError(
       "SFT needs a pretrained run: pass --pretrained=<pretrain workdir> or set config.pretrained."
     )
-  sharding.maybe_initialize_distributed()
-  workdir = train.prepare_workdir(workdir)
-  base = runs.load_run(pretrained_dir)
-  log(f"[sft] pretrained {base.config.preset} run {pretrained_dir} at step {base.step}")
-  config = resolve(config, base, pretrained_dir)
-  config_lib.save(config, workdir)
-  shutil.copyfile(
-    os.path.join(pretrained_dir, "tokenizer.model"), os.path.join(workdir, "tokenizer.model")
-  )
-  tokenizer, world, seq_len = base.tokenizer, runs.world_of(config), config.model.max_len
 
+  def resolve_upstream(c):
+    base = runs.load_run(pretrained_dir)
+    log(f"[sft] pretrained {base.config.preset} run {pretrained_dir} at step {base.step}")
+    return resolve(c, base, pretrained_dir), base
+
+  with runs.prepare_stage(
+    config, workdir, validate=validate, resolve=resolve_upstream, tokenizer_from=pretrained_dir
+  ) as stage:
+    return _fine_tune(stage.config, stage.workdir, stage.upstream, log)
+
+
+def _fine_tune(config, workdir: str, base: runs.LoadedRun, log):
+  """Demonstrations -> eval of the pretrained model -> SFT -> eval -> eval.json."""
+  tokenizer, world, seq_len = base.tokenizer, runs.world_of(config), config.model.max_len
   s = config.sft
   train_examples = instructions.make_mixture(world, s.n_demos, s.demo_seed, "train")
   heldout_examples = instructions.make_mixture(world, s.n_heldout, s.demo_seed, "heldout")
   rows = demonstration_rows(train_examples, tokenizer, seq_len, s.system_prompt)
   heldout = demonstration_rows(heldout_examples, tokenizer, seq_len, s.system_prompt)
-  n_target = int(rows.mask.sum())
   log(
     f"[sft] {rows.n_conversations:,} demonstrations in {len(rows.ids):,} rows of "
-    f"{seq_len + 1} tokens ({n_target:,} assistant tokens); {rows.n_dropped} longer "
-    "than the context dropped"
+    f"{seq_len + 1} tokens ({int(rows.mask.sum()):,} assistant tokens); {rows.n_dropped} "
+    "longer than the context dropped"
   )
-
   evaluator = evaluation.Evaluator(
     base.model, tokenizer, world, config.eval, system=s.system_prompt
   )
-  writer = metrics_lib.MetricsWriter(workdir, tensorboard=False)
-  before_path = os.path.join(workdir, "eval_pretrained.json")
-  if os.path.exists(before_path):  # resumed run: evaluated already
-    with open(before_path) as f:
-      before = json.load(f)
-  else:
-    log("[sft] evaluating the pretrained model ...")
-    before = evaluator.evaluate(
-      base.params, modes=("zero_shot", "few_shot", "chat"), degeneration_mode="zero_shot"
-    )
-    runs.write_json(before_path, before)
-    writer.write(0, "gold_pretrained", **evaluation.flat_scores(before))
-  log(evaluation.format_table({"pretrained": before}))
-
+  before = _evaluate_pretrained(evaluator, base.params, workdir, log)
+  train.check_stop("sft", "after evaluating the pretrained model", workdir)
   sample_prompts = [e.prompt for e in heldout_examples[:2]]
   task = build_task(
     config,
@@ -255,6 +239,8 @@ def run(config, workdir: str, pretrained_dir: str | None = None, log=print):
 
   log("[sft] evaluating the SFT model ...")
   after = evaluator.evaluate(state.params, modes=("chat",), degeneration_mode="chat")
+  writer = metrics_lib.MetricsWriter(workdir, tensorboard=False)
+  writer.drop_split("gold_sft")  # a rerun of a finished run evaluates again
   writer.write(summary["steps"], "gold_sft", **evaluation.flat_scores(after))
   writer.close()
   report = {
@@ -265,7 +251,7 @@ def run(config, workdir: str, pretrained_dir: str | None = None, log=print):
       "demonstrations": rows.n_conversations,
       "dropped": rows.n_dropped,
       "rows": int(len(rows.ids)),
-      "assistant_tokens": n_target,
+      "assistant_tokens": int(rows.mask.sum()),
     },
     "steps": summary["steps"],
     "last_eval": summary.get("last_eval", {}),
@@ -273,3 +259,23 @@ def run(config, workdir: str, pretrained_dir: str | None = None, log=print):
   runs.write_json(os.path.join(workdir, "eval.json"), report)
   log(evaluation.format_table({"pretrained": before, "sft": after}))
   return state, summary, report
+
+
+def _evaluate_pretrained(evaluator, params, workdir: str, log) -> dict:
+  """Gold scores of the pretrained model, once (eval_pretrained.json holds them)."""
+  path = os.path.join(workdir, "eval_pretrained.json")
+  if os.path.exists(path):  # resumed run: evaluated already
+    with open(path) as f:
+      before = json.load(f)
+  else:
+    log("[sft] evaluating the pretrained model ...")
+    before = evaluator.evaluate(
+      params, modes=("zero_shot", "few_shot", "chat"), degeneration_mode="zero_shot"
+    )
+    writer = metrics_lib.MetricsWriter(workdir, tensorboard=False)
+    writer.drop_split("gold_pretrained")  # a run killed before it wrote the file below
+    writer.write(0, "gold_pretrained", **evaluation.flat_scores(before))
+    writer.close()
+    runs.write_json(path, before)
+  log(evaluation.format_table({"pretrained": before}))
+  return before

@@ -153,7 +153,7 @@ def eval_step(params, batch: dict, *, loss_fn: Callable):
 # State creation with shardings
 
 
-def _init_fns(task: Task, tx, seed: int):
+def _init_fns(task: Task, tx):
   """(boxed_init, init): boxed keeps logical axis names for computing shardings."""
 
   def boxed_init(rng):
@@ -184,14 +184,14 @@ def _model_inputs(batch: dict) -> dict:
 
 def state_shardings(task: Task, tx, mesh, seed: int = 0):
   """NamedShardings for every leaf of the TrainState, from the logical names."""
-  boxed_init, _ = _init_fns(task, tx, seed)
+  boxed_init, _ = _init_fns(task, tx)
   abstract = jax.eval_shape(boxed_init, jax.random.PRNGKey(seed))
   return sharding.logical_sharding(nn.get_partition_spec(abstract), mesh)
 
 
 def create_state(task: Task, tx, mesh, seed: int):
   """A freshly initialised TrainState, laid out on `mesh`."""
-  _, init = _init_fns(task, tx, seed)
+  _, init = _init_fns(task, tx)
   shardings = state_shardings(task, tx, mesh, seed)
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
     return jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(seed)), shardings
@@ -199,12 +199,156 @@ def create_state(task: Task, tx, mesh, seed: int):
 
 def abstract_state(task: Task, tx, mesh, seed: int = 0):
   """ShapeDtypeStructs with shardings: the target that a checkpoint restores into."""
-  _, init = _init_fns(task, tx, seed)
+  _, init = _init_fns(task, tx)
   shapes = jax.eval_shape(init, jax.random.PRNGKey(seed))
   shardings = state_shardings(task, tx, mesh, seed)
   return jax.tree_util.tree_map(
     lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
   )
+
+
+# ----------------------------------------------------------------------------
+# Graceful stop: a flag set by a signal handler, checked between steps
+
+
+class GracefulStop(KeyboardInterrupt):
+  """A requested stop, raised between steps once the state is saved. Its message
+  says which checkpoint a rerun resumes from (or that there is none)."""
+
+
+_STOP: dict = {"reason": None}
+
+
+def request_stop(reason: str = "stop requested") -> None:
+  """Asks every resumable loop to save and stop after the step in progress.
+
+  `cli.graceful_stop_signals` calls this from its SIGTERM/SIGINT handler. A flag,
+  not an exception: an exception raised inside a jitted step that donates its
+  state would leave `state` pointing at deleted buffers, and one raised inside
+  XLA's compilation can crash the process."""
+  _STOP["reason"] = reason
+
+
+def stop_requested() -> str | None:
+  return _STOP["reason"]
+
+
+def clear_stop() -> None:
+  _STOP["reason"] = None
+
+
+def check_stop(name: str, where: str, workdir: str) -> None:
+  """Raises GracefulStop if a stop was requested: for the points between a
+  stage's phases (data preparation, evaluation) where there is nothing to save.
+  The message names the checkpoint in workdir/checkpoints a rerun resumes from."""
+  if not _STOP["reason"]:
+    return
+  directory = os.path.join(workdir, "checkpoints")
+  steps = [int(d) for d in os.listdir(directory) if d.isdigit()] if os.path.isdir(directory) else []
+  said = (
+    f"resume from checkpoint step {max(steps)} in {directory}"
+    if steps
+    else "there is no checkpoint yet"
+  )
+  raise GracefulStop(f"[{name}] {_STOP['reason']}: stopped {where}; {said}. Rerun to resume.")
+
+
+class Resumable:
+  """The protocol every resumable loop follows (`run` and the RLHF loop).
+
+  - `restore`: the latest checkpoint, verified (with GPTJAX_CHECKPOINT_FALLBACK=1
+    the newest one that verifies), or None for a fresh run; metrics.jsonl is cut
+    back to the records at or before that step, since the loop replays the steps
+    after it and writes their records again (a run killed after logging and
+    before saving would otherwise leave them twice).
+  - `run(start, total, body, snapshot)`: body(i) takes step i -> i+1; after it,
+    a checkpoint every `every` steps and at `total`, and, if a stop was
+    requested, a checkpoint and GracefulStop. A stop requested before step
+    start+1 saves nothing new and says which checkpoint exists.
+  - A non-finite state is never saved (NonFiniteLossError naming the last good
+    checkpoint). Used as a context manager: the checkpointer (saves in flight
+    finish) and the metrics writer are closed in any case.
+  """
+
+  def __init__(self, name: str, workdir: str, *, keep: int, every: int, log, tensorboard=True):
+    self.name, self.every, self.log = name, every, log
+    self.checkpointer = ckpt_lib.Checkpointer(
+      os.path.join(workdir, "checkpoints"), keep=keep, every=every
+    )
+    self.writer = metrics_lib.MetricsWriter(workdir, tensorboard=tensorboard)
+
+  def __enter__(self) -> "Resumable":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    # Also on errors (a NaN loss, say): finish any asynchronous save in flight,
+    # so the "last good checkpoint" an error message names is complete on disk.
+    self.checkpointer.close()
+    self.writer.close()
+
+  def restore(self, abstract) -> tuple[Any, dict] | None:
+    fallback = os.environ.get(ckpt_lib.FALLBACK_ENV) == "1"
+    if self.checkpointer.latest_step() is None:
+      self.writer.truncate(0)
+      return None
+    state, meta = self.checkpointer.restore(abstract, fallback=fallback, log=self.log)
+    self.writer.truncate(int(meta["step"]))
+    return state, meta
+
+  def where(self) -> str:
+    """Which checkpoint a rerun resumes from, for messages."""
+    last = self.checkpointer.latest_step()
+    if last is None:
+      return f"there is no checkpoint yet in {self.checkpointer.directory}"
+    return f"the last good checkpoint is step {last} in {self.checkpointer.directory}"
+
+  def save(self, step: int, state, meta: dict, periodic: bool = True) -> None:
+    try:
+      self.checkpointer.save(step, state, meta, periodic=periodic)
+    except ckpt_lib.NonFiniteStateError as e:
+      raise NonFiniteLossError(
+        f"The state after step {step} holds {e}: it was not saved and the run stopped; "
+        f"{self.where()}. Lower config.train.lr or check the data."
+      ) from None
+
+  def run(self, start: int, total: int, body, snapshot, intact=None) -> int:
+    """Steps start..total; returns the step reached. snapshot(step) -> (state, meta).
+    intact(step): whether the state may be saved as `step` after a KeyboardInterrupt
+    raised inside `body` (None: never; such a state may be half updated)."""
+    step = start
+    try:
+      self._stop_if_requested(step, start, snapshot)
+      while step < total:
+        body(step)
+        step += 1
+        if step % self.every == 0 or step == total:
+          self.save(step, *snapshot(step))
+        self._stop_if_requested(step, start, snapshot)
+    except GracefulStop:
+      raise
+    except KeyboardInterrupt:
+      if intact is not None and step != self.checkpointer.latest_step() and intact(step):
+        self.log(
+          f"[{self.name}] interrupted at step {step}: saving a checkpoint before exiting ..."
+        )
+        self.save(step, *snapshot(step), periodic=False)
+      self.log(f"[{self.name}] interrupted; {self.where()}. Rerun the same command to resume.")
+      raise
+    return step
+
+  def _stop_if_requested(self, step: int, start: int, snapshot) -> None:
+    reason = stop_requested()
+    if not reason:
+      return
+    if step != start and step != self.checkpointer.latest_step():
+      self.log(f"[{self.name}] {reason} at step {step}: saving a checkpoint before exiting ...")
+      self.save(step, *snapshot(step), periodic=False)
+    self.checkpointer.wait()
+    where = self.where().replace("the last good checkpoint is", "resume from checkpoint")
+    raise GracefulStop(
+      f"[{self.name}] {reason}: stopped after step {step}; {where}. "
+      "Rerun the same command to resume."
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -238,10 +382,30 @@ def run(
   """Trains `task` to config.train.steps, resuming from workdir if possible.
 
   Returns the final state and a summary {'last_train': ..., 'last_eval': ...}.
+  A requested stop (`request_stop`) saves and raises GracefulStop.
   """
   t = config.train
   workdir = prepare_workdir(workdir)
   mesh = sharding.make_mesh(config.mesh) if mesh is None else mesh
+  _check_batch_split(t, mesh)
+  tx = make_optimizer(t)
+  with Resumable(task.name, workdir, keep=t.keep_checkpoints, every=t.ckpt_every, log=log) as loop:
+    restored = loop.restore(abstract_state(task, tx, mesh, config.seed))
+    if restored is not None:
+      state, shardings = restored[0], state_shardings(task, tx, mesh, config.seed)
+      log(f"[{task.name}] resumed from {loop.checkpointer.directory} at step {int(state.step)}")
+    else:
+      state, shardings = create_state(task, tx, mesh, config.seed)
+      n = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
+      log(f"[{task.name}] new run: {n:,} parameters, mesh {dict(mesh.shape)}")
+    training = _Training(config, task, tx, mesh, shardings, state, loop, log)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
+      step = loop.run(int(state.step), t.steps, training.step, training.snapshot, training.intact)
+  training.summary["steps"] = step
+  return training.state, training.summary
+
+
+def _check_batch_split(t, mesh) -> None:
   sharding.check_divisible(t.batch_size, mesh)
   if t.batch_size % (t.grad_accum * mesh.shape["data"] * mesh.shape["fsdp"]):
     raise ValueError(
@@ -249,95 +413,71 @@ def run(
       f"grad_accum x data x fsdp = {t.grad_accum} x "
       f"{mesh.shape['data'] * mesh.shape['fsdp']}"
     )
-  tx = make_optimizer(t)
-  checkpointer = ckpt_lib.Checkpointer(
-    os.path.join(workdir, "checkpoints"), keep=t.keep_checkpoints
-  )
 
-  if checkpointer.latest_step() is not None:
-    state, meta = checkpointer.restore(abstract_state(task, tx, mesh, config.seed))
-    shardings = state_shardings(task, tx, mesh, config.seed)
-    log(f"[{task.name}] resumed from {checkpointer.directory} at step {int(state.step)}")
-  else:
-    state, shardings = create_state(task, tx, mesh, config.seed)
-    n = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
-    log(f"[{task.name}] new run: {n:,} parameters, mesh {dict(mesh.shape)}")
 
-  batch_shard = lambda b: sharding.shard_batch(b, mesh)
-  step_fn = jax.jit(
-    functools.partial(train_step, loss_fn=task.loss_fn, tx=tx, grad_accum=t.grad_accum),
-    out_shardings=(shardings, None),
-    donate_argnums=(0,),
-  )
-  eval_fn = jax.jit(functools.partial(eval_step, loss_fn=task.loss_fn))
+class _Training:
+  """What `run` carries from step to step: the state, the jitted step and
+  evaluation, the progress clock and the summary; `step` is the loop's body."""
 
-  writer = metrics_lib.MetricsWriter(workdir)
-  # The MFU denominator. On a shared machine one measurement can catch the
-  # CPU busy and understate the peak (MFU above 100%), so it is measured again
-  # at every evaluation and the largest value is kept.
-  measure_peak = lambda: metrics_lib.measure_matmul_peak(
-    state_dtype(state), devices=mesh.devices.flat
-  )
-  peak = measure_peak() if t.get("measure_peak", True) else None
-  progress = metrics_lib.Progress(
-    t.steps, int(state.step), task.tokens_per_step, task_flops_per_token(task, state.params), peak
-  )
-  summary: dict = {"peak_flops": peak}
-  step = int(state.step)
-  last_good = step
-
-  def save(s):
-    checkpointer.save(s, state, {"data_position": s})
-
-  try:
-    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
-      while step < t.steps:
-        state, m = step_fn(state, batch_shard(task.train_batch(step)))
-        step += 1
-        is_last = step == t.steps
-        if step % t.log_every == 0 or step % t.ckpt_every == 0 or is_last:
-          m = _check_finite(jax.device_get(m), step, checkpointer.directory, last_good)
-          if step % t.log_every == 0 or is_last:
-            rates = progress.rates(step)
-            m.update(rates, lr=float(learning_rate_schedule(t)(step - 1)))
-            writer.write(step, "train", **m)
-            log(f"[{task.name}] " + metrics_lib.Progress.line(step, t.steps, m["loss"], rates))
-            summary["last_train"] = m
-        if (step % t.eval_every == 0 or is_last) and task.eval_sets:
-          if progress.peak and not is_last:
-            progress.peak = summary["peak_flops"] = max(progress.peak, measure_peak())
-          summary["last_eval"] = evaluate(eval_fn, state.params, task, batch_shard)
-          if task.on_eval is not None:
-            summary["last_eval"].update(task.on_eval(state.params, step) or {})
-          writer.write(step, "eval", **summary["last_eval"])
-          log(
-            f"[{task.name}] eval @ {step}: "
-            + "  ".join(
-              f"{k} {v:.4f}" for k, v in summary["last_eval"].items() if isinstance(v, float)
-            )
-          )
-          progress.rates(step)  # restart the clock: tokens/s and MFU count training only
-        if step % t.ckpt_every == 0 or is_last:
-          save(step)
-          last_good = step
-  except KeyboardInterrupt:
-    # `state` is the result of the last completed step: consistent and safe to save.
-    if step > last_good and params_finite(state.params):
-      log(f"[{task.name}] interrupted at step {step}: saving a checkpoint before exiting ...")
-      save(step)
-      last_good = step
-    log(
-      f"[{task.name}] interrupted; checkpoint step {last_good} in {checkpointer.directory}. "
-      "Rerun the same command to resume."
+  def __init__(self, config, task: Task, tx, mesh, shardings, state, loop: Resumable, log):
+    t = self.t = config.train
+    self.task, self.state, self.loop, self.log = task, state, loop, log
+    self.shard = lambda b: sharding.shard_batch(b, mesh)
+    self.step_fn = jax.jit(
+      functools.partial(train_step, loss_fn=task.loss_fn, tx=tx, grad_accum=t.grad_accum),
+      out_shardings=(shardings, None),
+      donate_argnums=(0,),
     )
-    raise
-  finally:
-    # Also on errors (a NaN loss, say): finish any asynchronous save in flight,
-    # so the "last good checkpoint" an error message names is complete on disk.
-    checkpointer.close()
-    writer.close()
-  summary["steps"] = step
-  return state, summary
+    self.eval_fn = jax.jit(functools.partial(eval_step, loss_fn=task.loss_fn))
+    self.lr = learning_rate_schedule(t)
+    # The MFU denominator. On a shared machine one measurement can catch the
+    # CPU busy and understate the peak (MFU above 100%), so it is measured again
+    # at every evaluation and the largest value is kept.
+    self.measure_peak = lambda: metrics_lib.measure_matmul_peak(
+      state_dtype(self.state), devices=mesh.devices.flat
+    )
+    peak = self.measure_peak() if t.get("measure_peak", True) else None
+    fpt = task_flops_per_token(task, state.params)
+    self.progress = metrics_lib.Progress(t.steps, int(state.step), task.tokens_per_step, fpt, peak)
+    self.summary: dict = {"peak_flops": peak}
+
+  def snapshot(self, step: int) -> tuple[TrainState, dict]:
+    return self.state, {"data_position": step}
+
+  def intact(self, step: int) -> bool:
+    """The state is whole (no donated buffer) and is the result of `step` steps."""
+    leaves = jax.tree_util.tree_leaves(self.state)
+    return not any(x.is_deleted() for x in leaves) and int(self.state.step) == step
+
+  def step(self, i: int) -> None:
+    """Step i -> i + 1 on batch i; logs, checks the loss, evaluates on schedule."""
+    t = self.t
+    self.state, m = self.step_fn(self.state, self.shard(self.task.train_batch(i)))
+    step, is_last = i + 1, i + 1 == t.steps
+    if step % t.log_every == 0 or step % t.ckpt_every == 0 or is_last:
+      m = _check_finite(jax.device_get(m), step, self.loop.where())
+      if step % t.log_every == 0 or is_last:
+        rates = self.progress.rates(step)
+        m.update(rates, lr=float(self.lr(step - 1)))
+        self.loop.writer.write(step, "train", **m)
+        self.log(
+          f"[{self.task.name}] " + metrics_lib.Progress.line(step, t.steps, m["loss"], rates)
+        )
+        self.summary["last_train"] = m
+    if (step % t.eval_every == 0 or is_last) and self.task.eval_sets:
+      self._evaluate(step, is_last)
+
+  def _evaluate(self, step: int, is_last: bool) -> None:
+    if self.progress.peak and not is_last:
+      self.progress.peak = self.summary["peak_flops"] = max(self.progress.peak, self.measure_peak())
+    ev = evaluate(self.eval_fn, self.state.params, self.task, self.shard)
+    if self.task.on_eval is not None:
+      ev.update(self.task.on_eval(self.state.params, step) or {})
+    self.summary["last_eval"] = ev
+    self.loop.writer.write(step, "eval", **ev)
+    scalars = "  ".join(f"{k} {v:.4f}" for k, v in ev.items() if isinstance(v, float))
+    self.log(f"[{self.task.name}] eval @ {step}: {scalars}")
+    self.progress.rates(step)  # restart the clock: tokens/s and MFU count training only
 
 
 def task_flops_per_token(task: Task, params) -> float:
@@ -385,14 +525,15 @@ def evaluate(eval_fn, params, task: Task, shard: Callable) -> dict:
   return out
 
 
-def _check_finite(m: dict, step: int, ckpt_dir: str, last_good: int) -> dict:
+def _check_finite(m: dict, step: int, where: str) -> dict:
+  """`m` as floats; NonFiniteLossError if the loss or gradient norm is NaN/Inf.
+  where: the message naming the last good checkpoint (Resumable.where)."""
   m = {k: float(np.asarray(v)) for k, v in m.items()}
   bad = [k for k in ("loss", "grad_norm") if k in m and not math.isfinite(m[k])]
   if bad:
     raise NonFiniteLossError(
       f"Non-finite {' and '.join(bad)} at step {step} ({', '.join(f'{k}={m[k]}' for k in bad)}). "
-      f"The run stopped without saving; the last good checkpoint is step {last_good} in "
-      f"{ckpt_dir}. Lower config.train.lr or check the data."
+      f"The run stopped without saving; {where}. Lower config.train.lr or check the data."
     )
   return m
 

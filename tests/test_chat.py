@@ -19,6 +19,26 @@ def test_chat_without_checkpoint_is_a_clear_error(tmp_path):
   assert "config.json" in proc.stderr and str(tmp_path) in proc.stderr
 
 
+def test_one_chat_prompt_for_sft_comparisons_rollouts_and_evaluation(tiny_tokenizer):
+  """SFT's demonstrations, the comparisons, PPO's prompts and the evaluator ask
+  a question with the same ids: what the policy was taught to continue."""
+  from gptjax import evaluation, sft
+  from gptjax.reward_model import comparisons
+
+  tok = tiny_tokenizer
+  ids = evaluation.chat_prompt_ids(tok, "What is 2 plus 2?", "Be brief.")
+  assert ids == tok.encode_chat(
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 plus 2?"}],
+    add_generation_prompt=True,
+  )
+  demo, mask = sft.render(tok, "What is 2 plus 2?", "4", "Be brief.")
+  assert demo[: len(ids)] == ids and not any(mask[: len(ids)]) and all(mask[len(ids) :])
+  assert comparisons.chat_prompt_ids is evaluation.chat_prompt_ids  # PPO's prompts use it too
+  ev = evaluation.Evaluator(None, tok, None, None, system="Be brief.")
+  assert ev.chat_ids("What is 2 plus 2?") == ids
+  assert evaluation.chat_prompt_ids(tok, "hi")[:2] == [tok.bos_id, tok.user_id]  # no system turn
+
+
 @pytest.mark.slow
 def test_chat_answers_prompt(sft_run):
   proc = run_entry_point(

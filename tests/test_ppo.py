@@ -40,22 +40,11 @@ def test_first_minibatch_ratio_is_one_and_sampler_logprobs_match(models):
   policy, critic, p_params, v_params = models
   prompts = [[BOS, 3], [BOS], [BOS, 5, 1]]
   rollout, _ = ppo.collect(
-    policy,
-    critic,
-    critic,
-    p_params,
-    p_params,
-    v_params,
-    v_params,
+    ppo.Networks(policy, critic, critic, p_params, p_params, v_params, v_params),
     prompts,
+    ppo.RolloutSettings(max_new_tokens=3, stop_id=STOP, pad_id=0),
     rng=jax.random.PRNGKey(0),
-    max_new_tokens=3,
-    stop_id=STOP,
-    pad_id=0,
     beta=0.1,
-    gamma=1.0,
-    lam=0.95,
-    truncation_penalty=None,
   )
   m = rollout.mask
   np.testing.assert_allclose(rollout.sampler_logp[m], rollout.old_logp[m], atol=1e-5)
@@ -73,22 +62,11 @@ def test_ptx_term_adds_lm_loss(models):
   tx = _optimizer(0.0)
   state = train.TrainState(jnp.array(0), p_params, tx.init(p_params), jax.random.PRNGKey(0))
   rollout, _ = ppo.collect(
-    policy,
-    critic,
-    critic,
-    p_params,
-    p_params,
-    v_params,
-    v_params,
+    ppo.Networks(policy, critic, critic, p_params, p_params, v_params, v_params),
     [[BOS]] * 4,
+    ppo.RolloutSettings(max_new_tokens=1, stop_id=STOP, pad_id=0),
     rng=jax.random.PRNGKey(1),
-    max_new_tokens=1,
-    stop_id=STOP,
-    pad_id=0,
     beta=0.0,
-    gamma=1.0,
-    lam=0.95,
-    truncation_penalty=None,
   )
   mb = next(ppo.minibatches(rollout, np.random.default_rng(0), 1))
   w = np.random.default_rng(0).integers(0, V, (2, 5)).astype(np.int32)
@@ -135,16 +113,11 @@ def test_ppo_solves_a_one_token_bandit(models):
     values = ppo.response_values(critic, sv.params, tokens, token_mask, positions, 1)
     score = jnp.asarray(payout[gen.tokens[:, 0]])
     _, adv, ret, _ = ppo.advantages(
-      score,
+      ppo.Scores(logp=logp, ref_logp=logp, values=values, score=score),
       jnp.ones(64, bool),
-      logp,
-      logp,
-      values,
       jnp.asarray(gen.mask),
       0.0,
-      gamma=1.0,
-      lam=0.95,
-      truncation_penalty=None,
+      shaping=ppo.RewardShaping(gamma=1.0, lam=0.95),
     )
     mb = {
       "tokens": tokens,
@@ -161,3 +134,89 @@ def test_ppo_solves_a_one_token_bandit(models):
       sv, _ = v_step(sv, mb)
   assert start < 0.3
   assert prob(sp.params) > 0.9
+
+
+def _pinned_rollout(models, beta=0.1):
+  policy, critic, p_params, v_params = models
+  rm_params = nn.meta.unbox(
+    critic.init(jax.random.PRNGKey(2), jnp.zeros((1, 2), jnp.int32))["params"]
+  )
+  nets = ppo.Networks(
+    policy=policy,
+    value=critic,
+    reward=critic,
+    policy_params=p_params,
+    ref_params=jax.tree_util.tree_map(lambda a: a * 1.5, p_params),
+    value_params=v_params,
+    rm_params=rm_params,
+  )
+  settings = ppo.RolloutSettings(
+    max_new_tokens=4,
+    stop_id=4,
+    pad_id=0,
+    shaping=ppo.RewardShaping(
+      gamma=0.99, lam=0.9, truncation_penalty=-1.0, whiten_rewards=True, reward_clip=0.5
+    ),
+  )
+  return ppo.collect(
+    nets, [[0, 3], [0], [0, 5, 1], [0, 2]], settings, rng=jax.random.PRNGKey(5), beta=beta
+  )[0]
+
+
+def test_collect_output_is_pinned(models):
+  """A rollout with every reward option on, pinned (recorded before collect's
+  arguments were grouped): sampling, scoring, rewards and GAE unchanged."""
+  r = _pinned_rollout(models)
+  np.testing.assert_array_equal(
+    r.tokens,
+    [
+      [0, 0, 0, 3, 3, 6, 0, 3],
+      [0, 0, 0, 0, 0, 5, 1, 2],
+      [0, 0, 5, 1, 7, 2, 4, 0],
+      [0, 0, 0, 2, 1, 0, 3, 5],
+    ],
+  )
+  np.testing.assert_array_equal(r.ended, [False, False, True, False])
+  ids = type("Ids", (), {"decode": staticmethod(lambda ids: ",".join(map(str, ids)))})()
+  assert r.texts(ids, stop_id=4) == ["3,6,0,3", "0,5,1,2", "7,2", "1,0,3,5"]
+  np.testing.assert_allclose(r.score, [1.183128, 0.477897, 1.737978, 0.6576], atol=1e-5)
+  np.testing.assert_allclose(r.kl, [-0.021275, -0.176389, 0.485341, 0.273694], atol=1e-5)
+  np.testing.assert_allclose(
+    r.rewards,
+    [
+      [0.017442, -0.010992, 0.00791, -0.512233],
+      [0.031494, -0.008145, -0.00587, -0.499839],
+      [-0.025706, -0.013894, 0.491066, 0.0],
+      [-0.004363, -0.010566, -0.015816, -0.496623],
+    ],
+    atol=1e-5,
+  )
+  np.testing.assert_allclose(
+    r.advantages,
+    [
+      [0.373192, 0.537418, 0.630143, -0.427541],
+      [-2.027178, -0.386151, -0.198287, -0.764522],
+      [1.920173, 0.516537, 1.037767, 0.0],
+      [-0.416722, 0.688163, -1.821304, 0.338312],
+    ],
+    atol=1e-4,
+  )
+  np.testing.assert_allclose(
+    r.returns,
+    [
+      [-0.472015, -0.480649, -0.455042, -0.512233],
+      [-0.332454, -0.409726, -0.436377, -0.499839],
+      [0.386334, 0.42869, 0.491066, 0.0],
+      [-0.41017, -0.387037, -0.509167, -0.496623],
+    ],
+    atol=1e-5,
+  )
+
+
+def test_collect_compiles_once_across_iterations(models):
+  """New (equal) Networks and settings and a new beta each iteration, as the
+  RLHF loop makes them: the scoring and advantage programs are reused."""
+  _pinned_rollout(models, beta=0.1)
+  sizes = (ppo.score_rollout._cache_size(), ppo.advantages._cache_size())
+  _pinned_rollout(models, beta=0.3)
+  assert (ppo.score_rollout._cache_size(), ppo.advantages._cache_size()) == sizes

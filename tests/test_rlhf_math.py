@@ -132,6 +132,37 @@ def test_trimmed_comparisons_score_the_same(rm):
   )
 
 
+def test_final_index_is_the_last_true_entry():
+  rng = np.random.default_rng(0)
+  mask = rng.random((6, 9)) < 0.4
+  mask[2] = False  # an empty row
+  expected = [max((t for t in range(9) if row[t]), default=-1) for row in mask]
+  np.testing.assert_array_equal(heads.final_index(jnp.asarray(mask)), expected)
+  # the PPO reward credits the score at that index, and nowhere on an empty row
+  score = jnp.arange(1.0, 7.0)
+  zeros = jnp.zeros((6, 9))
+  rewards, _ = ppo_math.per_token_rewards(score, zeros, zeros, jnp.asarray(mask), 0.1)
+  for b, last in enumerate(expected):
+    want = np.zeros(9)
+    if last >= 0:
+      want[last] = float(score[b])
+    np.testing.assert_array_equal(rewards[b], want)
+
+
+def test_score_batched_equals_each_row_alone_and_compiles_once(rm):
+  model, params = rm
+  rng = np.random.default_rng(5)
+  tokens = rng.integers(1, 50, (7, 10)).astype(np.int32)
+  mask = np.arange(10)[None, :] < rng.integers(2, 11, (7, 1))  # right-padded rows
+  before = heads._score_jit._cache_size()
+  got = heads.score_batched(model, params, tokens, mask, batch_size=3)  # 3 + 3 + 1 rows
+  assert heads._score_jit._cache_size() - before == 1  # the ragged last batch is padded
+  alone = [
+    float(heads.score(model, params, tokens[i : i + 1], mask[i : i + 1])[0]) for i in range(7)
+  ]
+  np.testing.assert_allclose(got, alone, atol=1e-5)
+
+
 def test_informative_prompts_drop_only_all_tied_groups():
   gold = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.4, 0.4, 0.4], [0.5, 0.5, 0.1]], np.float32)
   P, K, T = 4, 3, 5

@@ -192,3 +192,120 @@ def test_stream_equals_generate_greedy(lm):
     )
   )
   assert streamed == list(out.tokens[0])
+
+
+def test_sampled_output_is_pinned(lm):
+  """Plain and top-k/top-p sampling of a fixed model, key and prompts, pinned
+  (recorded before the loop state was named): a refactor of the sampler must
+  not change what it samples."""
+  model, params = lm
+  run = lambda sp: sampling.generate(
+    model,
+    params,
+    [[5, 9, 12, 3, 33, 7, 21], [40], [8, 8, 2, 60]],
+    max_new_tokens=12,
+    rng=jax.random.PRNGKey(3),
+    eos_id=7,
+    pad_id=PAD,
+    sampling=sp,
+  )
+  plain = run(sampling.SamplingParams())
+  np.testing.assert_array_equal(
+    plain.tokens,
+    [
+      [6, 18, 62, 37, 22, 15, 1, 38, 55, 41, 13, 18],
+      [7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+      [15, 59, 32, 15, 1, 1, 30, 26, 59, 37, 7, 0],
+    ],
+  )
+  np.testing.assert_array_equal(plain.mask.sum(1), [12, 1, 11])
+  np.testing.assert_allclose(
+    plain.logprobs[[0, 2], :4],
+    [[-1.791076, -0.084632, -0.368511, -0.097852], [-0.613224, -0.185623, -0.038455, -0.271176]],
+    atol=1e-5,
+  )
+  nucleus = run(sampling.SamplingParams(temperature=0.7, top_k=5, top_p=0.8))
+  np.testing.assert_array_equal(
+    nucleus.tokens[[0, 2]],
+    [
+      [41, 14, 14, 29, 22, 29, 22, 29, 22, 18, 30, 38],
+      [15, 59, 32, 15, 1, 1, 30, 26, 38, 14, 1, 38],
+    ],
+  )
+
+
+class _Chars:
+  """A stand-in tokenizer: id i decodes to chr(ord('a') + i); ids >= 20 decode to nothing."""
+
+  def decode(self, ids):
+    return "".join(chr(ord("a") + i) for i in ids if i < 20)
+
+
+def test_texts_drop_the_stop_token_and_cut_at_extra_stops():
+  tokens = np.array([[3, 4, 9, 0], [3, 9, 4, 0], [5, 6, 7, 8]])
+  mask = np.array([[1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 1, 1]], bool)
+  gen = sampling.Generation(tokens, np.zeros(tokens.shape), mask, tokens[:, :1], mask[:, :1], 9)
+  assert gen.texts(_Chars()) == ["de", "d", "fghi"]  # the stop token (9) and what follows go
+  assert gen.texts(_Chars(), cut_at=(6,)) == ["de", "d", "f"]
+  assert gen.response_ids() == [[3, 4, 9], [3, 9, 4], [5, 6, 7, 8]]
+
+
+def test_padded_batches_cover_every_row_once_in_one_shape():
+  got = list(sampling.padded_batches(7, 3))
+  assert [start for start, _ in got] == [0, 3, 6]
+  assert all(len(index) == 3 for _, index in got)
+  np.testing.assert_array_equal(got[-1][1], [6, 6, 6])  # the last row repeated
+  kept = np.concatenate([index[: min(3, 7 - start)] for start, index in got])
+  np.testing.assert_array_equal(kept, np.arange(7))
+  with pytest.raises(ValueError, match="batch_size"):
+    list(sampling.padded_batches(7, 0))
+
+
+def test_generate_batched_equals_generate_per_batch(lm):
+  model, params = lm
+  prompts = [
+    [5, 9, 12],
+    [40],
+    [8, 8, 2, 60],
+    [3, 3],
+    [17, 5, 9, 12, 3, 33, 7, 21, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11],
+    [2],
+  ]
+  kw = dict(max_new_tokens=6, eos_id=-1, pad_id=PAD, sampling=sampling.SamplingParams(top_k=4))
+  rng = jax.random.PRNGKey(7)
+  done = []
+  out = sampling.generate_batched(
+    model, params, prompts, batch_size=4, rng=rng, progress=done.append, **kw
+  )
+  assert done == [4, 6]
+  assert out.tokens.shape == (6, 6) and out.prompt_tokens.shape[0] == 6
+  for start in (0, 4):
+    chunk = prompts[start : start + 4]
+    alone = sampling.generate(
+      model,
+      params,
+      chunk + [chunk[-1]] * (4 - len(chunk)),
+      rng=jax.random.fold_in(rng, start),
+      **kw,
+    )
+    np.testing.assert_array_equal(out.tokens[start : start + 4], alone.tokens[: len(chunk)])
+    np.testing.assert_array_equal(out.logprobs[start : start + 4], alone.logprobs[: len(chunk)])
+  # prompts came back left-padded to the widest batch's length, their ids intact
+  for p, row, m in zip(prompts, out.prompt_tokens, out.prompt_mask):
+    assert list(row[m]) == p
+
+
+def test_generate_batched_compiles_once_for_a_ragged_last_batch(lm):
+  model, params = lm
+  before = sampling._generate._cache_size()
+  sampling.generate_batched(
+    model,
+    params,
+    [[5, 9], [40], [8, 8, 2], [3], [2, 2]],  # 4 + 1 rows, one prompt-length bucket
+    batch_size=4,
+    max_new_tokens=5,  # static: a program of its own
+    rng=jax.random.PRNGKey(0),
+    eos_id=-1,
+    pad_id=PAD,
+  )
+  assert sampling._generate._cache_size() - before == 1  # unpadded, the last batch would add one

@@ -223,12 +223,19 @@ def dir_documents(spec: str, config) -> Iterator[Doc]:
   del config
   root = _dir_root(spec)
   files = list_text_files(root)
-  found = False
+  found, skipped = False, []
   for rel in stable_order(files):
     text = _read_text(files[rel])
-    if text and text.strip():
+    if text is None:
+      skipped.append(rel)  # binary or not UTF-8: said below, never dropped silently
+    elif text.strip():
       found = True
       yield rel, text
+  if skipped:
+    print(
+      f"[data] {spec}: skipped {len(skipped)} of {len(files)} files that are not UTF-8 "
+      f"text (e.g. {', '.join(skipped[:3])}); convert them to UTF-8 to include them"
+    )
   if not found:
     raise ValueError(
       f"empty corpus directory {str(root)!r}: no decodable text files with "

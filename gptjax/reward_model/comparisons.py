@@ -18,10 +18,34 @@ import os
 import jax
 import numpy as np
 
-from gptjax import metrics, sampling
+from gptjax import metrics, runs, sampling
+from gptjax.evaluation import chat_prompt_ids
 from gptjax.tasks import instructions, labeler, oracle
 from gptjax.tasks.world import World
-from gptjax.tokenizer import Tokenizer
+
+
+@dataclasses.dataclass(frozen=True)
+class ComparisonSettings:
+  """How comparisons are sampled and labelled (config.comparisons, resolved)."""
+
+  k: int  # responses per prompt
+  max_new_tokens: int
+  labeler_noise: float | None  # None: calibrate it to `target_agreement` on the samples
+  target_agreement: float  # the labeler's pairwise agreement with the gold order
+  batch_size: int = 64  # rows per sampling batch
+  system: str = ""  # system message of the chat prompts ('' = none)
+  sampling_params: sampling.SamplingParams = sampling.SamplingParams()  # the pure distribution
+
+  @classmethod
+  def from_config(cls, c, labeler_noise: float | None) -> "ComparisonSettings":
+    """From config.comparisons (k, max_new_tokens, labeler_agreement, sample_batch)."""
+    return cls(
+      k=c.k,
+      max_new_tokens=c.max_new_tokens,
+      labeler_noise=labeler_noise,
+      target_agreement=c.labeler_agreement,
+      batch_size=c.sample_batch,
+    )
 
 
 @dataclasses.dataclass
@@ -112,58 +136,34 @@ class Comparisons:
     return os.path.exists(os.path.join(directory, "comparisons.npz"))
 
 
-def chat_prompt_ids(tokenizer: Tokenizer, prompt: str, system: str = "") -> list[int]:
-  """A user turn rendered with the chat template, ending with <|assistant|>."""
-  messages = ([{"role": "system", "content": system}] if system else []) + [
-    {"role": "user", "content": prompt}
-  ]
-  return tokenizer.encode_chat(messages, add_generation_prompt=True)
-
-
 def sample_responses(
-  model,
-  params,
-  tokenizer: Tokenizer,
-  prompts: list[str],
-  k: int,
-  *,
-  max_new_tokens: int,
-  rng,
-  batch_size: int = 64,
-  system: str = "",
-  sampling_params=sampling.SamplingParams(),
-  log=None,
+  policy: runs.LoadedRun, prompts: list[str], settings: ComparisonSettings, *, rng, log=None
 ):
-  """K samples per prompt from the pure distribution (temperature 1 by default).
+  """K samples per prompt from `policy` (its model, params and tokenizer).
 
   Returns (prompt_ids [P] lists, responses [P][K] token lists incl. the stop
-  token if emitted, texts [P][K]). `log` gets a progress line about every 10%.
+  token if emitted, texts [P][K] without it). `log` gets a progress line about
+  every 10%.
   """
-  prompt_ids = [chat_prompt_ids(tokenizer, p, system) for p in prompts]
+  tok, k = policy.tokenizer, settings.k
+  prompt_ids = [chat_prompt_ids(tok, p, settings.system) for p in prompts]
   flat = [ids for ids in prompt_ids for _ in range(k)]  # prompt i -> rows i*k..i*k+k-1
-  tokens, texts = [], []
   progress = metrics.CountProgress(len(flat), log, label="[comparisons] sampled ")
-  for start in range(0, len(flat), batch_size):
-    progress.update(start)
-    chunk = flat[start : start + batch_size]
-    gen = sampling.generate(
-      model,
-      params,
-      chunk,
-      max_new_tokens=max_new_tokens,
-      rng=jax.random.fold_in(rng, start),
-      eos_id=tokenizer.end_turn_id,
-      pad_id=tokenizer.pad_id,
-      sampling=sampling_params,
-      truncate="left",
-    )
-    for row, m in zip(gen.tokens, gen.mask):
-      ids = [int(t) for t in row[m]]
-      tokens.append(ids)
-      texts.append(tokenizer.decode([t for t in ids if t != tokenizer.end_turn_id]))
-  progress.update(len(flat))
+  gen = sampling.generate_batched(
+    policy.model,
+    policy.params,
+    flat,
+    batch_size=settings.batch_size,
+    max_new_tokens=settings.max_new_tokens,
+    rng=rng,
+    eos_id=tok.end_turn_id,
+    pad_id=tok.pad_id,
+    sampling=settings.sampling_params,
+    truncate="left",
+    progress=progress.update,
+  )
   group = lambda xs: [xs[i * k : (i + 1) * k] for i in range(len(prompts))]
-  return prompt_ids, group(tokens), group(texts)
+  return prompt_ids, group(gen.response_ids()), group(gen.texts(tok))
 
 
 def pack_sequences(prompt_ids, responses, max_len: int, pad_id: int):
@@ -181,45 +181,44 @@ def pack_sequences(prompt_ids, responses, max_len: int, pad_id: int):
 
 
 def make_comparisons(
-  model,
-  params,
-  tokenizer: Tokenizer,
+  policy: runs.LoadedRun,
   world: World,
   examples: list[instructions.Example],
+  settings: ComparisonSettings,
   *,
-  k: int,
-  max_new_tokens: int,
-  labeler_noise: float | None,
-  target_agreement: float,
   seed: int,
-  batch_size: int = 64,
   log=print,
 ) -> tuple[Comparisons, dict]:
-  """Samples, scores and ranks. `labeler_noise=None` calibrates it on these samples.
+  """Samples, scores and ranks. `settings.labeler_noise=None` calibrates it on these samples.
 
   Returns the comparisons and a report {'labeler_noise', 'labeler_agreement' (measured
   against gold on pairs with different gold scores), 'mean_gold', ...}.
   """
-  prompts = [e.prompt for e in examples]
+  prompts, k = [e.prompt for e in examples], settings.k
   prompt_ids, resp_ids, texts = sample_responses(
-    model,
-    params,
-    tokenizer,
-    prompts,
-    k,
-    max_new_tokens=max_new_tokens,
-    rng=jax.random.PRNGKey(seed),
-    batch_size=batch_size,
-    log=log,
+    policy, prompts, settings, rng=jax.random.PRNGKey(seed), log=log
   )
   gold = np.array(
     [[oracle.gold_score(p, t, world) for t in ts] for p, ts in zip(prompts, texts)], np.float32
   )  # [P, K]
+  labeler_noise = settings.labeler_noise
   if labeler_noise is None:
-    labeler_noise = labeler.calibrate_noise(target_agreement, gold)
+    # The noise is calibrated on the policy's own score gaps; a policy whose
+    # samples all tie (e.g. an undertrained one) has none, and then the noise
+    # orders nothing: calibrate on the synthetic candidates instead, and say so.
+    sample = gold
+    if np.ptp(gold, axis=1).max(initial=0.0) <= 0:
+      log(
+        "[comparisons] every prompt's samples tie in gold score: labeler noise calibrated "
+        "on synthetic candidates"
+      )
+      sample = labeler.synthetic_score_sample(world, n=400, k=k, seed=seed)
+    labeler_noise = labeler.calibrate_noise(settings.target_agreement, sample)
   ranking = labeler.rank_batch(gold, np.random.default_rng(seed), labeler_noise)
   ranking = np.asarray(ranking, np.int32)
-  tokens, mask = pack_sequences(prompt_ids, resp_ids, model.cfg.max_len, tokenizer.pad_id)
+  tokens, mask = pack_sequences(
+    prompt_ids, resp_ids, policy.model.cfg.max_len, policy.tokenizer.pad_id
+  )
   comps = Comparisons(tokens, mask, ranking, gold, prompts, texts, [e.family for e in examples])
   report = {
     "labeler_noise": float(labeler_noise),

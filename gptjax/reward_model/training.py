@@ -15,10 +15,8 @@ Workdir layout:
 import json
 import math
 import os
-import shutil
 
 import jax
-import ml_collections
 import numpy as np
 
 from gptjax import (
@@ -28,7 +26,6 @@ from gptjax import (
   model as model_lib,
   runs,
   sft as sft_lib,
-  sharding,
   train,
 )
 from gptjax.reward_model import comparisons as comp_lib
@@ -116,16 +113,8 @@ def informative_prompts(comps: comp_lib.Comparisons) -> comp_lib.Comparisons:
 def score_all(model, params, comps: comp_lib.Comparisons, batch: int = 64) -> np.ndarray:
   """Reward-model score of every stored response -> [P, K]."""
   P, K, T = comps.tokens.shape
-  tokens = comps.tokens.reshape(P * K, T)
-  mask = comps.token_mask.reshape(P * K, T)
-  fn = jax.jit(lambda p, x, m: heads.score(model, p, x, m))
-  out = []
-  for s in range(0, P * K, batch):
-    x, m = tokens[s : s + batch], mask[s : s + batch]
-    pad = batch - len(x)  # one compiled shape
-    x, m = np.pad(x, ((0, pad), (0, 0))), np.pad(m, ((0, pad), (0, 0)), constant_values=True)
-    out.append(np.asarray(fn(params, x, m))[: batch - pad])
-  return np.concatenate(out).reshape(P, K)
+  tokens, mask = comps.tokens.reshape(P * K, T), comps.token_mask.reshape(P * K, T)
+  return heads.score_batched(model, params, tokens, mask, batch).reshape(P, K)
 
 
 def calibration(scores: np.ndarray, gold: np.ndarray, bins: int) -> list[dict]:
@@ -181,23 +170,11 @@ def _comparisons(
     log(f"[reward_model] settings changed since {directory} was written: sampling anew")
   examples = instructions.make_mixture(world, n, seed, split)
   comps, report = comp_lib.make_comparisons(
-    policy.model,
-    policy.params,
-    policy.tokenizer,
-    world,
-    examples,
-    k=c.k,
-    max_new_tokens=c.max_new_tokens,
-    labeler_noise=noise,
-    target_agreement=c.labeler_agreement,
-    seed=seed,
-    batch_size=c.sample_batch,
-    log=log,
+    policy, world, examples, comp_lib.ComparisonSettings.from_config(c, noise), seed=seed, log=log
   )
   report["recipe"] = recipe
   comps.save(directory)
-  with open(report_path, "w") as f:
-    json.dump(report, f, indent=2)
+  runs.write_json(report_path, report)
   return comps.trimmed(), report
 
 
@@ -218,7 +195,7 @@ def load_init(config, sft_dir: str):
 
 def train_rm(config, workdir: str, model, init_params, train_comps, heldout, log):
   """Trains one reward model with the shared loop; returns its params."""
-  cfg = ml_collections.ConfigDict(config.to_dict())
+  cfg = config_lib.copy(config)
   cfg.train.steps = steps_for(len(train_comps), cfg.train.batch_size, cfg.rm.epochs)
   cfg.train.ckpt_every = min(cfg.train.ckpt_every, cfg.train.steps)
   task = build_task(cfg, model, train_comps, heldout, init_params)
@@ -228,33 +205,107 @@ def train_rm(config, workdir: str, model, init_params, train_comps, heldout, log
 
 def run(config, workdir: str, sft_dir: str | None = None, log=print) -> dict:
   """SFT policy -> comparisons -> reward model(s) -> evaluation. Returns eval.json's dict."""
-  validate(config)
-  sft_dir = os.path.abspath(sft_dir or config.sft or "")
-  if not config.sft and not sft_dir:
+  if not (sft_dir or config.sft):
     raise ValueError("The reward model needs an SFT run: pass --sft=<sft workdir>.")
-  sharding.maybe_initialize_distributed()
-  workdir = train.prepare_workdir(workdir)
-  policy = runs.load_run(sft_dir)
-  world = runs.world_of(policy.config)
-  config = ml_collections.ConfigDict(config.to_dict())
-  config.sft = sft_dir
-  config_lib.save(config, workdir)
-  shutil.copyfile(
-    os.path.join(sft_dir, "tokenizer.model"), os.path.join(workdir, "tokenizer.model")
-  )
-
-  c = config.comparisons
-  noise = None if c.labeler_noise < 0 else c.labeler_noise
-  train_comps, train_report = _comparisons(
+  sft_dir = os.path.abspath(sft_dir or config.sft)
+  with runs.prepare_stage(
     config,
-    policy,
-    world,
-    "train",
-    c.n_prompts,
-    c.seed,
-    os.path.join(workdir, "comparisons", "train"),
-    noise,
-    log,
+    workdir,
+    validate=validate,
+    resolve=lambda c: resolve(c, sft_dir, log),
+    tokenizer_from=sft_dir,
+    log=log,
+  ) as stage:
+    config, workdir, (policy, model, init_params) = stage.config, stage.workdir, stage.upstream
+    train_comps, heldout, reports = sample_comparisons(config, policy, workdir, log)
+    train.check_stop("reward_model", "after sampling comparisons", workdir)
+    all_train, train_comps = train_comps, training_prompts(config, train_comps, log)
+    params, summary = train_rm(config, workdir, model, init_params, train_comps, heldout, log)
+    # Centre: the SFT policy's own samples (the training responses) score mean 0.
+    sft_scores = score_all(model, params, all_train)
+    shift, std = -float(sft_scores.mean()), float(sft_scores.std())
+    runs.write_json(
+      os.path.join(workdir, NORMALIZATION_FILE), {"bias_shift": shift, "sft_score_std": std}
+    )
+    params = heads.shift_bias(params, shift)
+    main = evaluate_rm(model, params, heldout)
+    curve = data_scaling(config, workdir, model, init_params, train_comps, heldout, main, log)
+    result = {
+      "k": config.comparisons.k,
+      "n_train_prompts": len(train_comps),
+      "n_sampled_prompts": len(all_train),
+      "n_heldout_prompts": len(heldout),
+      "pairs_per_prompt": config.comparisons.k * (config.comparisons.k - 1) // 2,
+      "labeler": labeler_summary(config, *reports),
+      "accuracy_vs_labeler": main["accuracy_vs_labeler"],
+      "accuracy_vs_gold": main["accuracy_vs_gold"],
+      "sft_score_std": std,
+      "bias_shift": shift,
+      "calibration": calibration(main["scores"], heldout.gold, config.eval.calibration_bins),
+      "data_scaling": curve,
+      "steps": summary["steps"],
+      "heldout_loss": summary.get("last_eval", {}).get("heldout/loss"),
+    }
+    runs.write_json(os.path.join(workdir, "eval.json"), result)
+    plot(result, workdir)
+  log(
+    f"[reward_model] held-out accuracy: {result['accuracy_vs_labeler']:.3f} vs labeler, "
+    f"{result['accuracy_vs_gold']:.3f} vs gold (labeler's own agreement "
+    f"{result['labeler']['agreement_heldout']:.3f}); SFT score std {std:.3f}"
+  )
+  return result
+
+
+def training_prompts(config, comps: comp_lib.Comparisons, log) -> comp_lib.Comparisons:
+  """All sampled prompts, or (rm.skip_tied_prompts) the informative ones."""
+  if not config.rm.skip_tied_prompts:
+    return comps
+  kept = informative_prompts(comps)
+  log(
+    f"[reward_model] training on the {len(kept):,} of {len(comps):,} prompts "
+    "whose responses differ in gold quality (rm.skip_tied_prompts)"
+  )
+  if not len(kept):
+    raise ValueError(
+      "No training prompt has responses of different gold quality, so the "
+      "rankings hold no preference: raise comparisons.n_prompts or "
+      "comparisons.k, or train the SFT policy longer"
+    )
+  return kept
+
+
+def resolve(config, sft_dir: str, log=print):
+  """(config with the SFT workdir and the reward model's model section,
+  (policy run, reward model, its initial params)). Raises ValueError if
+  `sft_dir` is not an SFT run or the reward model's context differs."""
+  policy = runs.load_run(sft_dir)
+  if "sft" not in policy.config:
+    raise ValueError(
+      f"--sft={sft_dir} is not an SFT run (its config.json has no sft section; a "
+      "pretraining run?): the reward model ranks the SFT policy's answers, so pass the "
+      "workdir of experiments.sft"
+    )
+  model, init_params, init_config = load_init(config, sft_dir)
+  if model.cfg.max_len != policy.model.cfg.max_len:
+    raise ValueError(
+      f"rm.init_from has context {model.cfg.max_len}, the policy "
+      f"{policy.model.cfg.max_len}: they must match"
+    )
+  config = config_lib.copy(config)
+  config.sft = sft_dir
+  config.model = config_lib.copy(init_config.model)
+  return config, (policy, model, init_params)
+
+
+def sample_comparisons(config, policy: runs.LoadedRun, workdir: str, log):
+  """(train comparisons, held-out comparisons, (train report, held-out report)):
+  the policy's K answers per prompt, ranked by the labeler (stored, reused)."""
+  c = config.comparisons
+  world = runs.world_of(policy.config)
+  noise = None if c.labeler_noise < 0 else c.labeler_noise
+  directory = lambda split: os.path.join(workdir, "comparisons", split)
+  train_comps, train_report = _comparisons(
+    config, policy, world, "train", c.n_prompts, c.seed, directory("train"), noise, log
   )
   heldout, heldout_report = _comparisons(
     config,
@@ -263,102 +314,45 @@ def run(config, workdir: str, sft_dir: str | None = None, log=print) -> dict:
     "heldout",
     c.n_heldout,
     c.seed + 1,
-    os.path.join(workdir, "comparisons", "heldout"),
+    directory("heldout"),
     train_report["labeler_noise"],
     log,
   )
-  model, init_params, init_config = load_init(config, sft_dir)
-  if model.cfg.max_len != policy.model.cfg.max_len:
-    raise ValueError(
-      f"rm.init_from has context {model.cfg.max_len}, the policy "
-      f"{policy.model.cfg.max_len}: they must match"
-    )
   log(
     f"[reward_model] sequences cut to {train_comps.tokens.shape[-1]} (train) and "
-    f"{heldout.tokens.shape[-1]} (held-out) of {model.cfg.max_len} tokens"
+    f"{heldout.tokens.shape[-1]} (held-out) of {config.model.max_len} tokens"
   )
-  config.model = ml_collections.ConfigDict(init_config.model.to_dict())
-  config_lib.save(config, workdir)
+  return train_comps, heldout, (train_report, heldout_report)
 
-  all_train = train_comps
-  if config.rm.skip_tied_prompts:
-    train_comps = informative_prompts(train_comps)
-    log(
-      f"[reward_model] training on the {len(train_comps):,} of {len(all_train):,} prompts "
-      "whose responses differ in gold quality (rm.skip_tied_prompts)"
-    )
-    if not len(train_comps):
-      raise ValueError(
-        "No training prompt has responses of different gold quality, so the "
-        "rankings hold no preference: raise comparisons.n_prompts or "
-        "comparisons.k, or train the SFT policy longer"
-      )
-  params, summary = train_rm(config, workdir, model, init_params, train_comps, heldout, log)
 
-  # Centre: the SFT policy's own samples (the training responses) score mean 0.
-  sft_scores = score_all(model, params, all_train)
-  shift, std = -float(sft_scores.mean()), float(sft_scores.std())
-  with open(os.path.join(workdir, NORMALIZATION_FILE), "w") as f:
-    json.dump({"bias_shift": shift, "sft_score_std": std}, f, indent=2)
-  params = heads.shift_bias(params, shift)
+def labeler_summary(config, train_report: dict, heldout_report: dict) -> dict:
+  return {
+    "noise": train_report["labeler_noise"],
+    "agreement_train": train_report["labeler_agreement"],
+    "agreement_heldout": heldout_report["labeler_agreement"],
+    "target": config.comparisons.labeler_agreement,
+    "tied_pair_fraction": heldout_report["tied_pair_fraction"],
+  }
 
-  main = evaluate_rm(model, params, heldout)
-  curve = [
-    {
-      "comparisons": len(train_comps),
-      "fraction": 1.0,
-      "accuracy_vs_labeler": main["accuracy_vs_labeler"],
-      "accuracy_vs_gold": main["accuracy_vs_gold"],
-    }
-  ]
+
+def data_scaling(config, workdir, model, init_params, train_comps, heldout, main, log) -> list:
+  """Held-out accuracy of the main reward model and of extra ones trained on
+  eval.data_fractions of the training comparisons (scaling/frac_<f>/)."""
+  row = lambda n, frac, ev: {
+    "comparisons": n,
+    "fraction": frac,
+    "accuracy_vs_labeler": ev["accuracy_vs_labeler"],
+    "accuracy_vs_gold": ev["accuracy_vs_gold"],
+  }
+  curve = [row(len(train_comps), 1.0, main)]
   for frac in config.eval.data_fractions:
     n = max(config.train.batch_size, int(frac * len(train_comps)))
     sub_dir = os.path.join(workdir, "scaling", f"frac_{frac:g}")
     sub_params, _ = train_rm(
       config, sub_dir, model, init_params, train_comps.subset(np.arange(n)), heldout, log
     )
-    ev = evaluate_rm(model, sub_params, heldout)
-    curve.append(
-      {
-        "comparisons": n,
-        "fraction": frac,
-        "accuracy_vs_labeler": ev["accuracy_vs_labeler"],
-        "accuracy_vs_gold": ev["accuracy_vs_gold"],
-      }
-    )
-  curve.sort(key=lambda r: r["comparisons"])
-
-  result = {
-    "k": c.k,
-    "n_train_prompts": len(train_comps),
-    "n_sampled_prompts": len(all_train),
-    "n_heldout_prompts": len(heldout),
-    "pairs_per_prompt": c.k * (c.k - 1) // 2,
-    "labeler": {
-      "noise": train_report["labeler_noise"],
-      "agreement_train": train_report["labeler_agreement"],
-      "agreement_heldout": heldout_report["labeler_agreement"],
-      "target": c.labeler_agreement,
-      "tied_pair_fraction": heldout_report["tied_pair_fraction"],
-    },
-    "accuracy_vs_labeler": main["accuracy_vs_labeler"],
-    "accuracy_vs_gold": main["accuracy_vs_gold"],
-    "sft_score_std": std,
-    "bias_shift": shift,
-    "calibration": calibration(main["scores"], heldout.gold, config.eval.calibration_bins),
-    "data_scaling": curve,
-    "steps": summary["steps"],
-    "heldout_loss": summary.get("last_eval", {}).get("heldout/loss"),
-  }
-  with open(os.path.join(workdir, "eval.json"), "w") as f:
-    json.dump(result, f, indent=2)
-  plot(result, workdir)
-  log(
-    f"[reward_model] held-out accuracy: {result['accuracy_vs_labeler']:.3f} vs labeler, "
-    f"{result['accuracy_vs_gold']:.3f} vs gold (labeler's own agreement "
-    f"{result['labeler']['agreement_heldout']:.3f}); SFT score std {std:.3f}"
-  )
-  return result
+    curve.append(row(n, frac, evaluate_rm(model, sub_params, heldout)))
+  return sorted(curve, key=lambda r: r["comparisons"])
 
 
 def plot(result: dict, workdir: str) -> None:

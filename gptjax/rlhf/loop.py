@@ -82,7 +82,7 @@ def validate(config) -> None:
 
 
 def optimizer(config, lr: float):
-  t = ml_collections.ConfigDict(config.train.to_dict())
+  t = config_lib.copy(config.train)
   t.lr = lr
   t.steps = config.ppo.iterations * config.ppo.epochs * config.ppo.minibatches
   return train.make_optimizer(t)
@@ -102,7 +102,7 @@ class Models:
   cache_dir: str | None = None  # prepared pretraining data (PPO-ptx, alignment tax)
 
 
-def fresh_state(config, models: Models, sft_params, value_params, rm_params, tx_p, tx_v) -> dict:
+def fresh_state(config, sft_params, value_params, rm_params, tx_p, tx_v) -> dict:
   # Copies: the train steps donate their state, and the reference policy and
   # the reward model must not share buffers with what is donated.
   copy = lambda tree: jax.tree_util.tree_map(jnp.array, tree)
@@ -152,20 +152,30 @@ def run(
   cache_dir: str | None = None,
 ) -> dict:
   """PPO from the SFT policy against the reward model; returns eval.json's dict."""
-  validate(config)
   sft_dir = os.path.abspath(sft_dir or config.sft)
   rm_dir = os.path.abspath(rm_dir or config.reward_model)
-  sharding.maybe_initialize_distributed()
-  workdir = train.prepare_workdir(workdir)
-  config = ml_collections.ConfigDict(config.to_dict())
-  config.sft, config.reward_model = sft_dir, rm_dir
-  config_lib.save(config, workdir)
 
+  def resolve(c):
+    c = config_lib.copy(c)
+    c.sft, c.reward_model = sft_dir, rm_dir
+    return c, load_models(c, sft_dir, rm_dir, cache_dir)
+
+  with runs.prepare_stage(
+    config, workdir, validate=validate, resolve=resolve, tokenizer_from=sft_dir, log=log
+  ) as stage:
+    config, workdir, (models, rm_params) = stage.config, stage.workdir, stage.upstream
+    state, it = train_ppo(config, models, rm_params, workdir, log)
+    train.check_stop("rlhf", f"after iteration {it}, before the evaluation", workdir)
+    export_policy(workdir, models.sft_config, state["policy"].params, it)
+    result = evaluate(config, models, models.ref_params, state["policy"].params, workdir, log)
+    plot(workdir)
+  return result
+
+
+def load_models(config, sft_dir: str, rm_dir: str, cache_dir: str | None):
+  """(Models, reward-model params) from the SFT and reward-model workdirs."""
   sft = runs.load_run(sft_dir)
   rm_model, rm_params, rm_config = rm_training.load_reward_model(rm_dir)
-  shutil.copyfile(
-    os.path.join(sft_dir, "tokenizer.model"), os.path.join(workdir, "tokenizer.model")
-  )
   value_model = (
     rm_model if config.ppo.value_init == "reward_model" else heads.ScalarHeadModel(sft.model.cfg)
   )
@@ -181,40 +191,57 @@ def run(
     ref_params=sft.params,
     cache_dir=cache_dir,
   )
+  return models, rm_params
+
+
+def train_ppo(config, models: Models, rm_params, workdir: str, log) -> tuple[dict, int]:
+  """PPO iterations to ppo.iterations, resumable (train.Resumable): checkpoints
+  hold the policy, critic and reward-model states and, in meta, the KL
+  controller's beta. A stop is taken between iterations only, since the state
+  is updated minibatch by minibatch. Returns (state, iterations done)."""
   p = config.ppo
   tx_p, tx_v = optimizer(config, p.policy_lr), optimizer(config, p.value_lr)
   mesh = sharding.make_mesh(config.mesh)
   replicated = NamedSharding(mesh, P())
   make = lambda: fresh_state(
     config,
-    models,
-    sft.params,
-    initial_value_params(config, models, sft.params, rm_params),
+    models.ref_params,
+    initial_value_params(config, models, models.ref_params, rm_params),
     rm_params,
     tx_p,
     tx_v,
   )
-
-  checkpointer = ckpt_lib.Checkpointer(
-    os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints
-  )
   kl_ctl = ppo_math.kl_controller(p.kl_controller, p.beta, p.kl_target, p.kl_horizon)
-  if checkpointer.latest_step() is not None:
+  t = config.train
+  with train.Resumable(
+    "rlhf", workdir, keep=t.keep_checkpoints, every=t.ckpt_every, log=log
+  ) as loop:
     abstract = jax.tree_util.tree_map(
       lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), jax.eval_shape(make)
     )
-    state, meta = checkpointer.restore(abstract)
-    start, kl_ctl.beta = int(meta["iteration"]), float(meta["beta"])
-    log(
-      f"[rlhf] resumed from {checkpointer.directory} at iteration {start} (beta {kl_ctl.beta:.4g})"
-    )
-  else:
-    state, start = make(), 0
-    log(f"[rlhf] new run from SFT {sft_dir} and reward model {rm_dir}")
+    restored = loop.restore(abstract)
+    if restored is not None:
+      box = {"state": restored[0]}
+      start, kl_ctl.beta = int(restored[1]["iteration"]), float(restored[1]["beta"])
+      log(
+        f"[rlhf] resumed from {loop.checkpointer.directory} at iteration {start} "
+        f"(beta {kl_ctl.beta:.4g})"
+      )
+    else:
+      box, start = {"state": make()}, 0
+      log(f"[rlhf] new run from SFT {config.sft} and reward model {config.reward_model}")
+    body = _ppo_body(config, models, box, kl_ctl, tx_p, tx_v, loop, start, workdir, log)
+    snapshot = lambda it: (box["state"], {"iteration": it, "beta": kl_ctl.beta})
+    with jax.set_mesh(mesh):
+      it = loop.run(start, p.iterations, body, snapshot)
+  return box["state"], it
 
-  ptx = None
-  if p.ptx_coef > 0:
-    ptx = Pipeline(sft.config, sft.tokenizer, cache_dir)
+
+def _ppo_body(config, models: Models, box: dict, kl_ctl, tx_p, tx_v, loop, start, workdir, log):
+  """The loop's body: iteration `it` -> it + 1 (a new reward model first, at a
+  round's start in iterated RLHF), its 'ppo' record and progress line."""
+  p = config.ppo
+  ptx = Pipeline(models.sft_config, models.tokenizer, models.cache_dir) if p.ptx_coef > 0 else None
   policy_step = jax.jit(
     functools.partial(
       ppo.policy_update, policy=models.policy, tx=tx_p, clip_eps=p.clip_eps, ptx_coef=p.ptx_coef
@@ -227,45 +254,26 @@ def run(
     ),
     donate_argnums=(0,),
   )
-  writer = metrics_lib.MetricsWriter(workdir)
   per_round = p.iterations // p.rounds
-  it = start
 
-  def save(iteration):
-    checkpointer.save(iteration, state, {"iteration": iteration, "beta": kl_ctl.beta})
+  def body(it: int) -> None:
+    state = box["state"]
+    if p.rounds > 1 and it > 0 and it % per_round == 0:
+      state["rm"] = retrain_reward_model(config, models, state, it // per_round, workdir, log)
+    stats = iteration(config, models, state, it, kl_ctl.beta, policy_step, value_step, ptx)
+    kl_ctl.update(stats["kl"], p.rollout_batch)
+    stats["beta_next"] = kl_ctl.beta
+    loop.writer.write(it + 1, "ppo", **stats)
+    if (it + 1) % config.train.log_every == 0 or it == start:
+      log(
+        f"[rlhf] iter {it + 1:>4d}/{p.iterations}  rm {stats['rm_score']:+.3f}  gold "
+        f"{stats['gold_score']:.3f}  kl {stats['kl']:.3f}  beta {stats['beta']:.4f}  "
+        f"ent {stats['entropy']:.2f}  clip {stats['clip_frac']:.3f}  "
+        f"ev {stats['explained_variance']:+.2f}  len {stats['response_length']:.1f}  "
+        f"{stats['rollout_tokens_per_s']:,.0f} rollout tok/s"
+      )
 
-  try:
-    with jax.set_mesh(mesh):
-      while it < p.iterations:
-        if p.rounds > 1 and it > 0 and it % per_round == 0:
-          state["rm"] = retrain_reward_model(config, models, state, it // per_round, workdir, log)
-        stats = iteration(config, models, state, it, kl_ctl.beta, policy_step, value_step, ptx)
-        kl_ctl.update(stats["kl"], p.rollout_batch)
-        stats["beta_next"] = kl_ctl.beta
-        writer.write(it + 1, "ppo", **stats)
-        if (it + 1) % config.train.log_every == 0 or it == start:
-          log(
-            f"[rlhf] iter {it + 1:>4d}/{p.iterations}  rm {stats['rm_score']:+.3f}  gold "
-            f"{stats['gold_score']:.3f}  kl {stats['kl']:.3f}  beta {stats['beta']:.4f}  "
-            f"ent {stats['entropy']:.2f}  clip {stats['clip_frac']:.3f}  "
-            f"ev {stats['explained_variance']:+.2f}  len {stats['response_length']:.1f}  "
-            f"{stats['rollout_tokens_per_s']:,.0f} rollout tok/s"
-          )
-        it += 1
-        if it % config.train.ckpt_every == 0 or it == p.iterations:
-          save(it)
-  except KeyboardInterrupt:
-    log(f"[rlhf] interrupted: saving iteration {it} ...")
-    save(it)
-    checkpointer.close()
-    raise
-  checkpointer.close()
-  writer.close()
-
-  export_policy(workdir, sft, state["policy"].params, it)
-  result = evaluate(config, models, sft.params, state["policy"].params, workdir, log)
-  plot(workdir)
-  return result
+  return body
 
 
 def iteration(
@@ -281,25 +289,21 @@ def iteration(
   """One PPO iteration (rollout, then epochs x minibatches); updates `state` in place."""
   p = config.ppo
   prompt_ids, prompts = prompts_for(config, models, it)
+  nets = ppo.Networks(
+    policy=models.policy,
+    value=models.value,
+    reward=models.reward,
+    policy_params=state["policy"].params,
+    ref_params=models.ref_params,
+    value_params=state["value"].params,
+    rm_params=state["rm"],
+  )
   rollout, timing = ppo.collect(
-    models.policy,
-    models.value,
-    models.reward,
-    state["policy"].params,
-    models.ref_params,
-    state["value"].params,
-    state["rm"],
+    nets,
     prompt_ids,
+    ppo.RolloutSettings.from_config(p, models.tokenizer),
     rng=jax.random.fold_in(jax.random.PRNGKey(p.seed), it),
-    max_new_tokens=p.max_new_tokens,
-    stop_id=models.tokenizer.end_turn_id,
-    pad_id=models.tokenizer.pad_id,
     beta=beta,
-    gamma=p.gamma,
-    lam=p.lam,
-    truncation_penalty=p.truncation_penalty if p.use_truncation_penalty else None,
-    whiten_rewards=p.whiten_rewards,
-    reward_clip=p.reward_clip or None,
   )
   rng = np.random.default_rng((p.seed, it))
   sums: dict[str, float] = {}
@@ -343,7 +347,7 @@ def retrain_reward_model(
   A round's comparisons and RM checkpoints live in rounds/<r>/, so an
   interrupted round resumes instead of starting over.
   """
-  rc = ml_collections.ConfigDict(models.rm_config.to_dict())
+  rc = config_lib.copy(models.rm_config)
   rdir = os.path.join(workdir, "rounds", str(round_index))
   with open(os.path.join(models.rm_dir, "comparisons", "train", "report.json")) as f:
     noise = json.load(f)["labeler_noise"]
@@ -382,15 +386,15 @@ def retrain_reward_model(
   return heads.shift_bias(params, shift)
 
 
-def export_policy(workdir: str, sft: runs.LoadedRun, params, iteration: int) -> str:
+def export_policy(workdir: str, sft_config, params, iteration: int) -> str:
   """Writes the final policy as a standard LM run in workdir/policy/ (config.json,
   tokenizer.model, checkpoints/), so `runs.load_run`, chat and later stages load it
   like any SFT run. The optimizer state in it is fresh (only params matter)."""
   pdir = os.path.join(workdir, "policy")
   os.makedirs(pdir, exist_ok=True)
-  config_lib.save(sft.config, pdir)
+  config_lib.save(sft_config, pdir)
   shutil.copyfile(os.path.join(workdir, "tokenizer.model"), os.path.join(pdir, "tokenizer.model"))
-  tx = train.make_optimizer(sft.config.train)
+  tx = train.make_optimizer(sft_config.train)
   state = train.TrainState(
     step=jnp.array(iteration, jnp.int32),
     params=params,
@@ -479,9 +483,14 @@ def evaluate(config, models: Models, sft_params, rlhf_params, workdir: str, log)
     result["overoptimization"] = stats.overoptimization_curve(
       [r["sqrt_kl"] for r in recs], [r["rm_score"] for r in recs], [r["gold_score"] for r in recs]
     )
-  with open(os.path.join(workdir, "eval.json"), "w") as f:
-    json.dump(result, f, indent=2)
-  w = result["win_rate_vs_sft"]
+  runs.write_json(os.path.join(workdir, "eval.json"), result)
+  log_result(result, log)
+  return result
+
+
+def log_result(result: dict, log) -> None:
+  """Two lines: win rate, gold, hallucination, alignment tax; over-optimisation."""
+  w, tax = result["win_rate_vs_sft"], result["alignment_tax"]["pretraining_loss"]
   log(
     f"[rlhf] win rate vs SFT {w['win_rate']:.3f} [{w['ci95'][0]:.3f}, {w['ci95'][1]:.3f}] "
     f"(n={w['n']}); gold {result['gold_mean']['sft']:.3f} -> {result['gold_mean']['rlhf']:.3f}; "
@@ -496,7 +505,6 @@ def evaluate(config, models: Models, sft_params, rlhf_params, workdir: str, log)
       f"{o['peak_sqrt_kl']:.2f}, ends at {o['final_gold']:.3f} "
       f"({'turned over' if o['turned_over'] else 'no turnover yet'})"
     )
-  return result
 
 
 def plot(workdir: str) -> None:

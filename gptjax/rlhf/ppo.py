@@ -15,20 +15,98 @@ One iteration (InstructGPT / Ziegler et al. 2019):
 Sequences are [left-padded prompt P | response N]; logits at index i predict
 token i + 1, so response token j (at P + j) is scored by logits at P + j - 1,
 and its value estimate is the critic's output at P + j - 1.
+
+A rollout is `collect(Networks, prompts, RolloutSettings, rng=, beta=)`:
+`Networks` holds the four networks (modules static, params traced), so the
+scoring program compiles once and is reused as the params change; the
+settings are hashable, and beta is traced, so the KL controller never
+triggers a recompile.
 """
 
 import dataclasses
 import functools
 import time
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import struct
 
-from gptjax import heads, losses, sampling
+from gptjax import heads, losses, model as model_lib, sampling
 from gptjax.rlhf import ppo_math
 from gptjax.train import TrainState
+
+
+@struct.dataclass
+class Networks:
+  """The four networks of a rollout: their modules (static: part of the jit
+  cache key, compared by config) and their params (traced)."""
+
+  policy: model_lib.Transformer = struct.field(pytree_node=False)
+  value: heads.ScalarHeadModel = struct.field(pytree_node=False)  # the critic
+  reward: heads.ScalarHeadModel = struct.field(pytree_node=False)
+  policy_params: Any = None
+  ref_params: Any = None  # the frozen SFT policy: the KL reference
+  value_params: Any = None
+  rm_params: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardShaping:
+  """How scores become per-token rewards and advantages (steps 3-4).
+
+  Hashable: `advantages` takes it as one static argument.
+  """
+
+  gamma: float = 1.0
+  lam: float = 0.95
+  truncation_penalty: float | None = None  # score of a response that never stopped; None: RM's
+  whiten_rewards: bool = False  # normalise final scores over the batch
+  reward_clip: float | None = None  # clip final scores to [-c, c]
+
+  @classmethod
+  def from_config(cls, ppo_config) -> "RewardShaping":
+    """From config.ppo (gamma, lam, use_truncation_penalty, truncation_penalty,
+    whiten_rewards, reward_clip; a reward_clip of 0 means off)."""
+    p = ppo_config
+    return cls(
+      gamma=p.gamma,
+      lam=p.lam,
+      truncation_penalty=p.truncation_penalty if p.use_truncation_penalty else None,
+      whiten_rewards=p.whiten_rewards,
+      reward_clip=p.reward_clip or None,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutSettings:
+  """What stays fixed from one rollout to the next (beta and the key do not)."""
+
+  max_new_tokens: int
+  stop_id: int  # the response ends at this token (chat: <|end_turn|>)
+  pad_id: int
+  shaping: RewardShaping = RewardShaping()
+
+  @classmethod
+  def from_config(cls, ppo_config, tokenizer) -> "RolloutSettings":
+    """Chat rollouts of config.ppo: stop at <|end_turn|>, pad with the tokenizer's pad."""
+    return cls(
+      max_new_tokens=ppo_config.max_new_tokens,
+      stop_id=tokenizer.end_turn_id,
+      pad_id=tokenizer.pad_id,
+      shaping=RewardShaping.from_config(ppo_config),
+    )
+
+
+class Scores(NamedTuple):
+  """Step 2's outputs for a rollout of B responses of N tokens."""
+
+  logp: jax.Array  # [B, N] policy log-probs
+  ref_logp: jax.Array  # [B, N] reference log-probs
+  values: jax.Array  # [B, N] critic estimates
+  score: jax.Array  # [B] reward-model score at the last real token
 
 
 @dataclasses.dataclass
@@ -49,6 +127,11 @@ class Rollout:
   kl: np.ndarray  # [B] sum over the response of logp - ref_logp
   ended: np.ndarray  # [B] bool: the response emitted the stop token
   sampler_logp: np.ndarray  # [B, N] log-probs reported by the sampler (a consistency check)
+
+  def texts(self, tokenizer, stop_id: int) -> list[str]:
+    """Each response's text, without the stop token (`sampling.response_texts`)."""
+    N = self.mask.shape[1]
+    return sampling.response_texts(tokenizer, self.tokens[:, -N:], self.mask, (stop_id,))
 
 
 def join(prompt_tokens, prompt_mask, response, response_mask):
@@ -75,54 +158,35 @@ def response_values(value_model, params, tokens, token_mask, positions, n_respon
   return v[:, P - 1 : -1]
 
 
-@functools.partial(jax.jit, static_argnames=("policy", "value_model", "reward_model", "n_response"))
-def score_rollout(
-  policy,
-  value_model,
-  reward_model,
-  policy_params,
-  ref_params,
-  value_params,
-  rm_params,
-  tokens,
-  token_mask,
-  positions,
-  n_response: int,
-):
-  """Step 2: old/ref log-probs, values and the reward-model score, in one program."""
-  logp, _ = response_logprobs(policy, policy_params, tokens, token_mask, positions, n_response)
-  ref_logp, _ = response_logprobs(policy, ref_params, tokens, token_mask, positions, n_response)
-  values = response_values(value_model, value_params, tokens, token_mask, positions, n_response)
-  score = heads.score(reward_model, rm_params, tokens, token_mask, positions)
-  return logp, ref_logp, values, score
+@functools.partial(jax.jit, static_argnames=("n_response",))
+def score_rollout(nets: Networks, tokens, token_mask, positions, n_response: int) -> Scores:
+  """Step 2: old/ref log-probs, values and the reward-model score, in one program.
+
+  tokens, token_mask, positions [B, P + N] (`join`); n_response = N.
+  """
+  seq = (tokens, token_mask, positions)
+  logp, _ = response_logprobs(nets.policy, nets.policy_params, *seq, n_response)
+  ref_logp, _ = response_logprobs(nets.policy, nets.ref_params, *seq, n_response)
+  values = response_values(nets.value, nets.value_params, *seq, n_response)
+  score = heads.score(nets.reward, nets.rm_params, tokens, token_mask, positions)
+  return Scores(logp, ref_logp, values, score)
 
 
-@functools.partial(
-  jax.jit, static_argnames=("gamma", "lam", "truncation_penalty", "whiten_rewards", "reward_clip")
-)
-def advantages(
-  score,
-  ended,
-  logp,
-  ref_logp,
-  values,
-  mask,
-  beta,
-  *,
-  gamma,
-  lam,
-  truncation_penalty,
-  whiten_rewards=False,
-  reward_clip=None,
-):
-  """Steps 3-4: rewards, GAE and whitened advantages."""
-  s = ppo_math.final_scores(score, ended, truncation_penalty)
-  if whiten_rewards:  # optional reward normalisation over the batch
+@functools.partial(jax.jit, static_argnames=("shaping",))
+def advantages(scores: Scores, ended, mask, beta, *, shaping: RewardShaping):
+  """Steps 3-4: rewards, GAE and whitened advantages.
+
+  ended [B] bool (the response emitted its stop token), mask [B, N], beta the
+  KL coefficient (traced: it changes every iteration without a recompile).
+  Returns (rewards [B, N], whitened advantages [B, N], returns [B, N], kl [B]).
+  """
+  s = ppo_math.final_scores(scores.score, ended, shaping.truncation_penalty)
+  if shaping.whiten_rewards:  # optional reward normalisation over the batch
     s = (s - s.mean()) / (s.std() + 1e-8)
-  if reward_clip is not None:
-    s = jnp.clip(s, -reward_clip, reward_clip)
-  rewards, kl = ppo_math.per_token_rewards(s, logp, ref_logp, mask, beta)
-  adv, returns = ppo_math.gae(rewards, values, mask, gamma, lam)
+  if shaping.reward_clip is not None:
+    s = jnp.clip(s, -shaping.reward_clip, shaping.reward_clip)
+  rewards, kl = ppo_math.per_token_rewards(s, scores.logp, scores.ref_logp, mask, beta)
+  adv, returns = ppo_math.gae(rewards, scores.values, mask, shaping.gamma, shaping.lam)
   return rewards, ppo_math.whiten(adv, mask), returns, kl.sum(-1)
 
 
@@ -184,87 +248,44 @@ def value_update(state: TrainState, mb: dict, *, value_model, tx, clip_eps: floa
 
 
 def collect(
-  policy,
-  value_model,
-  reward_model,
-  policy_params,
-  ref_params,
-  value_params,
-  rm_params,
-  prompts: list[list[int]],
-  *,
-  rng,
-  max_new_tokens: int,
-  stop_id: int,
-  pad_id: int,
-  beta: float,
-  gamma: float,
-  lam: float,
-  truncation_penalty: float | None,
-  whiten_rewards: bool = False,
-  reward_clip: float | None = None,
+  nets: Networks, prompts: list[list[int]], settings: RolloutSettings, *, rng, beta: float
 ) -> tuple[Rollout, dict]:
   """Steps 1-4 for a batch of token-id prompts. Returns the rollout and timing stats."""
   t0 = time.perf_counter()
   gen = sampling.generate(
-    policy,
-    policy_params,
+    nets.policy,
+    nets.policy_params,
     prompts,
-    max_new_tokens=max_new_tokens,
+    max_new_tokens=settings.max_new_tokens,
     rng=rng,
-    eos_id=stop_id,
-    pad_id=pad_id,
+    eos_id=settings.stop_id,
+    pad_id=settings.pad_id,
     sampling=sampling.SamplingParams(),
     truncate="left",
   )
   t_gen = time.perf_counter() - t0
   tokens, token_mask, positions = join(gen.prompt_tokens, gen.prompt_mask, gen.tokens, gen.mask)
-  N = gen.tokens.shape[1]
-  logp, ref_logp, values, score = score_rollout(
-    policy,
-    value_model,
-    reward_model,
-    policy_params,
-    ref_params,
-    value_params,
-    rm_params,
-    tokens,
-    token_mask,
-    positions,
-    N,
-  )
-  ended = np.asarray((gen.tokens == stop_id) & gen.mask).any(-1)
-  mask = jnp.asarray(gen.mask)
+  scores = score_rollout(nets, tokens, token_mask, positions, gen.tokens.shape[1])
+  ended = np.asarray((gen.tokens == settings.stop_id) & gen.mask).any(-1)
   rewards, adv, returns, kl = advantages(
-    score,
-    jnp.asarray(ended),
-    logp,
-    ref_logp,
-    values,
-    mask,
-    jnp.float32(beta),
-    gamma=gamma,
-    lam=lam,
-    truncation_penalty=truncation_penalty,
-    whiten_rewards=whiten_rewards,
-    reward_clip=reward_clip,
+    scores, jnp.asarray(ended), jnp.asarray(gen.mask), jnp.float32(beta), shaping=settings.shaping
   )
   host = jax.device_get
   rollout = Rollout(
-    tokens,
-    token_mask,
-    positions,
-    gen.mask,
-    host(logp),
-    host(ref_logp),
-    host(values),
-    host(rewards),
-    host(adv),
-    host(returns),
-    host(score),
-    host(kl),
-    ended,
-    gen.logprobs,
+    tokens=tokens,
+    token_mask=token_mask,
+    positions=positions,
+    mask=gen.mask,
+    old_logp=host(scores.logp),
+    ref_logp=host(scores.ref_logp),
+    values=host(scores.values),
+    rewards=host(rewards),
+    advantages=host(adv),
+    returns=host(returns),
+    score=host(scores.score),
+    kl=host(kl),
+    ended=ended,
+    sampler_logp=gen.logprobs,
   )
   n_tokens = int(gen.mask.sum())
   return rollout, {

@@ -2,7 +2,9 @@
 
 Shapes: B rollouts, N response tokens. `mask` [B, N] is True for response
 tokens up to and including EOS; padding after it is False and must never
-reach rewards, advantages or losses. See DESIGN.md, "RLHF mathematics".
+reach rewards, advantages or losses. The per-token reward is -beta * KL at
+every response token plus the reward model's score at the last one; GAE turns
+it into advantages; the policy loss is PPO's clipped surrogate.
 """
 
 import dataclasses
@@ -10,6 +12,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from gptjax import heads
 
 
 def masked_mean(x, mask, axis=None):
@@ -31,12 +35,6 @@ def whiten(x, mask, shift_mean: bool = True):
   return jnp.where(mask, out, 0.0)
 
 
-def last_index(mask) -> jax.Array:
-  """[B] index of each row's last True entry (0 for an empty row)."""
-  N = mask.shape[-1]
-  return jnp.maximum(jnp.max(jnp.where(mask, jnp.arange(N), -1), axis=-1), 0)
-
-
 def per_token_rewards(score, logp, ref_logp, mask, beta):
   """r_t = -beta * (log pi(a_t|s_t) - log pi_ref(a_t|s_t)), plus `score` on the last token.
 
@@ -44,7 +42,7 @@ def per_token_rewards(score, logp, ref_logp, mask, beta):
   """
   kl = jnp.where(mask, logp - ref_logp, 0.0)
   rewards = -beta * kl
-  last = jax.nn.one_hot(last_index(mask), mask.shape[-1]) * mask.any(-1, keepdims=True)
+  last = jax.nn.one_hot(heads.final_index(mask), mask.shape[-1])  # [B, N]; empty row: zeros
   return jnp.where(mask, rewards + last * score[:, None], 0.0), kl
 
 

@@ -1,0 +1,430 @@
+"""Reliability (issue 16): graceful stops that always save, checkpoints that cannot
+lie, resumed metrics equal to an uninterrupted run's, locked workdirs, refused
+config changes, and one clear line for bad input.
+
+The fast tests drive `train.run` in-process on test_train's tiny config; the
+slow ones stop real runs with signals at random moments (start-up included),
+in subprocesses on one CPU device, and the RLHF loop mid-iteration.
+"""
+
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from conftest import REPO, run_entry_point
+from test_train import (
+  STEPS,
+  assert_trees_equal,
+  host,
+  make_task,
+  poisoned_task,
+  run,
+  tiny_config,
+)
+
+from gptjax import checkpoint as ckpt_lib, config as config_lib, metrics, runs, train
+
+pytestmark = pytest.mark.usefixtures("jax_compilation_cache")
+
+
+@pytest.fixture(autouse=True)
+def no_stop_left_behind():
+  train.clear_stop()
+  yield
+  train.clear_stop()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  """STEPS uninterrupted steps: (workdir, final params, records without timing)."""
+  workdir = tmp_path_factory.mktemp("reference")
+  state, _, _ = run(tiny_config(), workdir)
+  return workdir, host(state.params), records(workdir)
+
+
+def records(workdir) -> list[dict]:
+  return [metrics.without_timing(r) for r in metrics.read_metrics(str(workdir))]
+
+
+def stop_at(config, batch_index):
+  """The toy task, asking for a graceful stop while batch `batch_index` is fetched."""
+  plain = make_task(config).train_batch
+
+  def batch(i):
+    if i == batch_index:
+      train.request_stop("SIGTERM")
+    return plain(i)
+
+  return make_task(config, batch)
+
+
+def latest(workdir):
+  c = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"))
+  try:
+    return c.latest_step()
+  finally:
+    c.close()
+
+
+# ---------------------------------------------------------------- 1, 2, 4: graceful stop
+
+
+@pytest.mark.parametrize("k", [0, 2, 5])
+def test_stop_request_saves_after_the_step_and_resume_is_exact(reference, tmp_path, k):
+  """Defect 1: the stop is a flag checked between steps, so the step in flight
+  completes (nothing donated is lost), its records are written, it is saved."""
+  _, ref_params, ref_records = reference
+  config = tiny_config()
+  lines = []
+  with pytest.raises(train.GracefulStop, match=rf"after step {k + 1}.*checkpoint step {k + 1}"):
+    train.run(config, str(tmp_path), stop_at(config, k), log=lines.append)
+  assert any("saving a checkpoint before exiting" in line for line in lines), lines
+  assert latest(tmp_path) == k + 1
+  train.clear_stop()
+  state, _, _ = run(config, tmp_path)
+  assert records(tmp_path) == ref_records
+  assert_trees_equal(host(state.params), ref_params, f"stopped after {k + 1}: ")
+
+
+def test_stop_before_the_first_step_saves_nothing_and_says_so(tmp_path):
+  """Defect 2: a stop requested during start-up is seen before step 1."""
+  train.request_stop("SIGINT")
+  with pytest.raises(train.GracefulStop, match="after step 0; there is no checkpoint yet"):
+    run(tiny_config(), tmp_path)
+  assert latest(tmp_path) is None
+
+
+def test_stop_right_after_resuming_names_the_checkpoint(reference, tmp_path):
+  run(tiny_config(steps=3), tmp_path)
+  train.request_stop("SIGTERM")
+  with pytest.raises(train.GracefulStop, match="resume from checkpoint step 3 in"):
+    run(tiny_config(), tmp_path)
+  assert latest(tmp_path) == 3
+
+
+def test_records_written_after_the_checkpoint_are_not_duplicated(reference, tmp_path):
+  """Defect 4: a run killed after logging steps past its last checkpoint
+  (here: its last checkpoint removed) resumes with exactly the reference's records."""
+  _, ref_params, ref_records = reference
+  run(tiny_config(ckpt_every=4), tmp_path)
+  shutil.rmtree(tmp_path / "checkpoints" / str(STEPS))  # as if killed before saving STEPS
+  with open(tmp_path / "metrics.jsonl", "a") as f:
+    f.write('{"step": 9, "split": "tr')  # and killed mid-write
+  assert len(metrics.read_metrics(str(tmp_path))) == len(ref_records)  # readers cope
+  state, _, lines = run(tiny_config(ckpt_every=4), tmp_path)
+  assert any("at step 4" in line for line in lines), lines
+  assert records(tmp_path) == ref_records
+  raw = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  assert len(raw) == len(ref_records)  # the file itself, not only its reader
+  assert_trees_equal(host(state.params), ref_params)
+
+
+def test_read_metrics_keeps_one_record_per_split_and_step(tmp_path):
+  lines = [
+    {"step": 1, "split": "train", "loss": 3.0},
+    {"step": 2, "split": "train", "loss": 2.0},
+    {"step": 2, "split": "eval", "loss": 2.5},
+    {"step": 2, "split": "train", "loss": 2.0},
+  ]
+  (tmp_path / "metrics.jsonl").write_text(
+    "".join(json.dumps(r) + "\n" for r in lines) + '{"step": 3, "spl'
+  )
+  got = metrics.read_metrics(str(tmp_path))
+  assert [(r["split"], r["step"]) for r in got] == [("train", 1), ("train", 2), ("eval", 2)]
+
+
+# ---------------------------------------------------------------- 5: integrity
+
+
+def flip_bits(step_dir, n=3):
+  """Flips n bits in the middle of the largest data file of a checkpoint's state
+  (in every copy of it: OCDBT may keep the per-process file and a merged one)."""
+  files = [os.path.join(d, f) for d, _, fs in os.walk(step_dir / "state") for f in fs]
+  files = [f for f in files if os.path.basename(os.path.dirname(f)) == "d"]
+  size = max(os.path.getsize(f) for f in files)
+  for path in [f for f in files if os.path.getsize(f) == size]:
+    data = bytearray(open(path, "rb").read())
+    for i in range(n):
+      data[len(data) // 2 + 7 * i] ^= 1 << i
+    open(path, "wb").write(bytes(data))
+
+
+def test_bit_flipped_checkpoint_is_refused_naming_it(reference, tmp_path):
+  ref_dir, _, _ = reference
+  workdir = tmp_path / "w"
+  shutil.copytree(ref_dir, workdir)
+  step_dir = workdir / "checkpoints" / str(STEPS)
+  flip_bits(step_dir)
+  with pytest.raises(ckpt_lib.CheckpointError) as e:
+    run(tiny_config(steps=2 * STEPS), workdir)
+  message = str(e.value)
+  assert str(step_dir) in message and "\n" not in message
+  assert ckpt_lib.FALLBACK_ENV in message
+
+
+def test_arrays_that_load_with_other_values_are_refused(reference, tmp_path):
+  """Flipped bits in uncompressed array data load silently with other values;
+  the checksums saved with the checkpoint catch them. (Simulated by changing the
+  stored checksum of one array: restore sees a mismatch either way.)"""
+  ref_dir, _, _ = reference
+  workdir = tmp_path / "w"
+  shutil.copytree(ref_dir, workdir)
+  step_dir = workdir / "checkpoints" / str(STEPS)
+  meta = json.loads((step_dir / "meta" / "metadata").read_text())
+  name = next(n for n in meta["checksums"] if "w_qkv" in n)
+  meta["checksums"][name][0] ^= 1 << 7
+  (step_dir / "meta" / "metadata").write_text(json.dumps(meta))
+  with pytest.raises(ckpt_lib.CheckpointError, match="differ from the checksums") as e:
+    run(tiny_config(steps=2 * STEPS), workdir)
+  assert str(step_dir) in str(e.value) and "w_qkv" in str(e.value)
+
+
+def test_fallback_resumes_from_the_previous_good_checkpoint(reference, tmp_path, monkeypatch):
+  _, ref_params, ref_records = reference
+  run(tiny_config(ckpt_every=4), tmp_path)
+  flip_bits(tmp_path / "checkpoints" / str(STEPS))
+  monkeypatch.setenv(ckpt_lib.FALLBACK_ENV, "1")
+  state, _, lines = run(tiny_config(ckpt_every=4), tmp_path)
+  assert any("Falling back" in line for line in lines), lines
+  assert any("resumed" in line and "at step 4" in line for line in lines), lines
+  assert os.path.isdir(tmp_path / "checkpoints.corrupt" / str(STEPS))
+  assert records(tmp_path) == ref_records
+  assert_trees_equal(host(state.params), ref_params)
+
+
+def test_checksums_do_not_depend_on_the_layout():
+  """Integer sums are exact in any order: the same arrays on 1 or 8 devices."""
+  x = {"w": jax.random.normal(jax.random.PRNGKey(0), (8, 16)), "b": np.arange(5, dtype=np.int32)}
+  mesh = jax.make_mesh((8,), ("d",))
+  sharded = dict(
+    x, w=jax.device_put(x["w"], jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("d")))
+  )
+  assert ckpt_lib.summarize(x) == ckpt_lib.summarize(sharded)
+  flipped = np.array(x["w"])
+  flipped.view(np.uint32)[3, 5] ^= 1 << 20
+  assert ckpt_lib.summarize(dict(x, w=flipped))[0] != ckpt_lib.summarize(x)[0]
+
+
+# ---------------------------------------------------------------- 6: NaN never saved
+
+
+@pytest.mark.parametrize("ckpt_every", [1, 3])
+def test_huge_learning_rate_leaves_no_nan_checkpoint(tmp_path, ckpt_every):
+  config = tiny_config(lr=1e40, warmup_steps=0, steps=4, ckpt_every=ckpt_every, log_every=100)
+  with pytest.raises(train.NonFiniteLossError) as e:
+    run(config, tmp_path)
+  step = latest(tmp_path)
+  if step is None:
+    assert "there is no checkpoint yet" in str(e.value)
+  else:
+    assert f"last good checkpoint is step {step}" in str(e.value)
+    c = ckpt_lib.Checkpointer(str(tmp_path / "checkpoints"))
+    task = make_task(config)
+    state, _ = c.restore(
+      train.abstract_state(task, train.make_optimizer(config.train), _mesh(), config.seed)
+    )
+    c.close()
+    assert train.params_finite(state.params)
+
+
+def _mesh():
+  from test_train import mesh_of
+
+  return mesh_of((2, 2, 2))
+
+
+def test_non_finite_loss_names_no_checkpoint_when_there_is_none(tmp_path):
+  config = tiny_config(ckpt_every=100)
+  with pytest.raises(train.NonFiniteLossError, match="there is no checkpoint yet"):
+    run(config, tmp_path, poisoned_task(config, 1))
+
+
+# ---------------------------------------------------------------- 7: lock, config changes
+
+
+def test_workdir_lock_refuses_a_live_process_and_takes_over_a_dead_one(tmp_path):
+  config = tiny_config()
+  sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+  try:
+    lock = {"pid": sleeper.pid, "host": socket.gethostname()}
+    (tmp_path / runs.LOCK_FILE).write_text(json.dumps(lock))
+    with pytest.raises(FileExistsError, match=rf"in use by pid {sleeper.pid}"):
+      runs.prepare_stage(config, str(tmp_path), validate=lambda c: None)
+  finally:
+    sleeper.kill()
+    sleeper.wait()
+  with runs.prepare_stage(config, str(tmp_path), validate=lambda c: None) as stage:
+    held = json.loads((tmp_path / runs.LOCK_FILE).read_text())
+    assert held["pid"] == os.getpid() and stage.workdir == str(tmp_path)
+  assert not (tmp_path / runs.LOCK_FILE).exists()
+
+
+def test_changed_config_on_resume_is_named_unless_safe(tmp_path):
+  with runs.prepare_stage(tiny_config(), str(tmp_path), validate=lambda c: None):
+    pass
+  changed = tiny_config(lr=1e-2)
+  changed.model.d_ff = 64
+  with pytest.raises(ValueError, match=r"config\.model\.d_ff \(32 -> 64\).*config\.train\.lr"):
+    runs.prepare_stage(changed, str(tmp_path), validate=lambda c: None)
+  assert config_lib.load(str(tmp_path / "config.json")).train.lr == tiny_config().train.lr
+  safe = tiny_config(steps=2 * STEPS, log_every=3, ckpt_every=5)
+  safe.mesh.num_devices = 1
+  with runs.prepare_stage(safe, str(tmp_path), validate=lambda c: None) as stage:
+    assert stage.config.train.steps == 2 * STEPS
+
+
+# ---------------------------------------------------------------- 8, 9, 10: messages and results
+
+
+def test_graceful_stop_checkpoints_do_not_count_towards_keep(tmp_path):
+  state = {"w": np.ones(3, np.float32)}
+  c = ckpt_lib.Checkpointer(str(tmp_path), keep=2, every=10, async_save=False)
+  for step, periodic in ((10, True), (20, True), (25, False)):
+    c.save(step, state, periodic=periodic)
+  assert c._manager.all_steps() == [10, 20, 25]  # the stop kept both periodic ones
+  c.save(30, state)
+  assert c._manager.all_steps() == [20, 30]
+  c.close()
+
+
+def test_reward_model_refuses_a_pretraining_run_as_sft(tmp_path):
+  from configs import reward_model as rm_configs
+  from gptjax.reward_model import training as rm_training
+
+  config = rm_configs.get_config("tiny")
+  config.mesh.num_devices = 1
+  pretrain = REPO / "tests" / "fixtures" / "pre_restructure" / "pretrain"
+  with pytest.raises(ValueError, match="is not an SFT run"):
+    rm_training.run(config, str(tmp_path / "rm"), str(pretrain), log=lambda _: None)
+
+
+def test_cache_dir_that_is_a_file_is_named(tmp_path):
+  from configs import pretrain as pretrain_configs
+  from gptjax import pretraining
+
+  blocker = tmp_path / "file"
+  blocker.write_text("x")
+  with pytest.raises(ValueError, match=rf"--cache_dir={blocker} is a file"):
+    pretraining.run(pretrain_configs.get_config("tiny"), str(tmp_path / "w"), str(blocker))
+
+
+BAD_INPUTS = [
+  # (why, extra args, what the one FATAL line must contain)
+  ("missing config file", ["--config=configs/nope.py:tiny"], "nope.py"),
+  ("vocab_size too small", ["--config.model.vocab_size=100"], "config.model.vocab_size"),
+  ("mesh.tensor=3 on one device", ["--config.mesh.tensor=3"], "config.mesh"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("why, args, expected", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input_is_one_fatal_line(tmp_path, data_cache_dir, why, args, expected):
+  config = [a for a in args if a.startswith("--config=")] or ["--config=configs/pretrain.py:tiny"]
+  proc = run_entry_point(
+    "experiments.pretrain",
+    *config,
+    *[a for a in args if not a.startswith("--config=")],
+    f"--workdir={tmp_path / 'w'}",
+    f"--cache_dir={data_cache_dir}",
+    "--config.train.measure_peak=False",
+    timeout=300,
+  )
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  fatal = [line for line in proc.stderr.splitlines() if line.startswith("FATAL")]
+  assert len(fatal) == 1 and expected in fatal[0], proc.stderr[-2000:]
+
+
+# ---------------------------------------------------------------- signals in real processes
+
+TINY = [
+  "--config=configs/pretrain.py:tiny",
+  "--config.train.steps=120",
+  "--config.train.log_every=4",
+  "--config.train.eval_every=60",
+  "--config.train.ckpt_every=1000",
+  "--config.train.measure_peak=False",
+]
+
+
+def start(workdir, cache_dir, log_path):
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+  log = open(log_path, "w")
+  proc = subprocess.Popen(
+    [
+      sys.executable,
+      "-m",
+      "experiments.pretrain",
+      *TINY,
+      f"--workdir={workdir}",
+      f"--cache_dir={cache_dir}",
+    ],
+    cwd=REPO,
+    env=env,
+    stdout=log,
+    stderr=subprocess.STDOUT,
+    # As a shell starts a background job: SIGINT ignored; the run must still stop on it.
+    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+  )
+  return proc, log
+
+
+@pytest.mark.slow
+def test_signals_at_random_moments_always_save_and_resume_bit_identically(tmp_path, data_cache_dir):
+  """SIGTERM/SIGINT at random moments of a tiny pretraining run (start-up and
+  compilation included): every stop exits 130 without a traceback, and the run
+  finished by reruns equals an uninterrupted one, parameters and records."""
+  ref_dir, work = tmp_path / "ref", tmp_path / "stopped"
+  proc, log = start(ref_dir, data_cache_dir, tmp_path / "ref.txt")
+  assert proc.wait(timeout=600) == 0, (tmp_path / "ref.txt").read_text()[-2000:]
+  log.close()
+  rng = random.Random(16)
+  outcomes = []
+  for i in range(4):
+    proc, log = start(work, data_cache_dir, tmp_path / f"run{i}.txt")
+    text = lambda: (tmp_path / f"run{i}.txt").read_text()
+    # Odd tries: during start-up (compilation); even ones: once training is under way.
+    marker = "[data]" if i % 2 else "[pretrain] step"
+    while marker not in text() and proc.poll() is None:  # (its handlers are installed)
+      time.sleep(0.1)
+    time.sleep(rng.uniform(0.0, 3.0))
+    proc.send_signal(rng.choice([signal.SIGTERM, signal.SIGINT]))
+    code = proc.wait(timeout=600)
+    log.close()
+    assert code in (0, 130) and "Traceback" not in text(), (code, text()[-3000:])
+    outcomes.append(code)
+    if code == 0:
+      break
+    assert "interrupted: " in text(), text()[-2000:]
+    assert "checkpoint step" in text() or "no checkpoint yet" in text(), text()[-2000:]
+  if outcomes[-1] == 130:
+    proc, log = start(work, data_cache_dir, tmp_path / "last.txt")
+    assert proc.wait(timeout=600) == 0
+    log.close()
+  assert outcomes.count(130) >= 3, outcomes
+  assert records(work) == records(ref_dir)
+  a, b = runs.load_run(str(ref_dir)), runs.load_run(str(work))
+  assert a.step == b.step == 120
+  assert_trees_equal(host(b.params), host(a.params))
+
+
+def test_non_utf8_files_in_a_corpus_directory_are_counted(tmp_path, capsys):
+  from gptjax.data import sources
+
+  (tmp_path / "a.txt").write_text("plain text\n")
+  (tmp_path / "b.txt").write_bytes("caf\xe9 latin-1\n".encode("latin-1"))
+  (tmp_path / "c.txt").write_bytes(b"\x00\x01binary")
+  docs = list(sources.dir_documents(f"dir:{tmp_path}", None))
+  assert [d[0] for d in docs] == ["a.txt"]
+  out = capsys.readouterr().out
+  assert "skipped 2 of 3 files that are not UTF-8" in out and "b.txt" in out
