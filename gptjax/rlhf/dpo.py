@@ -1,0 +1,469 @@
+"""Direct Preference Optimization (Rafailov et al. 2023): the policy is its own reward model.
+
+DPO skips the reward model and PPO: for a preferred response y_w and a
+dispreferred y_l to the same prompt x it minimises
+
+  -log sigmoid(beta * [(log pi(y_w|x) - log ref(y_w|x)) - (log pi(y_l|x) - log ref(y_l|x))])
+
+whose optimum is the KL-regularised RLHF optimum for the Bradley-Terry
+reward beta * log(pi / ref). beta * (log pi - log ref) is the *implicit
+reward*; its pairwise accuracy on held-out comparisons is comparable with
+the reward model's.
+
+Data: the SAME comparisons the reward model was trained on (read from the RM
+workdir, `comparisons/{train,heldout}/`, with the RM's own prompt selection
+`rm.skip_tied_prompts`), from the same SFT model, which is the frozen
+reference. A prompt with K ranked responses gives C(K, 2) pairs, all in one
+batch element (K forward passes), as in the ranking loss; pairs the labeler
+tied (equal ranks) carry no preference and are masked out. Log-probs are
+summed over the response tokens only (the answer and its <|end_turn|>);
+prompt and padding tokens are masked. The reference log-probs are computed
+once and cached in the workdir.
+
+Variants (`dpo.loss`): 'sigmoid' is DPO, with `dpo.label_smoothing` eps > 0
+the conservative cDPO (Mitchell 2023: labels flipped with probability eps,
+which suits a labeler at ~73% agreement); 'ipo' is IPO (Azar et al. 2023),
+the squared loss (h - 1/(2 beta))^2 on the log-ratio margin h, which keeps
+the margin bounded instead of pushing it to infinity on deterministic
+preferences.
+
+Workdir layout (an LM run: `runs.load_run`, chat and evaluation load it as
+they load an SFT run):
+  config.json        the DPO config plus the SFT run's model and data sections
+  tokenizer.model    the SFT run's
+  checkpoints/, metrics.jsonl, tb/   the shared train loop's
+  reference_logprobs.npz             the frozen reference's log-probs (cache)
+  eval.json          win rate vs SFT (paired bootstrap, W/T/L), per-family
+                     gold, honesty and refusal rates, implicit-reward
+                     accuracy, KL to SFT and gold of T = 1 samples
+"""
+
+import dataclasses
+import functools
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from gptjax import config as config_lib, evaluation, runs, sampling, sft as sft_lib, train
+from gptjax.reward_model import comparisons as comp_lib
+from gptjax.rlhf import stats
+from gptjax.tasks import labeler, oracle
+
+LOSSES = ("sigmoid", "ipo")
+REFERENCE_FILE = "reference_logprobs.npz"
+
+# ----------------------------------------------------------------------------
+# Pure functions.
+
+
+def response_mask(tokens: np.ndarray, token_mask: np.ndarray, assistant_id: int) -> np.ndarray:
+  """[..., T] bool: the response tokens of chat rows (prompt + response, right-padded).
+
+  The response starts after the row's first <|assistant|>: the prompt ends
+  with it (the generation prompt) and user text never encodes to it, so
+  this holds also when the prompt was cut from the left to fit the context.
+  """
+  T = tokens.shape[-1]
+  is_tag = tokens == assistant_id
+  if not is_tag.any(-1).all():
+    raise ValueError("a comparison row has no <|assistant|> token: not a chat-template row")
+  first = np.argmax(is_tag, axis=-1)  # [...]
+  return (np.arange(T) > first[..., None]) & token_mask.astype(bool)
+
+
+def ranks_of(ranking: np.ndarray) -> np.ndarray:
+  """ranking [P, K] (response indices, best first) -> rank [P, K] (0 = best).
+
+  A labeler that says "tie" gives the tied responses equal ranks; every
+  function below takes ranks, so ties need no other representation.
+  """
+  P, K = ranking.shape
+  rank = np.empty((P, K), np.int32)
+  rank[np.arange(P)[:, None], ranking] = np.arange(K)
+  return rank
+
+
+def preference_pairs(rank) -> jax.Array:
+  """rank [B, K] -> [B, K, K] float32: 1 where response a is preferred to c.
+
+  Equal ranks (ties) give 0 both ways: a tie is no preference.
+  """
+  rank = jnp.asarray(rank)
+  return (rank[:, :, None] < rank[:, None, :]).astype(jnp.float32)
+
+
+def sequence_logprobs(logits, tokens, resp_mask) -> jax.Array:
+  """Sum of log p(token) over response tokens: logits [N, T, V], tokens and resp_mask
+  [N, T] -> [N]. Position t's logits predict token t + 1."""
+  nll = optax.softmax_cross_entropy_with_integer_labels(
+    logits[:, :-1].astype(jnp.float32), tokens[:, 1:]
+  )  # [N, T-1]
+  return -(nll * resp_mask[:, 1:]).sum(-1)
+
+
+def dpo_loss(logp, ref_logp, prefer, beta: float, loss: str = "sigmoid", label_smoothing=0.0):
+  """DPO / cDPO / IPO over all preferred pairs of each prompt, as totals.
+
+  logp, ref_logp [B, K]: summed response log-probs under the policy and the
+  reference; prefer [B, K, K]: 1 where a is preferred to c (see
+  `preference_pairs`). Returns (sum of pair losses, number of pairs, metric
+  totals per pair): the implicit reward r = beta * (logp - ref_logp),
+  'reward_accuracy' (r_w > r_l), 'reward_margin' (r_w - r_l), 'chosen_reward'
+  (r_w) and 'rejected_reward' (r_l).
+  """
+  r = logp - ref_logp  # [B, K] log-ratio
+  h = r[:, :, None] - r[:, None, :]  # [B, K, K]: h[a, c] = r_a - r_c
+  if loss == "sigmoid":
+    eps = label_smoothing
+    pair = -(1 - eps) * jax.nn.log_sigmoid(beta * h) - eps * jax.nn.log_sigmoid(-beta * h)
+  elif loss == "ipo":
+    pair = (h - 1.0 / (2.0 * beta)) ** 2
+  else:
+    raise ValueError(f"dpo.loss={loss!r}; allowed: {LOSSES}")
+  totals = lambda x: (prefer * x).sum()
+  return (
+    totals(pair),
+    prefer.sum(),
+    {
+      "reward_accuracy": totals((h > 0).astype(jnp.float32)),
+      "reward_margin": totals(beta * h),
+      "chosen_reward": totals(beta * r[:, :, None]),
+      "rejected_reward": totals(beta * r[:, None, :]),
+    },
+  )
+
+
+def dpo_loss_fn(model, beta: float, loss: str = "sigmoid", label_smoothing: float = 0.0):
+  """The DPO loss for the shared train loop.
+
+  batch: {'tokens', 'token_mask', 'response_mask' [B, K, T], 'ref_logp' [B, K],
+  'rank' [B, K]}. The K responses of a prompt are one batch element.
+  """
+
+  def loss_fn(params, batch, rng, train: bool):
+    B, K, T = batch["tokens"].shape
+    tokens = batch["tokens"].reshape(B * K, T)
+    logits = model.apply(
+      {"params": params},
+      tokens,
+      None,
+      batch["token_mask"].reshape(B * K, T),
+      deterministic=not train,
+      rngs={"dropout": rng} if train else None,
+    )  # [B*K, T, V]
+    mask = batch["response_mask"].reshape(B * K, T).astype(jnp.float32)
+    logp = sequence_logprobs(logits, tokens, mask).reshape(B, K)
+    prefer = preference_pairs(batch["rank"])
+    return dpo_loss(logp, batch["ref_logp"], prefer, beta, loss, label_smoothing)
+
+  return loss_fn
+
+
+# ----------------------------------------------------------------------------
+# Data: comparisons -> DPO arrays.
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _logprobs_jit(model, params, tokens, token_mask, resp_mask):
+  logits = model.apply({"params": params}, tokens, None, token_mask)
+  return sequence_logprobs(logits, tokens, resp_mask.astype(jnp.float32))
+
+
+def logprobs_of(model, params, tokens, token_mask, resp_mask, batch: int = 64) -> np.ndarray:
+  """Summed response log-probs of every row: [..., T] arrays -> [...] float32, in
+  batches padded to one shape (`sampling.padded_batches`): one compilation."""
+  shape, T = tokens.shape[:-1], tokens.shape[-1]
+  flat = [x.reshape(-1, T) for x in (tokens, token_mask, resp_mask)]
+  n = len(flat[0])
+  out = np.zeros(n, np.float32)
+  for start, index in sampling.padded_batches(n, batch):
+    k = min(batch, n - start)
+    out[start : start + k] = np.asarray(_logprobs_jit(model, params, *(a[index] for a in flat)))[:k]
+  return out.reshape(shape)
+
+
+def dpo_arrays(comps: comp_lib.Comparisons, assistant_id: int) -> dict[str, np.ndarray]:
+  """The per-prompt arrays a DPO batch is cut from (without 'ref_logp')."""
+  return {
+    "tokens": comps.tokens,
+    "token_mask": comps.token_mask,
+    "response_mask": response_mask(comps.tokens, comps.token_mask, assistant_id),
+    "rank": ranks_of(comps.ranking),
+  }
+
+
+def with_reference(arrays: dict, ref_logp: np.ndarray) -> dict:
+  return {**arrays, "ref_logp": ref_logp.astype(np.float32)}
+
+
+def reference_logprobs(path: str, key: dict, compute) -> dict[str, np.ndarray]:
+  """The reference's log-probs, computed once: loaded from `path` when stored
+  with the same `key` (SFT run and step, data shapes), else computed and saved."""
+  stamp = repr(sorted(key.items()))
+  if os.path.exists(path):
+    stored = np.load(path)
+    if str(stored["key"]) == stamp:
+      return {k: stored[k] for k in stored.files if k != "key"}
+  out = compute()
+  tmp = f"{path}.{os.getpid()}.tmp.npz"
+  np.savez(tmp, key=np.array(stamp), **out)
+  os.replace(tmp, path)
+  return out
+
+
+# ----------------------------------------------------------------------------
+# The stage.
+
+
+def validate(config) -> None:
+  config_lib.validate_train(config.train)
+  d = config.dpo
+  config_lib.require(d.loss in LOSSES, "dpo.loss", d.loss, f"one of {LOSSES}")
+  config_lib.require(d.beta > 0, "dpo.beta", d.beta, "> 0")
+  config_lib.require(
+    0 <= d.label_smoothing < 0.5, "dpo.label_smoothing", d.label_smoothing, "[0, 0.5)"
+  )
+  config_lib.require(d.epochs > 0, "dpo.epochs", d.epochs, "> 0")
+  config_lib.require(config.eval.n_boot > 0, "eval.n_boot", config.eval.n_boot, "> 0")
+
+
+def resolve(config, sft: runs.LoadedRun, sft_dir: str, rm_dir: str, n_prompts: int):
+  """The DPO config plus the SFT run's model and data sections (so the workdir
+  is an LM run of its own) and the step count derived from dpo.epochs."""
+  out = config_lib.copy(config)
+  out.sft, out.reward_model = sft_dir, rm_dir
+  out.model = ml_collections.ConfigDict(sft.config.model.to_dict())
+  out.data = ml_collections.ConfigDict(sft.config.data.to_dict())
+  out.train.steps = max(1, math.ceil(config.dpo.epochs * n_prompts / config.train.batch_size))
+  out.train.ckpt_every = min(out.train.ckpt_every, out.train.steps)
+  return out
+
+
+def load_comparisons(rm_dir: str, log=print):
+  """(train, held-out) comparisons of a reward-model workdir, with the RM's
+  own prompt selection applied to the training split."""
+  rm_config = config_lib.load(os.path.join(rm_dir, "config.json"))
+  train_c = comp_lib.Comparisons.load(os.path.join(rm_dir, "comparisons", "train")).trimmed()
+  heldout = comp_lib.Comparisons.load(os.path.join(rm_dir, "comparisons", "heldout")).trimmed()
+  if rm_config.rm.get("skip_tied_prompts", False):
+    n = len(train_c)
+    train_c = train_c.subset(np.flatnonzero(np.ptp(train_c.gold, axis=1) > 1e-9))
+    log(f"[dpo] the reward model's selection: {len(train_c):,} of {n:,} training prompts")
+  return train_c, heldout
+
+
+def build_task(config, model, train_arrays: dict, heldout_arrays: dict, init_params) -> train.Task:
+  """The DPO loss over prompts (x K responses), warm-started from the SFT params."""
+  t, d = config.train, config.dpo
+  B, (P, K, T) = t.batch_size, train_arrays["tokens"].shape
+  take = lambda arrays, index: {k: v[index] for k, v in arrays.items()}
+
+  def heldout_batches():
+    n = (len(heldout_arrays["tokens"]) // B) * B  # whole batches (equal shards)
+    for start in range(0, n, B):
+      yield take(heldout_arrays, np.arange(start, start + B))
+
+  return train.Task(
+    name="dpo",
+    model=model,
+    loss_fn=dpo_loss_fn(model, d.beta, d.loss, d.label_smoothing),
+    train_batch=lambda step: take(train_arrays, sft_lib.batch_rows(step, B, P, config.seed)),
+    example_batch={"tokens": train_arrays["tokens"][:1, 0]},
+    tokens_per_step=B * K * T,
+    eval_sets={"heldout": heldout_batches},
+    init_params=lambda rng: init_params,
+  )
+
+
+def run(config, workdir: str, sft_dir: str | None = None, rm_dir: str | None = None, log=print):
+  """SFT policy + the RM's comparisons -> DPO -> evaluation. Returns eval.json's dict."""
+  sft_dir, rm_dir = sft_dir or config.sft, rm_dir or config.reward_model
+  if not sft_dir or not rm_dir:
+    raise ValueError("DPO needs --sft=<SFT workdir> and --reward_model=<RM workdir>")
+  sft_dir, rm_dir = os.path.abspath(sft_dir), os.path.abspath(rm_dir)
+
+  def resolve_upstream(c):
+    sft = runs.load_run(sft_dir)
+    comps = load_comparisons(rm_dir, log)
+    return resolve(c, sft, sft_dir, rm_dir, len(comps[0])), (sft, comps)
+
+  with runs.prepare_stage(
+    config, workdir, validate=validate, resolve=resolve_upstream, tokenizer_from=sft_dir
+  ) as stage:
+    sft, (train_c, heldout) = stage.upstream
+    return _optimise(stage.config, stage.workdir, sft, train_c, heldout, log)
+
+
+def _optimise(config, workdir: str, sft: runs.LoadedRun, train_c, heldout, log) -> dict:
+  """Reference log-probs -> DPO on the shared loop -> evaluation -> eval.json."""
+  aid = sft.tokenizer.assistant_id
+  arrays = {"train": dpo_arrays(train_c, aid), "heldout": dpo_arrays(heldout, aid)}
+  ref = reference_logprobs(
+    os.path.join(workdir, REFERENCE_FILE),
+    {"sft": sft.workdir, "step": sft.step, **{k: a["tokens"].shape for k, a in arrays.items()}},
+    lambda: {
+      k: logprobs_of(sft.model, sft.params, *(a[r] for r in _ROW_KEYS)) for k, a in arrays.items()
+    },
+  )
+  log(
+    f"[dpo] {len(train_c):,} training prompts x {train_c.tokens.shape[1]} responses, "
+    f"{int(preference_pairs(arrays['train']['rank']).sum()):,} preference pairs; "
+    f"{config.train.steps} steps, beta {config.dpo.beta}, loss {config.dpo.loss}"
+  )
+  task = build_task(
+    config,
+    sft.model,
+    with_reference(arrays["train"], ref["train"]),
+    with_reference(arrays["heldout"], ref["heldout"]),
+    # A copy: the train step donates its state, and on a CPU the initial state
+    # can alias these buffers; the reference must survive for evaluation.
+    jax.tree_util.tree_map(jnp.array, sft.params),
+  )
+  state, summary = train.run(config, workdir, task, log=log)
+
+  result = evaluate(config, sft, state.params, log)
+  r = config.dpo.beta * (
+    logprobs_of(sft.model, state.params, *(arrays["heldout"][k] for k in _ROW_KEYS))
+    - ref["heldout"]
+  )  # [P, K] implicit rewards
+  result["implicit_reward"] = {
+    "accuracy_vs_labeler": comp_lib.pairwise_accuracy(r, heldout.ranking, heldout.gold),
+    "accuracy_vs_gold": comp_lib.gold_accuracy(r, heldout.gold),
+  }
+  result.update(steps=summary["steps"], last_eval=summary.get("last_eval", {}))
+  runs.write_json(os.path.join(workdir, "eval.json"), result)
+  log(
+    f"[dpo] implicit reward on held-out comparisons: accuracy "
+    f"{result['implicit_reward']['accuracy_vs_labeler']:.3f} vs labeler, "
+    f"{result['implicit_reward']['accuracy_vs_gold']:.3f} vs gold"
+  )
+  return result
+
+
+_ROW_KEYS = ("tokens", "token_mask", "response_mask")
+
+
+# ----------------------------------------------------------------------------
+# Evaluation: the same held-out prompts and judge as the RLHF stage.
+
+
+def win_tie_loss(a, b) -> np.ndarray:
+  """[N, 3] indicators of a > b, a == b, a < b per prompt (the tolerance of
+  `stats.win_rate`)."""
+  a, b = np.asarray(a, float), np.asarray(b, float)
+  return np.stack([a > b + 1e-9, np.abs(a - b) <= 1e-9, a < b - 1e-9], 1).astype(float)
+
+
+def win_summary(outcome: np.ndarray) -> dict:
+  """`stats.win_rate`'s dict from per-prompt [N, 3] win/tie/loss probabilities
+  (indicators give exactly `stats.win_rate`; expectations give expected counts)."""
+  w = outcome[:, 0] + 0.5 * outcome[:, 1]
+  p, n = float(w.mean()), len(w)
+  half = 1.96 * math.sqrt(max(w.var(), 1e-12) / n)
+  counts = outcome.sum(0)
+  exact = np.allclose(counts, counts.round())
+  c = [int(round(x)) if exact else round(float(x), 2) for x in counts]
+  return {"win_rate": p, "ci95": [p - half, p + half], "n": n, **dict(zip(_WTL, c))}
+
+
+_WTL = ("wins", "ties", "losses")
+
+
+def versus_sft(name: str, sft_judgements, judgements, n_boot: int, seed=0, outcome=None) -> dict:
+  """A method's oracle judgements against SFT's on the same prompts (paired by
+  index): the keys of the RLHF stage's eval.json where they mean the same
+  thing, with `name` in place of 'rlhf', plus the paired bootstrap.
+
+  Judgements are `oracle.classify` dicts (or their expectations, see
+  `best_of_n`); the summaries are `evaluation.summarize`'s. outcome: optional
+  [N, 3] win/tie/loss probabilities per prompt (default: from the scores).
+  """
+  g_sft = np.array([j["score"] for j in sft_judgements])
+  g = np.array([j["score"] for j in judgements])
+  outcome = win_tie_loss(g, g_sft) if outcome is None else np.asarray(outcome, float)
+  wins = outcome[:, 0] + 0.5 * outcome[:, 1]
+  families = np.array([j["family"] for j in sft_judgements])
+  boot = stats.paired_bootstrap(g, g_sft, n_boot, seed, wins=wins)
+  summaries = {"sft": evaluation.summarize(sft_judgements), name: evaluation.summarize(judgements)}
+  win = win_summary(outcome)
+  return {
+    "method": name,
+    "win_rate_vs_sft": win,
+    "bootstrap_vs_sft": {**boot, **{k: win[k] for k in _WTL}},
+    "win_rate_vs_sft_per_family": {
+      f: float(wins[families == f].mean()) for f in sorted(set(families))
+    },
+    "gold_mean": {"sft": float(g_sft.mean()), name: float(g.mean())},
+    **{k: {kk: v for kk, v in s.items() if kk != "families"} for k, s in summaries.items()},
+    "families": {
+      f: {k: s["families"][f]["score"] for k, s in summaries.items()}
+      for f in summaries["sft"]["families"]
+    },
+    "families_detail": {k: s["families"] for k, s in summaries.items()},
+  }
+
+
+def sample(policy: runs.LoadedRun, prompts: list[str], n: int, cfg, seed: int):
+  """n answers per prompt at temperature 1 (the pure distribution), at most
+  cfg.max_new_tokens each, in batches of cfg.batch_size rows. Returns
+  `comparisons.sample_responses`'s (prompt ids, response ids, texts)."""
+  settings = comp_lib.ComparisonSettings(
+    k=n,
+    max_new_tokens=cfg.max_new_tokens,
+    labeler_noise=None,  # unused: nothing is labelled
+    target_agreement=labeler.TARGET_AGREEMENT,
+    batch_size=cfg.batch_size,
+  )
+  return comp_lib.sample_responses(policy, prompts, settings, rng=jax.random.PRNGKey(seed))
+
+
+def sampled_kl_and_gold(sft: runs.LoadedRun, policy_params, world, examples, cfg, seed) -> dict:
+  """Per-response KL(policy || SFT) and gold of T = 1 samples: `cfg.kl_samples`
+  samples per prompt from the policy; KL estimated by the mean of
+  log pi(y|x) - log ref(y|x) over samples (unbiased, per response)."""
+  policy = dataclasses.replace(sft, params=policy_params)
+  prompts = [e.prompt for e in examples]
+  prompt_ids, resp, texts = sample(policy, prompts, cfg.kl_samples, cfg, seed)
+  tokens, mask = comp_lib.pack_sequences(
+    prompt_ids, resp, sft.model.cfg.max_len, sft.tokenizer.pad_id
+  )
+  rows = (tokens, mask, response_mask(tokens, mask, sft.tokenizer.assistant_id))
+  log_ratio = logprobs_of(sft.model, policy_params, *rows) - logprobs_of(
+    sft.model, sft.params, *rows
+  )  # [P, S]
+  gold = [[oracle.gold_score(p, t, world) for t in ts] for p, ts in zip(prompts, texts)]
+  return {
+    "kl_to_sft": float(log_ratio.mean()),
+    "kl_to_sft_stderr": float(log_ratio.std() / math.sqrt(log_ratio.size)),
+    "gold_mean_t1": float(np.mean(gold)),
+    "n_samples": int(log_ratio.size),
+  }
+
+
+def evaluate(config, sft: runs.LoadedRun, params, log=print) -> dict:
+  """Greedy answers of SFT and DPO to the held-out prompts, judged by the oracle
+  (the primary metric), plus KL to SFT and gold of T = 1 samples (secondary)."""
+  world = runs.world_of(sft.config)
+  ev = evaluation.Evaluator(sft.model, sft.tokenizer, world, config.eval)
+  params = jax.device_put(jax.device_get(params), jax.devices()[0])  # off the mesh
+  j_sft, _ = ev.judgements(sft.params, "chat")
+  j_dpo, texts = ev.judgements(params, "chat")
+  result = versus_sft("dpo", j_sft, j_dpo, config.eval.n_boot, config.seed)
+  result["samples"] = {
+    e.family: {"prompt": e.prompt, "answer": t.strip(), "gold": e.response}
+    for e, t in reversed(list(zip(ev.examples, texts)))  # the first per family wins
+  }
+  result["sampled"] = sampled_kl_and_gold(sft, params, world, ev.examples, config.eval, config.seed)
+  b, s = result["bootstrap_vs_sft"], result["sampled"]
+  log(
+    f"[dpo] win rate vs SFT {b['win_rate']:.3f} [{b['win_rate_ci95'][0]:.3f}, "
+    f"{b['win_rate_ci95'][1]:.3f}] (W/T/L {b['wins']}/{b['ties']}/{b['losses']}, n={b['n']}); "
+    f"gold {b['mean_b']:.3f} -> {b['mean_a']:.3f}; KL to SFT {s['kl_to_sft']:.2f} nats; "
+    f"T=1 gold {s['gold_mean_t1']:.3f}"
+  )
+  return result
