@@ -22,7 +22,7 @@ from ml_collections import config_flags
 
 from configs import scaling_sweep as sweep_configs
 from gptjax import cli
-from gptjax.scaling import sweep
+from gptjax.scaling import grid, sweep
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", "configs/scaling_sweep.py:tiny", "Sweep config and preset."
@@ -43,13 +43,13 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
   config = cli.checked(_CONFIG.value, sweep_configs.get_config)
   workdir = _WORKDIR.value
-  i, n = sweep.parse_shard(_SHARD.value)
+  i, n = grid.parse_shard(_SHARD.value)
   if _DRY_RUN.value:
     points = sweep.make_points(config)
-    for p in sweep.shard(points, i, n):
+    for p in grid.shard(points, i, n):
       print(
         f"# {p.index:3d} {p.name}: N={p.N:,} (all {p.n_params:,}) D={p.tokens:,} "
-        f"C={p.flops:.3g}\n{sweep.point_command(p, config, workdir)}"
+        f"C={p.flops:.3g}\n{grid.point_command(p, config.base_preset, workdir)}"
       )
     return
   if not _ANALYZE_ONLY.value:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import scaling_sweep as sweep_configs
-from gptjax.scaling import laws, probes as scaling_probes, sweep
+from gptjax.scaling import grid, laws, probes as scaling_probes, sweep
 
 # ----------------------------------------------------------------------------
 # Fits recover known laws.
@@ -100,14 +100,20 @@ def test_frontier_is_the_running_minimum():
   assert c.tolist() == [1, 2, 3, 4] and l.tolist() == [5.0, 4.0, 3.0, 2.0]
 
 
-def test_flops_accounting_matches_model():
-  from gptjax import model as model_lib
-
-  cfg = model_lib.TransformerConfig(
-    vocab_size=512, max_len=64, n_layer=2, n_head=2, d_model=32, d_ff=128
+def test_grid_accounting_by_hand():
+  """A tiny sweep size's counts and FLOPs per token, counted by hand (model.py does the
+  counting; the grid only builds the abstract parameter tree)."""
+  config = sweep_configs.get_config("tiny").base.copy_and_resolve_references()
+  config.model.update(n_layer=2, d_model=32, n_head=2, d_ff=128)
+  V, T, L, D, F = config.model.vocab_size, config.model.max_len, 2, 32, 128
+  per_block = (4 * D) + (D * 3 * D + 3 * D) + (D * D + D) + (D * F + F) + (F * D + D)
+  non_embedding = L * per_block + 2 * D  # blocks (2 LayerNorms each) + the final LayerNorm
+  assert grid.param_counts(config.model) == (
+    non_embedding,
+    non_embedding + V * D + T * D,
+    non_embedding + V * D,  # the tied LM head is a matmul; the position embedding is not
   )
-  assert laws.flops_per_token(1000, 2, 32, 64) == model_lib.flops_per_token(cfg, 1000, 64)
-  assert laws.training_flops(1000, 2, 32, 64, 10) == 10 * (6 * 1000 + 12 * 2 * 32 * 64)
+  assert grid.flops_per_token(config) == 6 * (non_embedding + V * D) + 12 * L * D * T
 
 
 # ----------------------------------------------------------------------------
@@ -171,7 +177,7 @@ def test_small_grid_spans_two_orders_of_magnitude():
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 7, 20])
 def test_shards_partition_the_grid(n):
   points = sweep.make_points(sweep_configs.get_config("tiny"))
-  shards = [sweep.shard(points, i, n) for i in range(n)]
+  shards = [grid.shard(points, i, n) for i in range(n)]
   names = [p.name for s in shards for p in s]
   assert sorted(names) == sorted(p.name for p in points)  # union = all
   assert len(names) == len(set(names))  # pairwise disjoint
@@ -179,16 +185,16 @@ def test_shards_partition_the_grid(n):
 
 
 def test_parse_shard_rejects_bad_specs():
-  assert sweep.parse_shard("2/5") == (2, 5)
+  assert grid.parse_shard("2/5") == (2, 5)
   for bad in ("5/5", "-1/2", "1", "a/b", "0/0"):
     with pytest.raises(ValueError):
-      sweep.parse_shard(bad)
+      grid.parse_shard(bad)
 
 
 def test_dry_run_commands_name_every_override():
   config = sweep_configs.get_config("tiny")
   p = sweep.make_points(config)[0]
-  cmd = sweep.point_command(p, config, "/tmp/x")
+  cmd = grid.point_command(p, config.base_preset, "/tmp/x")
   assert cmd.startswith("python -m experiments.pretrain --config=configs/pretrain.py:tiny+world")
   for k, v in p.overrides.items():
     assert f"--config.{k}={v}" in cmd

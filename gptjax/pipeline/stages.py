@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 
 import ml_collections
 
-from gptjax import metrics as metrics_lib, pretraining, sft, train
+from gptjax import metrics as metrics_lib, pretraining, runs, sft, train
 from gptjax.reward_model import training as rm_training
 from gptjax.rlhf import loop as rlhf_loop
 
@@ -59,10 +59,8 @@ def read_stage(stage_dir: str) -> dict | None:
 
 
 def write_stage(stage_dir: str, record: dict) -> None:
-  tmp = os.path.join(stage_dir, STAGE_FILE + ".tmp")
-  with open(tmp, "w") as f:
-    json.dump(record, f, indent=2)
-  os.replace(tmp, os.path.join(stage_dir, STAGE_FILE))
+  """stage.json, atomically (a crash never leaves half a record)."""
+  runs.write_json(os.path.join(stage_dir, STAGE_FILE), record)
 
 
 def _running_elsewhere(record: dict | None) -> str | None:

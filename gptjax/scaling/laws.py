@@ -1,4 +1,4 @@
-"""Scaling laws: power-law fits, IsoFLOP analysis, compute accounting.
+"""Scaling laws: power-law fits, IsoFLOP analysis, and how compute is counted.
 
 Pure functions; `gptjax.scaling.sweep` runs the grid and calls them on its results.
 
@@ -6,7 +6,8 @@ Compute, stated explicitly. A run of D training tokens costs
 
   C = D x flops_per_token,   flops_per_token = 6 N_matmul + 12 n_layer d_model T
 
-(forward + backward; PaLM appendix B, as `gptjax.model.flops_per_token`), where
+(forward + backward; PaLM appendix B; computed by `gptjax.model.flops_per_token`
+from `gptjax.model.matmul_params`, see `gptjax.scaling.grid.make_point`), where
 N_matmul is every parameter that takes part in a matmul: the non-embedding
 parameters N plus the token embedding (the LM head is tied to it), but not the
 position embedding. The second term is attention's score and value matmuls,
@@ -49,20 +50,6 @@ KAPLAN_N_OPT_EXPONENT = 0.73  # Kaplan's N_opt ~ C^0.73 (non-embedding N)
 HOFFMANN_A = 0.5  # N_opt ~ C^a (approach 2: 0.49)
 HOFFMANN_B = 0.5  # D_opt ~ C^b (approach 2: 0.51)
 HOFFMANN_TOKENS_PER_PARAM = 20.0
-
-
-# ----------------------------------------------------------------------------
-# Compute.
-
-
-def flops_per_token(n_matmul: int, n_layer: int, d_model: int, seq_len: int) -> float:
-  """Training FLOPs per token: 6 N_matmul + 12 n_layer d_model T."""
-  return 6.0 * n_matmul + 12.0 * n_layer * d_model * seq_len
-
-
-def training_flops(n_matmul: int, n_layer: int, d_model: int, seq_len: int, tokens: float) -> float:
-  """C = D x (6 N_matmul + 12 n_layer d_model T)."""
-  return tokens * flops_per_token(n_matmul, n_layer, d_model, seq_len)
 
 
 # ----------------------------------------------------------------------------

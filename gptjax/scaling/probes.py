@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import re
 from typing import Callable, Sequence
 
 import jax
@@ -28,7 +29,11 @@ class ProbeItem:
     teacher-forced mean per-token log-probability.
   gold: what an exactly matching answer is (see `exact_match`).
   kind: 'qa' (few-shot 'Q: ..\\nA: ..', the answer is the demonstration
-    response) or 'fact' (a fact sentence's continuation, `probes.recalled`).
+    response), 'fact' (a continuation starting with the gold value as a word,
+    `probes.recalled`), 'prefix' (a continuation starting with the gold text
+    exactly, e.g. a closing bracket) or 'number' (the last integer of the
+    continuation is the gold one, e.g. after a chain of thought).
+  meta: what the item measures (distance, steps, level, ...), for grouping.
   """
 
   prompt: str
@@ -36,6 +41,7 @@ class ProbeItem:
   target: str
   gold: str
   kind: str
+  meta: dict = dataclasses.field(default_factory=dict, compare=False)
 
 
 PROBES = {
@@ -49,7 +55,7 @@ PROBES = {
 }
 
 
-def _arith_filter(digits: int) -> Callable:
+def arith_filter(digits: int) -> Callable:
   lo, hi = 10 ** (digits - 1), 10**digits - 1
   return lambda e: e.meta["op"] == "+" and lo <= e.meta["a"] <= hi and lo <= e.meta["b"] <= hi
 
@@ -76,7 +82,7 @@ def probe_items(world, name: str, n: int, k: int, seed: int = 0) -> list[ProbeIt
       for prefix, gold in task_probes.fact_queries(world, n, seed)
     ]
   if name in ("add2", "add3"):
-    keep = _arith_filter(int(name[-1]))
+    keep = arith_filter(int(name[-1]))
     draw = lambda split, m: [
       e for e in instructions.make_examples(world, "arithmetic", m, seed, split) if keep(e)
     ]
@@ -96,10 +102,14 @@ def probe_items(world, name: str, n: int, k: int, seed: int = 0) -> list[ProbeIt
 
 
 def exact_match(item: ProbeItem, continuation: str) -> bool:
-  """qa: the answer (continuation up to a blank line / next 'Q:') equals the
-  gold response; fact: the continuation starts with the gold value as a word."""
+  """By item.kind (see ProbeItem): qa, fact, prefix or number."""
   if item.kind == "fact":
     return task_probes.recalled(continuation, item.gold)
+  if item.kind == "prefix":  # the gold text first, after any spaces (decoding may drop them)
+    return continuation.lstrip().startswith(item.gold.strip())
+  if item.kind == "number":
+    numbers = re.findall(r"-?\d+", continuation)
+    return bool(numbers) and numbers[-1] == item.gold.strip()
   return task_probes.extract_answer(continuation) == item.gold.strip()
 
 
@@ -146,9 +156,13 @@ def score_probes(
   *,
   max_new_tokens: int = 12,
   batch_size: int = 32,
+  chat: bool = False,
 ) -> dict:
   """Exact match (greedy) and mean per-token gold log-prob (teacher-forced) of each item.
 
+  chat: the prompt is a user message in the chat template, the context the
+  assistant's response so far, and generation stops at <|end_turn|> (an SFT
+  model); otherwise plain text after <s>, stopping at a newline.
   Batches are padded to `batch_size` rows so that one compilation serves
   every batch. Returns {'exact': [bool], 'logprob': [float], 'answers': [str]}.
   """
@@ -159,25 +173,26 @@ def score_probes(
   for start in range(0, len(items), batch_size):
     chunk = list(items[start : start + batch_size])
     padded = chunk + [chunk[-1]] * (batch_size - len(chunk))
-    prompts = [[tokenizer.bos_id] + tokenizer.encode(it.prompt) for it in padded]
+    prompts = [_prompt_ids(tokenizer, it, chat) for it in padded]
     gen = sampling.generate(
       model,
       params,
       prompts,
       max_new_tokens=max_new_tokens,
       rng=jax.random.PRNGKey(0),
-      eos_id=tokenizer.newline_id,
+      eos_id=tokenizer.end_turn_id if chat else tokenizer.newline_id,
       pad_id=tokenizer.pad_id,
       sampling=sampling.GREEDY,
       truncate="left",
     )
     for it, row, m in list(zip(padded, gen.tokens, gen.mask))[: len(chunk)]:
-      ids = [int(t) for t in row[m] if t not in (tokenizer.eos_id, tokenizer.newline_id)]
+      stops = (tokenizer.eos_id, tokenizer.end_turn_id if chat else tokenizer.newline_id)
+      ids = [int(t) for t in row[m] if t not in stops]
       text = tokenizer.decode(ids)
       answers.append(text)
       exact.append(bool(exact_match(it, text)))
     batch = logprob_batch(
-      [[tokenizer.bos_id] + tokenizer.encode(it.context) for it in padded],
+      [_context_ids(tokenizer, it, chat) for it in padded],
       [tokenizer.encode(it.target) for it in padded],
       T,
       tokenizer.pad_id,
@@ -185,3 +200,17 @@ def score_probes(
     logits = jax.device_get(forward(params, batch["tokens"]))
     logprob += target_logprobs(logits, batch["tokens"], batch["predict"])[: len(chunk)].tolist()
   return {"exact": exact, "logprob": logprob, "answers": answers}
+
+
+def _prompt_ids(tokenizer, item: ProbeItem, chat: bool) -> list[int]:
+  if chat:
+    messages = [{"role": "user", "content": item.prompt}]
+    return tokenizer.encode_chat(messages, add_generation_prompt=True)
+  return [tokenizer.bos_id] + tokenizer.encode(item.prompt)
+
+
+def _context_ids(tokenizer, item: ProbeItem, chat: bool) -> list[int]:
+  """The teacher-forcing context; in chat mode the user turn, then the response so far."""
+  if chat:
+    return _prompt_ids(tokenizer, item, True) + tokenizer.encode(item.context)
+  return [tokenizer.bos_id] + tokenizer.encode(item.context)

@@ -54,17 +54,29 @@ def _fit_label(f, var):
 def plots(rows, fits, curves, workdir) -> list[str]:
   """Writes the PNGs into workdir; returns their file names."""
   plt = _plt()
-  out = []
   colors, sizes = _size_colors(rows)
   bcolors, budgets = _budget_colors(rows)
-
-  def save(fig, name):
+  out = []
+  for name, fn in (
+    ("loss_vs_params.png", _plot_l_n),
+    ("loss_vs_tokens.png", _plot_l_d),
+    ("isoflop.png", _plot_isoflop),
+    ("loss_vs_compute.png", _plot_compute),
+    ("emergence.png", _plot_emergence),
+    ("knowledge_vs_params.png", _plot_knowledge),
+  ):
+    fig = fn(rows, fits, curves, plt, colors, sizes, bcolors, budgets)
+    if fig is None:
+      continue
     fig.tight_layout()
     fig.savefig(os.path.join(workdir, name), dpi=110)
     plt.close(fig)
     out.append(name)
+  return out
 
-  # L(N)
+
+def _plot_l_n(rows, fits, curves, plt, colors, sizes, bcolors, budgets):
+  """L(N): every run, the fitted sizes circled, both fitted laws."""
   fig, ax = plt.subplots(figsize=(7, 5))
   for r in rows:
     ax.scatter(r["N"], _loss(r), color=bcolors[r["budget"]], s=18, alpha=0.5)
@@ -92,9 +104,11 @@ def plots(rows, fits, curves, workdir) -> list[str]:
     title="L(N): loss vs model size (fit: sizes not data-limited)",
   )
   ax.legend(fontsize=7, loc="best")
-  save(fig, "loss_vs_params.png")
+  return fig
 
-  # L(D)
+
+def _plot_l_d(rows, fits, curves, plt, colors, sizes, bcolors, budgets):
+  """L(D): loss against tokens per size, with the L(D) fits."""
   fig, ax = plt.subplots(figsize=(7, 5))
   for s in sizes:
     rs = sorted((r for r in rows if r["size"] == s), key=lambda r: r["tokens"])
@@ -127,9 +141,11 @@ def plots(rows, fits, curves, workdir) -> list[str]:
     title="L(D): loss vs training tokens, per model size",
   )
   ax.legend(fontsize=7)
-  save(fig, "loss_vs_tokens.png")
+  return fig
 
-  # IsoFLOP profiles and the optimal N(C), D(C)
+
+def _plot_isoflop(rows, fits, curves, plt, colors, sizes, bcolors, budgets):
+  """IsoFLOP profiles with their parabolas, and the optimal N(C), D(C)."""
   iso = fits["isoflop"]
   fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 5))
   for b, opt in zip(budgets, iso["optima"]):
@@ -177,9 +193,11 @@ def plots(rows, fits, curves, workdir) -> list[str]:
       title="compute-optimal N and D (Chinchilla approach 2)",
     )
     ax2.legend(fontsize=7)
-  save(fig, "isoflop.png")
+  return fig
 
-  # Loss vs compute, all runs, with the frontier
+
+def _plot_compute(rows, fits, curves, plt, colors, sizes, bcolors, budgets):
+  """Loss against compute along every run, with the frontier."""
   fig, ax = plt.subplots(figsize=(7, 5))
   all_c, all_l = [], []
   for r in sorted(rows, key=lambda r: (r["N"], r["tokens"])):
@@ -199,9 +217,11 @@ def plots(rows, fits, curves, workdir) -> list[str]:
     title="loss vs compute of every run (evaluations along training)",
   )
   ax.legend(fontsize=7)
-  save(fig, "loss_vs_compute.png")
+  return fig
 
-  # Emergence: exact match vs per-token log-prob, against compute
+
+def _plot_emergence(rows, fits, curves, plt, colors, sizes, bcolors, budgets):
+  """Emergence: exact match and gold log-prob of every probe against compute."""
   probes = sorted({k for r in rows for k in r["probes"]})
   fig, axes = plt.subplots(2, len(probes), figsize=(3.4 * len(probes), 6.4), squeeze=False)
   for j, name in enumerate(probes):
@@ -228,41 +248,44 @@ def plots(rows, fits, curves, workdir) -> list[str]:
       a.set_title(f"{name}: {label}", fontsize=9)
       a.set_xlabel("compute C (FLOPs)", fontsize=8)
   axes[0, 0].legend(fontsize=6)
-  save(fig, "emergence.png")
+  return fig
 
-  # Knowledge vs parameters
-  if "facts" in probes:
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.5))
-    for b in budgets:
-      rs = sorted(
-        (r for r in rows if r["budget"] == b and "facts" in r["probes"]), key=lambda r: r["N"]
-      )
-      a1.plot(
-        [r["N"] for r in rs],
-        [r["probes"]["facts"]["exact"] for r in rs],
-        "o-",
-        color=bcolors[b],
-        label=f"C={b:.0e}",
-      )
-      a2.plot(
-        [r["N"] for r in rs], [r["probes"]["facts"]["logprob"] for r in rs], "o-", color=bcolors[b]
-      )
-    a1.set(
-      xscale="log",
-      ylim=(-0.05, 1.05),
-      xlabel="non-embedding parameters N",
-      ylabel="fraction of world facts recalled (exact)",
-      title="knowledge vs parameters",
+
+def _plot_knowledge(rows, fits, curves, plt, colors, sizes, bcolors, budgets):
+  """Knowledge (world-fact recall) against parameters, per budget."""
+  probes = sorted({k for r in rows for k in r["probes"]})
+  if "facts" not in probes:
+    return None
+  fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.5))
+  for b in budgets:
+    rs = sorted(
+      (r for r in rows if r["budget"] == b and "facts" in r["probes"]), key=lambda r: r["N"]
     )
-    a2.set(
-      xscale="log",
-      xlabel="non-embedding parameters N",
-      ylabel="gold value log-prob / token",
-      title="knowledge: continuous metric",
+    a1.plot(
+      [r["N"] for r in rs],
+      [r["probes"]["facts"]["exact"] for r in rs],
+      "o-",
+      color=bcolors[b],
+      label=f"C={b:.0e}",
     )
-    a1.legend(fontsize=7)
-    save(fig, "knowledge_vs_params.png")
-  return out
+    a2.plot(
+      [r["N"] for r in rs], [r["probes"]["facts"]["logprob"] for r in rs], "o-", color=bcolors[b]
+    )
+  a1.set(
+    xscale="log",
+    ylim=(-0.05, 1.05),
+    xlabel="non-embedding parameters N",
+    ylabel="fraction of world facts recalled (exact)",
+    title="knowledge vs parameters",
+  )
+  a2.set(
+    xscale="log",
+    xlabel="non-embedding parameters N",
+    ylabel="gold value log-prob / token",
+    title="knowledge: continuous metric",
+  )
+  a1.legend(fontsize=7)
+  return fig
 
 
 def _ci(ci) -> str:
@@ -307,6 +330,18 @@ def _compare(value, ci, ref, name) -> str:
 
 
 def report(rows, fits, missing, plot_names, sweep) -> str:
+  """report.md: what ran, the fitted laws, the comparison with the published
+  exponents, emergence under two metrics, the plots and every run."""
+  L = _report_header(rows, missing, sweep)
+  L += _report_fits(fits)
+  L += _report_optima(fits)
+  L += _report_comparison(rows, fits)
+  L += _report_rest(rows, plot_names)
+  return "\n".join(L)
+
+
+def _report_header(rows, missing, sweep) -> list[str]:
+  """What ran, and how parameters, tokens and compute are counted."""
   L = []
   add = L.append
   Ns = [r["N"] for r in rows]
@@ -336,8 +371,15 @@ def report(rows, fits, missing, plot_names, sweep) -> str:
       + "\n"
     )
 
+  return L
+
+
+def _report_fits(fits) -> list[str]:
+  """The fitted laws L(N), L(D) and the IsoFLOP exponents."""
+  L = []
+  add = L.append
+  ln, ld = fits["L_N"], fits.get("L_D", {})
   add("## Fitted laws\n")
-  ln, ld, iso = fits["L_N"], fits.get("L_D", {}), fits["isoflop"]
   limited = ", ".join(f"{k} ({v:.1f})" for k, v in ln.get("data_limited", {}).items())
   add(
     f"- L(N), each size at its largest token budget, sizes whose run there saw at least "
@@ -363,6 +405,14 @@ def report(rows, fits, missing, plot_names, sweep) -> str:
       f"{_num(r.get('b'))} (95% CI {_ci(ci.get('b'))}); {r.get('n_used', 0)} budgets with the "
       f"profile's minimum inside its sampled range, {r.get('n_boot_ok', 0)} bootstrap resamples."
     )
+  return L
+
+
+def _report_optima(fits) -> list[str]:
+  """The IsoFLOP optimum of each budget, and tokens per parameter there."""
+  L = []
+  add = L.append
+  iso = fits["isoflop"]
   add("")
   add(
     "| budget C | runs | N_opt (non-emb.) | D_opt | D_opt / N_opt | loss at optimum | "
@@ -393,6 +443,14 @@ def report(rows, fits, missing, plot_names, sweep) -> str:
     f"(Hoffmann et al.: ~{laws.HOFFMANN_TOKENS_PER_PARAM:.0f}).\n"
   )
 
+  return L
+
+
+def _report_comparison(rows, fits) -> list[str]:
+  """Fitted exponents against Kaplan et al. and Hoffmann et al., and why they differ."""
+  L = []
+  add = L.append
+  ln, ld, iso = fits["L_N"], fits.get("L_D", {}), fits["isoflop"]
   add("## Comparison with Kaplan et al. 2020 and Hoffmann et al. 2022\n")
   pure_n = ln.get("pure", {})
   pure_d = ld.get("pure", {}) if isinstance(ld, dict) else {}
@@ -422,6 +480,13 @@ def report(rows, fits, missing, plot_names, sweep) -> str:
     add(f"- {line}")
   add("")
 
+  return L
+
+
+def _report_rest(rows, plot_names) -> list[str]:
+  """Emergence under two metrics, the plots, and one row per run."""
+  L = []
+  add = L.append
   add("## Emergence: the same probes under two metrics\n")
   for line in _emergence(rows):
     add(f"- {line}")
@@ -438,7 +503,7 @@ def report(rows, fits, missing, plot_names, sweep) -> str:
       f"{_loss(r):.4f} | {r.get('tokens_per_s', float('nan')):,.0f} | {r['wall_s']:.0f} |"
     )
   add("")
-  return "\n".join(L)
+  return L
 
 
 def _num(v, fmt=".3f") -> str:

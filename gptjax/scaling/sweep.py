@@ -1,134 +1,35 @@
-"""The scaling sweep: a grid of ordinary pretraining runs, resumable and shardable,
-then results.csv, fits.json, plots and report.md from the runs' own files.
+"""The scaling sweep: a grid of (model size, compute budget) pretraining runs, then
+results.csv, fits.json, plots and report.md from the runs' own files.
 
 `experiments/scaling_sweep.py` is its command line; `configs/scaling_sweep.py`
-describes the grid. Layout of a sweep's workdir:
-
-  tokenizer.model          trained once, copied into every point
-  points/<name>/           an ordinary pretraining workdir (config.json,
-                           metrics.jsonl, checkpoints/, log.txt), plus
-                           done.json (final metrics and probes; written last,
-                           atomically: a point with it is finished) or
-                           error.txt (the traceback of a failed attempt)
-  status-<i>of<n>.json     what the last invocation of shard i/n did
-  results.csv fits.json report.md *.png      (`analyze`)
-
-Each point trains through `pretraining.run` (the one train loop and data
-pipeline), so an interrupted point resumes from its checkpoint and a finished
-one is skipped.
+describes the grid. The points run through `gptjax.scaling.grid` (resumable,
+shardable, done.json per point; the workdir layout is described there), and
+`analyze` adds results.csv fits.json report.md *.png to the workdir.
 """
 
 from __future__ import annotations
 
 import csv
-import dataclasses
-import functools
-import json
-import math
 import os
-import shutil
-import time
-import traceback
 from typing import Callable
 
-import jax
 import numpy as np
 
-from gptjax import metrics as metrics_lib, model as model_lib, pretraining, runs
-from gptjax.data.tokenizer_corpus import load_or_train_tokenizer
-from gptjax.scaling import laws, probes as scaling_probes
-
-DONE = "done.json"
-ERROR = "error.txt"
-
+from gptjax import metrics as metrics_lib, model as model_lib, runs
+from gptjax.scaling import grid, laws, probes as scaling_probes, report as sweep_report
 
 # ----------------------------------------------------------------------------
 # The grid.
 
 
-@dataclasses.dataclass
-class Point:
-  """One run of the grid: its pretraining config and its compute accounting."""
-
-  index: int
-  name: str
-  size: str
-  budget: float  # nominal FLOPs of its IsoFLOP profile
-  config: object  # the resolved pretraining ConfigDict
-  overrides: dict  # dotted field -> value, relative to the base preset
-  N: int  # non-embedding parameters
-  n_params: int  # all parameters
-  n_matmul: int  # parameters in matmuls (all but the position embedding)
-  flops_per_token: float
-  tokens: int  # D = steps x batch x T
-  flops: float  # C = D x flops_per_token
-
-  def summary(self) -> dict:
-    return {
-      k: getattr(self, k)
-      for k in (
-        "index",
-        "name",
-        "size",
-        "budget",
-        "N",
-        "n_params",
-        "n_matmul",
-        "flops_per_token",
-        "tokens",
-        "flops",
-      )
-    }
-
-
-def _set(config, dotted: str, value) -> None:
-  node = config
-  *parents, leaf = dotted.split(".")
-  for p in parents:
-    node = node[p]
-  node[leaf] = value
-
-
-def flatten(tree, prefix: str = "") -> dict:
-  """{'train': {'steps': 5}} -> {'train.steps': 5} (ConfigDicts or dicts)."""
-  out = {}
-  for k, v in tree.items():
-    if hasattr(v, "items"):
-      out.update(flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
-def param_counts(model_cfg) -> tuple[int, int, int]:
-  """(non-embedding N, all parameters, matmul parameters) from shapes alone."""
-  return _param_counts(model_lib.TransformerConfig.from_config(model_cfg))
-
-
-@functools.lru_cache(maxsize=None)
-def _param_counts(cfg: model_lib.TransformerConfig) -> tuple[int, int, int]:
-  model = model_lib.Transformer(cfg)
-  shapes = jax.eval_shape(
-    model.init, jax.random.PRNGKey(0), jax.numpy.zeros((1, 8), jax.numpy.int32)
-  )["params"]
-  params = model_lib.nn.meta.unbox(shapes)
-  total = model_lib.count_params(params)
-  return (
-    model_lib.count_params(params, exclude_embeddings=True),
-    total,
-    total - params["trunk"]["wpe"].size,
-  )
-
-
-def make_points(sweep) -> list[Point]:
+def make_points(sweep) -> list[grid.Point]:
   """Every (budget, size) pair whose step count lies in [min_steps, max_steps],
   budget by budget, smallest size first: the order shards and names refer to."""
   base = sweep.base
   points = []
   for budget in sweep.budgets:
     for size in sweep.sizes:
-      config = base.copy_and_resolve_references()
-      overrides = flatten(sweep.overrides)
+      overrides = grid.flatten(sweep.overrides)
       overrides.update(
         {
           "model.n_layer": size["n_layer"],
@@ -138,127 +39,23 @@ def make_points(sweep) -> list[Point]:
           "train.lr": size["lr"],
         }
       )
-      for k, v in overrides.items():
-        _set(config, k, v)
-      N, n_params, n_matmul = param_counts(config.model)
+      config = grid.apply_overrides(base, overrides)
       T, B = config.model.max_len, config.train.batch_size
-      fpt = laws.flops_per_token(n_matmul, size["n_layer"], size["d_model"], T)
-      steps = int(round(budget / (fpt * B * T)))
+      steps = int(round(budget / (grid.flops_per_token(config) * B * T)))
       if not sweep.min_steps <= steps <= sweep.max_steps:
         continue
-      warmup = min(base.train.warmup_steps, max(1, int(sweep.warmup_fraction * steps)))
-      every = lambda k: max(1, -(-steps // k))
-      overrides.update(
-        {
-          "train.steps": steps,
-          "train.warmup_steps": warmup,
-          "train.eval_every": every(sweep.evals_per_run),
-          "train.ckpt_every": every(sweep.checkpoints_per_run),
-          "train.log_every": max(1, min(base.train.log_every, steps // 10)),
-        }
-      )
-      for k in (
-        "train.steps",
-        "train.warmup_steps",
-        "train.eval_every",
-        "train.ckpt_every",
-        "train.log_every",
-      ):
-        _set(config, k, overrides[k])
-      pretraining.validate(config)
-      tokens = steps * B * T
+      overrides.update(grid.schedule_overrides(base, steps, sweep))
+      name = f"C{budget:.2g}-{size['name']}".replace("+", "")
       points.append(
-        Point(
-          index=len(points),
-          name=f"C{budget:.2g}-{size['name']}".replace("+", ""),
-          size=size["name"],
-          budget=float(budget),
-          config=config,
-          overrides=overrides,
-          N=N,
-          n_params=n_params,
-          n_matmul=n_matmul,
-          flops_per_token=fpt,
-          tokens=tokens,
-          flops=fpt * tokens,
+        grid.make_point(
+          base, overrides, index=len(points), name=name, size=size["name"], budget=budget
         )
       )
   return points
 
 
-def parse_shard(text: str) -> tuple[int, int]:
-  """'i/n' -> (i, n) with 0 <= i < n."""
-  try:
-    i, n = (int(x) for x in text.split("/"))
-  except ValueError:
-    raise ValueError(f"--shard={text!r}; expected 'i/n' with integers, e.g. 0/4") from None
-  if not (n >= 1 and 0 <= i < n):
-    raise ValueError(f"--shard={text!r}; need n >= 1 and 0 <= i < n")
-  return i, n
-
-
-def shard(points: list, i: int, n: int) -> list:
-  """Points i, i + n, i + 2n, ...: the n shards partition the grid."""
-  return points[i::n]
-
-
-def point_dir(workdir: str, point: Point) -> str:
-  return os.path.join(workdir, "points", point.name)
-
-
-def point_command(point: Point, sweep, workdir: str) -> str:
-  """An `experiments.pretrain` command line that reproduces the point.
-
-  The tokenizer is deterministic given the data config, so the command
-  retrains the very same one; copying <workdir>/tokenizer.model into the
-  point's workdir first (as the sweep does) only saves that time.
-  """
-
-  def fmt(v):
-    return repr(v) if isinstance(v, str) else str(v)
-
-  flags = " ".join(f"--config.{k}={fmt(v)}" for k, v in point.overrides.items())
-  return (
-    f"python -m experiments.pretrain --config=configs/pretrain.py:{sweep.base_preset} "
-    f"--workdir={point_dir(workdir, point)} {flags}"
-  )
-
-
 # ----------------------------------------------------------------------------
 # Running.
-
-
-def _write_json(path: str, obj) -> None:
-  tmp = f"{path}.{os.getpid()}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, default=_json_default)
-  os.replace(tmp, path)
-
-
-def _json_default(o):
-  if isinstance(o, (np.floating, np.integer)):
-    return o.item()
-  if isinstance(o, np.ndarray):
-    return o.tolist()
-  return str(o)
-
-
-def mixture_weights(config) -> dict[str, float]:
-  m = dict(config.data.mixture)
-  total = sum(m.values())
-  return {k: v / total for k, v in m.items()}
-
-
-def final_metrics(pdir: str, config) -> dict:
-  """The last evaluation of a finished run, from its metrics.jsonl, plus the
-  mixed validation loss (per-source losses weighted by the mixture)."""
-  evals = [r for r in metrics_lib.read_metrics(pdir, "eval") if r["step"] == config.train.steps]
-  if not evals:
-    raise RuntimeError(f"no evaluation at step {config.train.steps} in {pdir}/metrics.jsonl")
-  ev = {k: v for k, v in evals[-1].items() if isinstance(v, (int, float))}
-  w = mixture_weights(config)
-  ev["mixed/loss"] = sum(w[s] * ev[f"{s}/loss"] for s in w)
-  return ev
 
 
 def run_probes(sweep, config, model, params, tokenizer) -> dict:
@@ -287,57 +84,20 @@ def run_probes(sweep, config, model, params, tokenizer) -> dict:
   return out
 
 
-def run_point(
-  point: Point, sweep, workdir: str, cache_dir: str | None, log: Callable[[str], None] = print
-) -> dict:
-  """Trains one point (resuming if it was interrupted), probes it, writes done.json."""
-  pdir = point_dir(workdir, point)
-  os.makedirs(pdir, exist_ok=True)
-  shared = os.path.join(workdir, "tokenizer.model")
-  if not os.path.exists(os.path.join(pdir, "tokenizer.model")):
-    shutil.copyfile(shared, os.path.join(pdir, "tokenizer.model"))
-  t0 = time.perf_counter()
-  with open(os.path.join(pdir, "log.txt"), "a") as logfile:
+def _evaluate(sweep):
+  """The sweep's done.json fields of a point: its emergence probes."""
 
-    def plog(line):
-      logfile.write(line + "\n")
-      logfile.flush()
-      log(f"  [{point.name}] {line}")
-
-    state, summary, tokenizer, _ = pretraining.run(point.config, pdir, cache_dir, log=plog)
-    train_s = time.perf_counter() - t0
-    ev = final_metrics(pdir, point.config)
-    probe_results = run_probes(
-      sweep, point.config, model_lib.build(point.config), state.params, tokenizer
-    )
-    plog(
+  def evaluate(point, pdir, state, tokenizer, log) -> dict:
+    del pdir
+    model = model_lib.build(point.config)
+    probes = run_probes(sweep, point.config, model, state.params, tokenizer)
+    log(
       "probes: "
-      + "  ".join(
-        f"{k} exact {v['exact']:.2f} logp {v['logprob']:.2f}" for k, v in probe_results.items()
-      )
+      + "  ".join(f"{k} exact {v['exact']:.2f} logp {v['logprob']:.2f}" for k, v in probes.items())
     )
-  train_records = metrics_lib.read_metrics(pdir, "train")
-  tok_s = [r["tokens_per_s"] for r in train_records[1:] if "tokens_per_s" in r]
-  done = dict(
-    point.summary(),
-    steps=point.config.train.steps,
-    batch_size=point.config.train.batch_size,
-    seq_len=point.config.model.max_len,
-    n_layer=point.config.model.n_layer,
-    d_model=point.config.model.d_model,
-    mixture=mixture_weights(point.config),
-    final_eval=ev,
-    probes=probe_results,
-    unigram_entropy=summary["unigram_entropy"],
-    wall_s=time.perf_counter() - t0,
-    train_wall_s=train_s,
-    tokens_per_s=float(np.median(tok_s)) if tok_s else float("nan"),
-    finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
-  )
-  _write_json(os.path.join(pdir, DONE), done)
-  if os.path.exists(os.path.join(pdir, ERROR)):
-    os.replace(os.path.join(pdir, ERROR), os.path.join(pdir, ERROR + ".resolved"))
-  return done
+    return {"probes": probes}
+
+  return evaluate
 
 
 def run_sweep(
@@ -346,57 +106,16 @@ def run_sweep(
   cache_dir: str | None = None,
   shard_spec=(0, 1),
   log: Callable[[str], None] = print,
-  points: list[Point] | None = None,
+  points: list[grid.Point] | None = None,
 ) -> dict:
-  """Runs this shard's points that have no done.json; failures are recorded, not raised.
+  """Runs this shard's points that have no done.json (`grid.run_points`).
 
   Returns {'ran': [...], 'skipped': [...], 'failed': [{'name', 'error', 'traceback'}]}.
-  A KeyboardInterrupt stops the sweep (the point saved its checkpoint; rerun to resume).
   """
-  workdir = os.path.abspath(workdir)
-  os.makedirs(os.path.join(workdir, "points"), exist_ok=True)
   points = make_points(sweep) if points is None else points
-  mine = shard(points, *shard_spec)
-  _write_json(os.path.join(workdir, "points.json"), [p.summary() for p in points])
-  if not os.path.exists(os.path.join(workdir, "tokenizer.model")):
-    log(f"[sweep] training the shared tokenizer into {workdir}/tokenizer.model")
-  load_or_train_tokenizer(points[0].config, workdir)  # once; every point copies it
-  status = {"shard": list(shard_spec), "ran": [], "skipped": [], "failed": []}
-  log(f"[sweep] {len(mine)} of {len(points)} points in shard {shard_spec[0]}/{shard_spec[1]}")
-  for p in mine:
-    if os.path.exists(os.path.join(point_dir(workdir, p), DONE)):
-      log(f"[sweep] skipped {p.name}: finished ({DONE} present)")
-      status["skipped"].append(p.name)
-      continue
-    log(
-      f"[sweep] point {p.index} {p.name}: N={p.N:,} non-embedding ({p.n_params:,} all), "
-      f"D={p.tokens:,} tokens, C={p.flops:.2e} FLOPs, {p.config.train.steps} steps"
-    )
-    try:
-      done = run_point(p, sweep, workdir, cache_dir, log)
-      status["ran"].append(p.name)
-      log(
-        f"[sweep] finished {p.name} in {done['wall_s']:.0f}s: "
-        f"mixed val loss {done['final_eval']['mixed/loss']:.4f}"
-      )
-    except Exception as e:  # noqa: BLE001 -- recorded and reported, the sweep goes on
-      tb = traceback.format_exc()
-      with open(os.path.join(point_dir(workdir, p), ERROR), "w") as f:
-        f.write(tb)
-      status["failed"].append(
-        {
-          "name": p.name,
-          "error": f"{type(e).__name__}: {e}",
-          "traceback": os.path.join(point_dir(workdir, p), ERROR),
-        }
-      )
-      log(
-        f"[sweep] FAILED {p.name}: {type(e).__name__}: {e} (traceback in "
-        f"{point_dir(workdir, p)}/{ERROR})"
-      )
-    _write_json(os.path.join(workdir, f"status-{shard_spec[0]}of{shard_spec[1]}.json"), status)
-  _write_json(os.path.join(workdir, f"status-{shard_spec[0]}of{shard_spec[1]}.json"), status)
-  return status
+  return grid.run_points(
+    points, workdir, _evaluate(sweep), cache_dir, shard_spec, log, label="sweep"
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -405,29 +124,7 @@ def run_sweep(
 
 def load_results(sweep, workdir: str) -> tuple[list[dict], list[dict]]:
   """(finished points' done.json records, unfinished/failed points)."""
-  rows, missing = [], []
-  for p in make_points(sweep):
-    pdir = point_dir(workdir, p)
-    path = os.path.join(pdir, DONE)
-    if os.path.exists(path):
-      with open(path) as f:
-        rows.append(json.load(f))
-    else:
-      err = os.path.join(pdir, ERROR)
-      missing.append(
-        {
-          "name": p.name,
-          "state": "failed" if os.path.exists(err) else "not run",
-          "error": _last_line(err) if os.path.exists(err) else "",
-        }
-      )
-  return rows, missing
-
-
-def _last_line(path: str) -> str:
-  with open(path) as f:
-    lines = [l for l in f.read().splitlines() if l.strip()]
-  return lines[-1] if lines else ""
+  return grid.load_results(make_points(sweep), workdir)
 
 
 def write_csv(rows: list[dict], path: str) -> list[str]:
@@ -494,7 +191,6 @@ def compute_fits(
   few tokens each; their loss measures the data, not the size, and the fit
   would bend the wrong way (the loss rising with N).
   """
-  loss = lambda r: r["final_eval"]["mixed/loss"]
   fits: dict = {
     "loss": "mixed validation loss (nats/token, per-source losses weighted by the mixture)",
     "flops": "C = D x (6 N_matmul + 12 n_layer d_model T); N_matmul = non-embedding "
@@ -504,85 +200,89 @@ def compute_fits(
   by_size: dict[str, list[dict]] = {}
   for r in rows:
     by_size.setdefault(r["size"], []).append(r)
+  fits["L_N"] = _fit_l_n(by_size, n_boot, seed, min_tokens_per_param)
+  fits["L_D"] = _fit_l_d(by_size, n_boot, seed + 1)
+  for key, n_key in (("isoflop", "N"), ("isoflop_all_params", "n_params")):
+    fits[key] = _fit_isoflop(rows, n_key, n_boot, seed + 2)
+  median = lambda ts: float(np.median(ts)) if ts else float("nan")
+  per_budget = fits["isoflop"]["tokens_per_param"]
+  per_budget_all = fits["isoflop_all_params"]["tokens_per_param"]
+  fits["compute_optimal_tokens_per_param"] = {
+    "per_budget_non_embedding": per_budget,
+    "per_budget_all_params": per_budget_all,
+    "median_non_embedding": median([t for t in per_budget if np.isfinite(t)]),
+    "median_all_params": median([t for t in per_budget_all if np.isfinite(t)]),
+  }
+  return fits
 
-  # L(N): each size at its largest token budget (the least data-limited run).
+
+def _loss(r: dict) -> float:
+  return r["final_eval"]["mixed/loss"]
+
+
+def _fits_with_ci(x, y, n_boot: int, seed: int, forms) -> dict:
+  """{key: fit_with_ci or {'error'}} for each (key, pure) form."""
+  out = {}
+  for key, pure in forms:
+    try:
+      out[key] = laws.fit_with_ci(x, y, n_boot, seed, pure=pure)
+    except (ValueError, RuntimeError) as e:
+      out[key] = {"error": str(e)}
+  return out
+
+
+def _fit_l_n(by_size: dict, n_boot: int, seed: int, min_tokens_per_param: float) -> dict:
+  """L(N): each size at its largest token budget (the least data-limited run)."""
   largest = sorted(
     (max(rs, key=lambda r: r["tokens"]) for rs in by_size.values()), key=lambda r: r["N"]
   )
   per_param = lambda r: r["tokens"] / r["N"]
   ln = [r for r in largest if per_param(r) >= min_tokens_per_param]
-  fits["L_N"] = {
+  out = {
     "runs": [r["name"] for r in ln],
     "tokens_per_param": [per_param(r) for r in ln],
     "min_tokens_per_param": min_tokens_per_param,
     "data_limited": {r["size"]: per_param(r) for r in largest if r not in ln},
   }
-  x, y = [r["N"] for r in ln], [loss(r) for r in ln]
-  for key, pure, need in (("offset", False, 3), ("pure", True, 2)):
-    if len(ln) >= need:
-      try:
-        fits["L_N"][key] = laws.fit_with_ci(x, y, n_boot, seed, pure=pure)
-      except (ValueError, RuntimeError) as e:
-        fits["L_N"][key] = {"error": str(e)}
+  forms = [
+    (k, pure) for k, pure, need in (("offset", False, 3), ("pure", True, 2)) if len(ln) >= need
+  ]
+  out.update(_fits_with_ci([r["N"] for r in ln], [_loss(r) for r in ln], n_boot, seed, forms))
+  return out
 
-  # L(D): the largest size with runs at >= 3 token budgets.
+
+def _fit_l_d(by_size: dict, n_boot: int, seed: int) -> dict:
+  """L(D): the largest size with runs at >= 3 token budgets."""
   candidates = [rs for rs in by_size.values() if len({r["tokens"] for r in rs}) >= 3]
-  if candidates:
-    rs = sorted(max(candidates, key=lambda rs: rs[0]["N"]), key=lambda r: r["tokens"])
-    fits["L_D"] = {"size": rs[0]["size"], "N": rs[0]["N"], "runs": [r["name"] for r in rs]}
-    x, y = [r["tokens"] for r in rs], [loss(r) for r in rs]
-    for key, pure in (("offset", False), ("pure", True)):
-      try:
-        fits["L_D"][key] = laws.fit_with_ci(x, y, n_boot, seed + 1, pure=pure)
-      except (ValueError, RuntimeError) as e:
-        fits["L_D"][key] = {"error": str(e)}
-  else:
-    fits["L_D"] = {"error": "no size has runs at >= 3 token budgets"}
-
-  # IsoFLOP profiles, with N counted both ways.
-  budgets = sorted({r["budget"] for r in rows})
-  for key, n_key in (("isoflop", "N"), ("isoflop_all_params", "n_params")):
-    groups = []
-    for b in budgets:
-      rs = [r for r in rows if r["budget"] == b]
-      groups.append(
-        {
-          "C": float(np.mean([r["flops"] for r in rs])),
-          "N": [r[n_key] for r in rs],
-          "D": [r["tokens"] for r in rs],
-          "loss": [loss(r) for r in rs],
-        }
-      )
-    res = laws.isoflop_analysis(groups, n_boot, seed + 2)
-    res["n_counted_as"] = n_key
-    fits[key] = res
-  tpp = [t for t in fits["isoflop"]["tokens_per_param"] if np.isfinite(t)]
-  fits["compute_optimal_tokens_per_param"] = {
-    "per_budget_non_embedding": fits["isoflop"]["tokens_per_param"],
-    "per_budget_all_params": fits["isoflop_all_params"]["tokens_per_param"],
-    "median_non_embedding": float(np.median(tpp)) if tpp else float("nan"),
-  }
-  tpp_all = [t for t in fits["isoflop_all_params"]["tokens_per_param"] if np.isfinite(t)]
-  fits["compute_optimal_tokens_per_param"]["median_all_params"] = (
-    float(np.median(tpp_all)) if tpp_all else float("nan")
-  )
-  return fits
+  if not candidates:
+    return {"error": "no size has runs at >= 3 token budgets"}
+  rs = sorted(max(candidates, key=lambda rs: rs[0]["N"]), key=lambda r: r["tokens"])
+  out = {"size": rs[0]["size"], "N": rs[0]["N"], "runs": [r["name"] for r in rs]}
+  x, y = [r["tokens"] for r in rs], [_loss(r) for r in rs]
+  out.update(_fits_with_ci(x, y, n_boot, seed, (("offset", False), ("pure", True))))
+  return out
 
 
-def _nan_to_none(o):
-  if isinstance(o, float) and not math.isfinite(o):
-    return None
-  if isinstance(o, dict):
-    return {k: _nan_to_none(v) for k, v in o.items()}
-  if isinstance(o, (list, tuple)):
-    return [_nan_to_none(v) for v in o]
-  return o
+def _fit_isoflop(rows: list[dict], n_key: str, n_boot: int, seed: int) -> dict:
+  """IsoFLOP profiles (approach 2) with N counted as `n_key` ('N' or 'n_params')."""
+  groups = []
+  for b in sorted({r["budget"] for r in rows}):
+    rs = [r for r in rows if r["budget"] == b]
+    groups.append(
+      {
+        "C": float(np.mean([r["flops"] for r in rs])),
+        "N": [r[n_key] for r in rs],
+        "D": [r["tokens"] for r in rs],
+        "loss": [_loss(r) for r in rs],
+      }
+    )
+  res = laws.isoflop_analysis(groups, n_boot, seed)
+  res["n_counted_as"] = n_key
+  return res
 
 
 def analyze(sweep, workdir: str, log: Callable[[str], None] = print) -> dict:
   """results.csv, fits.json, PNG plots and report.md from the finished points."""
-  from gptjax.scaling import report as sweep_report
-
   workdir = os.path.abspath(workdir)
   rows, missing = load_results(sweep, workdir)
   if not rows:
@@ -590,7 +290,7 @@ def analyze(sweep, workdir: str, log: Callable[[str], None] = print) -> dict:
   write_csv(rows, os.path.join(workdir, "results.csv"))
   fits = compute_fits(rows, sweep.bootstrap, min_tokens_per_param=sweep.fit_min_tokens_per_param)
   fits["missing"] = missing
-  _write_json(os.path.join(workdir, "fits.json"), _nan_to_none(fits))
+  runs.write_json(os.path.join(workdir, "fits.json"), grid.jsonable(fits, nan_to_none=True))
   curves = {r["name"]: eval_curve(os.path.join(workdir, "points", r["name"]), r) for r in rows}
   plots = sweep_report.plots(rows, fits, curves, workdir)
   report = sweep_report.report(rows, fits, missing, plots, sweep)
