@@ -26,7 +26,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from configs import pipeline as pipeline_configs
-from gptjax import cli, metrics
+from gptjax import cli, metrics, sharding
 from gptjax.pipeline import stages
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -38,10 +38,13 @@ _STAGES = flags.DEFINE_string(
   "stages", None, "Comma-separated stages to run (default: all): " + ",".join(stages.ORDER) + "."
 )
 
+sharding.define_flags()  # --coordinator_address, --num_processes, --process_id
+
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  sharding.initialize_from_flags()  # before anything starts JAX's backend
   logging.set_verbosity(logging.WARNING)
   config = cli.checked(_CONFIG.value, pipeline_configs.get_config)
   records = stages.run(config, _WORKDIR.value, _CACHE_DIR.value, only=_STAGES.value)

@@ -16,7 +16,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from configs import reward_model as rm_configs
-from gptjax import cli
+from gptjax import cli, sharding
 from gptjax.reward_model import training as rm_training
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -25,10 +25,13 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", "runs/reward_model", "Where outputs go.")
 _SFT = flags.DEFINE_string("sft", None, "The SFT run's workdir (the policy).")
 
+sharding.define_flags()  # --coordinator_address, --num_processes, --process_id
+
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  sharding.initialize_from_flags()  # before anything starts JAX's backend
   logging.set_verbosity(logging.WARNING)
   config = cli.checked(_CONFIG.value, rm_configs.get_config)
   rm_training.run(config, _WORKDIR.value, _SFT.value)

@@ -15,7 +15,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from configs import rlhf as rlhf_configs
-from gptjax import cli
+from gptjax import cli, sharding
 from gptjax.rlhf import loop as rlhf_loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/rlhf.py:tiny", "Config and preset.")
@@ -23,10 +23,13 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/rlhf", "Where outputs go.")
 _SFT = flags.DEFINE_string("sft", None, "SFT workdir: the initial policy and the KL reference.")
 _RM = flags.DEFINE_string("reward_model", None, "Reward-model workdir.")
 
+sharding.define_flags()  # --coordinator_address, --num_processes, --process_id
+
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  sharding.initialize_from_flags()  # before anything starts JAX's backend
   logging.set_verbosity(logging.WARNING)
   config = cli.checked(_CONFIG.value, rlhf_configs.get_config)
   rlhf_loop.run(config, _WORKDIR.value, _SFT.value, _RM.value)

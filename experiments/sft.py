@@ -17,7 +17,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from configs import sft as sft_configs
-from gptjax import cli, sft
+from gptjax import cli, sft, sharding
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", "configs/sft.py:tiny", "Config file and preset, e.g. configs/sft.py:small."
@@ -27,10 +27,13 @@ _PRETRAINED = flags.DEFINE_string(
 )
 _WORKDIR = flags.DEFINE_string("workdir", "runs/sft", "Where checkpoints and metrics go.")
 
+sharding.define_flags()  # --coordinator_address, --num_processes, --process_id
+
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  sharding.initialize_from_flags()  # before anything starts JAX's backend
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
   config = cli.checked(_CONFIG.value, sft_configs.get_config)
   _, summary, report = sft.run(config, _WORKDIR.value, _PRETRAINED.value)

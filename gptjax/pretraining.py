@@ -87,6 +87,7 @@ def build_task(config, pipeline: Pipeline, tokenizer: Tokenizer, log=print) -> t
     model=model,
     loss_fn=losses.lm_loss_fn(model),
     train_batch=lambda step: drop_source(pipeline.train_batch(step, t.batch_size)),
+    local_batch=lambda step, rows: drop_source(pipeline.train_batch(step, t.batch_size, rows)),
     example_batch=drop_source(example),
     tokens_per_step=t.batch_size * pipeline.seq_len,
     eval_sets={

@@ -55,6 +55,10 @@ class Task:
   eval_sets: dict[str, Callable[[], Iterable[dict]]] = dataclasses.field(default_factory=dict)
   init_params: Callable | None = None
   on_eval: Callable | None = None
+  # local_batch(step, rows) -> rows `rows` (ascending indices into the global batch) of
+  # batch `step`. With it, each process of a multi-process run builds only its own rows
+  # (sharding.process_rows); without, each builds train_batch(step) and keeps its rows.
+  local_batch: Callable[[int, np.ndarray], dict] | None = None
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -423,6 +427,8 @@ class _Training:
     t = self.t = config.train
     self.task, self.state, self.loop, self.log = task, state, loop, log
     self.shard = lambda b: sharding.shard_batch(b, mesh)
+    self.rows = sharding.process_rows(mesh, t.batch_size)  # this process's rows of a batch
+    self.mesh = mesh
     self.step_fn = jax.jit(
       functools.partial(train_step, loss_fn=task.loss_fn, tx=tx, grad_accum=t.grad_accum),
       out_shardings=(shardings, None),
@@ -449,10 +455,17 @@ class _Training:
     leaves = jax.tree_util.tree_leaves(self.state)
     return not any(x.is_deleted() for x in leaves) and int(self.state.step) == step
 
+  def batch(self, i: int) -> dict:
+    """Batch i on the mesh; in a multi-process run this process reads only its rows."""
+    if self.task.local_batch is None or len(self.rows) == self.t.batch_size:
+      return self.shard(self.task.train_batch(i))
+    local = self.task.local_batch(i, self.rows)
+    return sharding.shard_batch(local, self.mesh, self.t.batch_size)
+
   def step(self, i: int) -> None:
     """Step i -> i + 1 on batch i; logs, checks the loss, evaluates on schedule."""
     t = self.t
-    self.state, m = self.step_fn(self.state, self.shard(self.task.train_batch(i)))
+    self.state, m = self.step_fn(self.state, self.batch(i))
     step, is_last = i + 1, i + 1 == t.steps
     if step % t.log_every == 0 or step % t.ckpt_every == 0 or is_last:
       m = _check_finite(jax.device_get(m), step, self.loop.where())
