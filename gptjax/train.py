@@ -485,7 +485,11 @@ class _Training:
       self.progress.peak = self.summary["peak_flops"] = max(self.progress.peak, self.measure_peak())
     ev = evaluate(self.eval_fn, self.state.params, self.task, self.shard)
     if self.task.on_eval is not None:
-      ev.update(self.task.on_eval(self.state.params, step) or {})
+      # Samples are drawn off the training mesh, on this process's first device:
+      # the sampler's jitted loop cannot mix a one-device copy with the mesh's
+      # devices ("incompatible devices" on any mesh of more than one device).
+      with sharding.local_mesh():
+        ev.update(self.task.on_eval(sharding.local_copy(self.state.params), step) or {})
     self.summary["last_eval"] = ev
     self.loop.writer.write(step, "eval", **ev)
     scalars = "  ".join(f"{k} {v:.4f}" for k, v in ev.items() if isinstance(v, float))
