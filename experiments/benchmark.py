@@ -2,24 +2,39 @@
 
 Run:
   python -m experiments.benchmark --config=configs/pretrain.py:small --out=runs/benchmark.json
+  python -m experiments.benchmark --config=configs/pretrain.py:small --compare=torch \
+      --out=runs/benchmark.json      # + the PyTorch-eager peer (requirements-bench.txt)
 
 What it measures, all in one process so the numbers are comparable:
-  peak        FLOP/s of a large jitted matmul of the model's dtype on the same devices
+  peaks       FLOP/s of large jitted matmuls (one device): float32, bfloat16, and
+              bfloat16 with float32 results (the form that reaches XLA:CPU's
+              bf16 kernels); with --compare=torch also torch's float32 and bfloat16
   train       tokens/s of the real jitted train step (forward, backward, AdamW)
               and MFU = tokens/s * (6N + 12 * n_layer * d_model * T) / peak
   eval        tokens/s of the forward pass alone
+  compare     (--compare=torch) gptjax's train step against `experiments.torch_peer`
+              (nanoGPT-style, identical shapes and init, AdamW; bf16 = autocast),
+              per activation dtype in --train_dtypes, interleaved: each round runs
+              --steps_per_round steps of one, then of the other; tokens/s are
+              medians over rounds, `ratio` (gptjax / torch) the median of the
+              per-round ratios, `spread` the (max - min) / median of the rounds
   decode      new tokens/s of KV-cache generation (`gptjax.sampling.generate`,
               greedy) against recomputing a full forward pass per token
               (`sampling.recompute_generate`), at equal batch and length
 
+The 1-minute load average before and after goes into the JSON: on a shared
+machine the ratios (interleaved) are meaningful, absolute figures less so.
 Inputs are random tokens: the benchmark times compute, not the data pipeline
 (whose batches take ~10 ms on the small preset, see README).
 """
 
+import copy
 import json
 import os
 import platform
+import statistics
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +45,6 @@ from ml_collections import config_flags
 from gptjax import (
   cli,
   losses,
-  metrics,
   model as model_lib,
   pretraining as pretrain,
   sampling,
@@ -42,7 +56,9 @@ _CONFIG = config_flags.DEFINE_config_file(
   "config", "configs/pretrain.py:small", "Pretraining config whose model is measured."
 )
 _OUT = flags.DEFINE_string("out", "runs/benchmark.json", "Where the JSON goes.")
-_STEPS = flags.DEFINE_integer("steps", 10, "Timed train steps (after 2 warm-up steps).")
+_STEPS = flags.DEFINE_integer(
+  "steps", 10, "Timed steps of the config's own train step (after 2 warm-up steps)."
+)
 _DECODE_BATCHES = flags.DEFINE_list("decode_batches", ["1", "32"], "Batch sizes for decoding.")
 _DECODE_TOKENS = flags.DEFINE_integer("decode_tokens", 256, "New tokens per decode run.")
 _RECOMPUTE_TOKENS = flags.DEFINE_integer(
@@ -51,6 +67,16 @@ _RECOMPUTE_TOKENS = flags.DEFINE_integer(
   "Tokens timed for the no-cache baseline at batch > 1 (each step "
   "costs a full forward over the whole window, so fewer steps give the same per-token rate).",
 )
+_COMPARE = flags.DEFINE_enum(
+  "compare", "none", ["none", "torch"], "Also time the PyTorch-eager peer, interleaved."
+)
+_TRAIN_DTYPES = flags.DEFINE_list(
+  "train_dtypes", ["float32", "bfloat16"], "Activation dtypes compared with --compare."
+)
+_ROUNDS = flags.DEFINE_integer("rounds", 5, "Interleaved rounds of the comparison.")
+_STEPS_PER_ROUND = flags.DEFINE_integer("steps_per_round", 2, "Steps per contestant per round.")
+_DECODE = flags.DEFINE_bool("decode", True, "Also time decoding.")
+_PEAK_SIZE = flags.DEFINE_integer("peak_size", 2048, "n of the n x n matmuls timed for the peaks.")
 _PROMPT_LEN = 16
 
 
@@ -69,57 +95,229 @@ def random_batch(rng: np.random.Generator, batch: int, seq: int, vocab: int) -> 
   return {"tokens": w[:, :-1], "targets": w[:, 1:], "loss_mask": np.ones((batch, seq), np.float32)}
 
 
-def bench_train(config, mesh) -> dict:
-  model = model_lib.build(config)
-  t = config.train
-  T = config.model.max_len
-  rng = np.random.default_rng(0)
-  example = random_batch(rng, t.batch_size, T, config.model.vocab_size)
-  task = train.Task(
-    name="benchmark",
-    model=model,
-    loss_fn=losses.lm_loss_fn(model),
-    train_batch=None,
-    example_batch=example,
-    tokens_per_step=t.batch_size * T,
-  )
-  tx = train.make_optimizer(t)
-  state, shardings = train.create_state(task, tx, mesh, config.seed)
-  n_matmul = model_lib.matmul_params(state.params)
-  flops = train.task_flops_per_token(task, state.params)
-  step = jax.jit(
-    lambda s, b: train.train_step(s, b, loss_fn=task.loss_fn, tx=tx, grad_accum=t.grad_accum),
-    out_shardings=(shardings, None),
-    donate_argnums=(0,),
-  )
-  fwd = jax.jit(lambda p, b: train.eval_step(p, b, loss_fn=task.loss_fn))
-  batches = [
-    sharding.shard_batch(random_batch(rng, t.batch_size, T, config.model.vocab_size), mesh)
-    for _ in range(4)
+# ----------------------------------------------------------------------------
+# Contestants: each is a `step()` that runs one full train step and blocks.
+
+
+class JaxTrainer:
+  """gptjax's own jitted train step (`train.train_step`, the real loss and AdamW)."""
+
+  def __init__(self, config, mesh, n_batches: int = 4, compiler_options: dict | None = None):
+    self.config, self.mesh = config, mesh
+    t = config.train
+    self.model = model_lib.build(config)
+    self.T, self.tokens = config.model.max_len, t.batch_size * config.model.max_len
+    rng = np.random.default_rng(0)
+    vocab = config.model.vocab_size
+    example = random_batch(rng, t.batch_size, self.T, vocab)
+    self.task = train.Task(
+      name="benchmark",
+      model=self.model,
+      loss_fn=losses.lm_loss_fn(self.model),
+      train_batch=None,
+      example_batch=example,
+      tokens_per_step=self.tokens,
+    )
+    tx = train.make_optimizer(t)
+    self.state, shardings = train.create_state(self.task, tx, mesh, config.seed)
+    self.flops_per_token = train.task_flops_per_token(self.task, self.state.params)
+    self._step = jax.jit(
+      lambda s, b: train.train_step(
+        s, b, loss_fn=self.task.loss_fn, tx=tx, grad_accum=t.grad_accum
+      ),
+      out_shardings=(shardings, None),
+      donate_argnums=(0,),
+      compiler_options=compiler_options,
+    )
+    self._fwd = jax.jit(lambda p, b: train.eval_step(p, b, loss_fn=self.task.loss_fn))
+    self.batches = [
+      sharding.shard_batch(random_batch(rng, t.batch_size, self.T, vocab), mesh)
+      for _ in range(n_batches)
+    ]
+    self.i, self.loss = 0, float("nan")
+
+  def hlo_text(self) -> str:
+    """The compiled train step's optimised HLO (for per-op profiling)."""
+    with jax.set_mesh(self.mesh):
+      return self._step.lower(self.state, self.batches[0]).compile().as_text()
+
+  def step(self) -> None:
+    with jax.set_mesh(self.mesh):
+      self.state, m = self._step(self.state, self.batches[self.i % len(self.batches)])
+      self.loss = float(m["loss"])  # blocks until the step is done
+    self.i += 1
+
+  def eval_tokens_per_s(self) -> float:
+    with jax.set_mesh(self.mesh):
+      run = lambda: jax.block_until_ready(self._fwd(self.state.params, self.batches[1]))
+      run()
+      return self.tokens / _time(run, 5)
+
+  def info(self) -> dict:
+    params = self.state.params
+    return {
+      "params": int(model_lib.count_params(params)),
+      "matmul_params": int(model_lib.matmul_params(params)),
+      "flops_per_token": self.flops_per_token,
+      "batch_size": self.config.train.batch_size,
+      "seq_len": self.T,
+    }
+
+
+class TorchTrainer:
+  """The PyTorch-eager peer of identical shapes (`experiments.torch_peer`)."""
+
+  def __init__(self, config, bf16: bool, n_batches: int = 4):
+    import torch
+
+    from experiments import torch_peer
+
+    torch.manual_seed(config.seed)
+    self.torch, self.peer, self.bf16 = torch, torch_peer, bf16
+    self.model = torch_peer.from_config(config.model)
+    self.opt = torch_peer.make_optimizer(self.model, config.train)
+    self.clip = config.train.clip_norm
+    t, T = config.train, config.model.max_len
+    rng = np.random.default_rng(1)
+    self.batches = [
+      {
+        k: torch.from_numpy(v).long()
+        for k, v in random_batch(rng, t.batch_size, T, config.model.vocab_size).items()
+        if k != "loss_mask"
+      }
+      for _ in range(n_batches)
+    ]
+    self.tokens, self.i, self.loss = t.batch_size * T, 0, float("nan")
+
+  def step(self) -> None:
+    b = self.batches[self.i % len(self.batches)]
+    self.loss = self.peer.train_step(
+      self.model, self.opt, b["tokens"], b["targets"], bf16=self.bf16, clip_norm=self.clip
+    )
+    self.i += 1
+
+  def info(self) -> dict:
+    return {"params": self.peer.count_params(self.model), "threads": self.torch.get_num_threads()}
+
+
+def interleaved(contestants: dict, rounds: int, steps: int, warmup: int = 2) -> dict:
+  """Per-step wall times of each contestant, run in turn: A x steps, B x steps, A, B, ...
+
+  Interleaving exposes every contestant to the same background load; the
+  medians over rounds (and the per-round ratios) are what the report uses.
+  """
+  for c in contestants.values():
+    for _ in range(warmup):
+      c.step()
+  times = {name: [] for name in contestants}
+  for _ in range(rounds):
+    for name, c in contestants.items():
+      for _ in range(steps):
+        t = time.perf_counter()
+        c.step()
+        times[name].append(time.perf_counter() - t)
+  return times
+
+
+def summarize(step_times: list[float], tokens: int, steps: int) -> dict:
+  """Median and spread of step times; rounds are groups of `steps` consecutive steps."""
+  per_round = [
+    statistics.median(step_times[i : i + steps]) for i in range(0, len(step_times), steps)
   ]
-  with jax.set_mesh(mesh):
-    for i in range(2):  # compile + warm up
-      state, m = step(state, batches[i % 4])
-    jax.block_until_ready(m)
-    start = time.perf_counter()
-    for i in range(_STEPS.value):
-      state, m = step(state, batches[i % 4])
-    jax.block_until_ready((state, m))
-    train_s = (time.perf_counter() - start) / _STEPS.value
-    jax.block_until_ready(fwd(state.params, batches[0]))
-    eval_s = _time(lambda: jax.block_until_ready(fwd(state.params, batches[1])), 5)
-  tokens = t.batch_size * T
+  med = statistics.median(per_round)
   return {
-    "params": int(model_lib.count_params(state.params)),
-    "matmul_params": int(n_matmul),
-    "flops_per_token": flops,
-    "batch_size": t.batch_size,
-    "seq_len": T,
-    "step_s": train_s,
-    "tokens_per_s": tokens / train_s,
-    "eval_tokens_per_s": tokens / eval_s,
-    "final_loss": float(m["loss"]),
-  }, state.params
+    "step_s": med,
+    "step_s_min": min(step_times),
+    "step_s_rounds": per_round,
+    "tokens_per_s": tokens / med,
+    "tokens_per_s_best": tokens / min(step_times),
+    "spread": (max(per_round) - min(per_round)) / med,  # (max - min) / median over rounds
+  }
+
+
+# ----------------------------------------------------------------------------
+# Matmul peaks
+
+
+def jax_matmul_peak(dtype, f32_accumulate: bool, n: int, repeats: int) -> float:
+  """FLOP/s of a jitted [n, n] @ [n, n] on one device, best of `repeats`.
+
+  `f32_accumulate` asks for float32 results (`preferred_element_type`): for
+  bfloat16 inputs that is the form XLA:CPU hands to its bf16 GEMM kernels,
+  the plain bf16 -> bf16 product is upcast to float32 first (see README).
+  """
+  a = jnp.ones((n, n), dtype) / n
+  pref = jnp.float32 if f32_accumulate else None
+  f = jax.jit(lambda x: jnp.matmul(x, x, preferred_element_type=pref))
+  jax.block_until_ready(f(a))
+  return 2 * n**3 / _time(lambda: jax.block_until_ready(f(a)), repeats)
+
+
+def torch_matmul_peak(dtype_name: str, n: int, repeats: int) -> float:
+  import torch
+
+  a = torch.ones(n, n, dtype=getattr(torch, dtype_name)) / n
+  a @ a
+  return 2 * n**3 / _time(lambda: a @ a, repeats)
+
+
+def matmul_peaks(compare: bool, n: int = 2048, rounds: int = 3) -> dict:
+  """Best FLOP/s per kind over `rounds` interleaved rounds of 3 repeats each."""
+  kinds = {
+    "jax_float32": lambda: jax_matmul_peak(jnp.float32, False, n, 3),
+    "jax_bfloat16": lambda: jax_matmul_peak(jnp.bfloat16, False, n, 3),
+    "jax_bfloat16_f32_accumulate": lambda: jax_matmul_peak(jnp.bfloat16, True, n, 3),
+  }
+  if compare:
+    kinds["torch_float32"] = lambda: torch_matmul_peak("float32", n, 3)
+    kinds["torch_bfloat16"] = lambda: torch_matmul_peak("bfloat16", n, 3)
+  best = dict.fromkeys(kinds, 0.0)
+  for _ in range(rounds):
+    for k, fn in kinds.items():
+      best[k] = max(best[k], fn())
+  return best
+
+
+def bench_train(config, mesh) -> tuple[dict, Any]:
+  """The config's own train step alone (no peer): tokens/s, eval tokens/s."""
+  jt = JaxTrainer(config, mesh)
+  times = interleaved({"jax": jt}, rounds=1, steps=_STEPS.value)
+  s = summarize(times["jax"], jt.tokens, _STEPS.value)
+  out = {**jt.info(), "step_s": s["step_s"], "tokens_per_s": s["tokens_per_s"]}
+  out.update(eval_tokens_per_s=jt.eval_tokens_per_s(), final_loss=jt.loss)
+  return out, jt.state.params
+
+
+def bench_compare(config, mesh, dtypes: list[str], peaks: dict) -> dict:
+  """gptjax against the PyTorch peer, per activation dtype, interleaved."""
+  import torch
+
+  out = {"torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+  rounds, steps = _ROUNDS.value, _STEPS_PER_ROUND.value
+  for dtype in dtypes:
+    c = copy.deepcopy(config)
+    c.model.dtype = dtype
+    bf16 = dtype == "bfloat16"
+    jt, tt = JaxTrainer(c, mesh), TorchTrainer(c, bf16=bf16)
+    times = interleaved({"gptjax": jt, "torch": tt}, rounds, steps)
+    j, t = summarize(times["gptjax"], jt.tokens, steps), summarize(times["torch"], tt.tokens, steps)
+    ratios = [b / a for a, b in zip(j["step_s_rounds"], t["step_s_rounds"])]
+    peak_j = peaks["jax_bfloat16_f32_accumulate" if bf16 else "jax_float32"]
+    peak_t = peaks["torch_bfloat16" if bf16 else "torch_float32"]
+    fpt = jt.flops_per_token
+    j.update(mfu=j["tokens_per_s"] * fpt / peak_j, loss=jt.loss, **jt.info())
+    t.update(mfu=t["tokens_per_s"] * fpt / peak_t, loss=tt.loss, **tt.info())
+    out[dtype] = {
+      "gptjax": j,
+      "torch": t,
+      "ratio": statistics.median(ratios),  # gptjax tokens/s over torch tokens/s
+      "ratio_rounds": ratios,
+      "rounds": rounds,
+      "steps_per_round": steps,
+    }
+    logging.warning("%s: %s", dtype, {k: v for k, v in out[dtype].items() if "rounds" not in k})
+    del jt, tt
+  return out
 
 
 def bench_decode(config, params) -> list[dict]:
@@ -176,11 +374,11 @@ def bench_decode(config, params) -> list[dict]:
 def run(config) -> dict:
   pretrain.validate(config)
   mesh = sharding.make_mesh(config.mesh)
-  dtype = model_lib.DTYPES[config.model.dtype]
-  peak = metrics.measure_matmul_peak(dtype, devices=mesh.devices.flat)
+  compare = _COMPARE.value == "torch"
+  load_before = os.getloadavg()
+  peaks = matmul_peaks(compare, _PEAK_SIZE.value)
   tr, params = bench_train(config, mesh)
-  peak_after = metrics.measure_matmul_peak(dtype, devices=mesh.devices.flat)
-  peak = max(peak, peak_after)  # the machine is shared: use the better of two readings
+  peak = peaks["jax_bfloat16_f32_accumulate" if config.model.dtype == "bfloat16" else "jax_float32"]
   result = {
     "preset": config.preset,
     "dtype": config.model.dtype,
@@ -188,14 +386,60 @@ def run(config) -> dict:
     "device_kind": jax.devices()[0].device_kind,
     "platform": jax.default_backend(),
     "host": platform.processor() or platform.machine(),
+    "cpus": os.cpu_count(),
     "jax": jax.__version__,
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
     "mesh": dict(mesh.shape),
     "matmul_peak_flops": peak,
+    "matmul_peaks": peaks,
     "train": tr,
     "mfu": tr["tokens_per_s"] * tr["flops_per_token"] / peak,
-    "decode": bench_decode(config, params),
   }
+  if compare:
+    result["compare"] = bench_compare(config, mesh, _TRAIN_DTYPES.value, peaks)
+  if _DECODE.value:
+    result["decode"] = bench_decode(config, params)
+  # The machine may be shared: the load average says how much (1-minute, before / after).
+  result["load_average"] = [load_before[0], os.getloadavg()[0]]
   return result
+
+
+def report(result: dict) -> list[str]:
+  """The printed summary (the JSON holds everything)."""
+  g = 1e9
+  p = result["matmul_peaks"]
+  lines = [
+    f"matmul GFLOP/s: jax float32 {p['jax_float32'] / g:.0f}, bfloat16 "
+    f"{p['jax_bfloat16'] / g:.0f} (float32 results {p['jax_bfloat16_f32_accumulate'] / g:.0f})"
+    + (
+      f"; torch float32 {p['torch_float32'] / g:.0f}, bfloat16 {p['torch_bfloat16'] / g:.0f}"
+      if "torch_float32" in p
+      else ""
+    ),
+  ]
+  tr = result["train"]
+  lines.append(
+    f"train ({result['dtype']}): {tr['tokens_per_s']:,.0f} tok/s, MFU {100 * result['mfu']:.1f}% "
+    f"of a {result['matmul_peak_flops'] / g:.0f} GFLOP/s measured matmul peak; "
+    f"eval {tr['eval_tokens_per_s']:,.0f} tok/s"
+  )
+  for dtype, c in result.get("compare", {}).items():
+    if not isinstance(c, dict):
+      continue
+    j, t = c["gptjax"], c["torch"]
+    lines.append(
+      f"train {dtype}: gptjax {j['tokens_per_s']:,.0f} tok/s (MFU {100 * j['mfu']:.0f}%), "
+      f"torch {t['tokens_per_s']:,.0f} tok/s (MFU {100 * t['mfu']:.0f}%): ratio {c['ratio']:.2f}x "
+      f"(rounds {min(c['ratio_rounds']):.2f}-{max(c['ratio_rounds']):.2f}; "
+      f"spread gptjax {100 * j['spread']:.0f}%, torch {100 * t['spread']:.0f}%)"
+    )
+  for d in result.get("decode", []):
+    lines.append(
+      f"decode batch {d['batch']}: {d['kv_cache_tokens_per_s']:,.0f} tok/s with KV cache, "
+      f"{d['recompute_tokens_per_s']:,.0f} without ({d['speedup']:.1f}x)"
+    )
+  lines.append(f"load average (1 min) before / after: {result['load_average']}")
+  return lines
 
 
 def main(argv):
@@ -205,17 +449,8 @@ def main(argv):
   os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
   with open(_OUT.value, "w") as f:
     json.dump(result, f, indent=2)
-  tr = result["train"]
-  print(
-    f"train: {tr['tokens_per_s']:,.0f} tok/s, MFU {100 * result['mfu']:.1f}% of a "
-    f"{result['matmul_peak_flops'] / 1e9:.0f} GFLOP/s measured matmul peak; "
-    f"eval {tr['eval_tokens_per_s']:,.0f} tok/s"
-  )
-  for d in result["decode"]:
-    print(
-      f"decode batch {d['batch']}: {d['kv_cache_tokens_per_s']:,.0f} tok/s with KV cache, "
-      f"{d['recompute_tokens_per_s']:,.0f} without ({d['speedup']:.1f}x)"
-    )
+  for line in report(result):
+    print(line)
   print(f"wrote {_OUT.value}")
 
 

@@ -19,6 +19,7 @@ what it would alone.
 """
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -75,6 +76,62 @@ class TransformerConfig:
     )
 
 
+def _transposed_equations(eq: str) -> tuple[str, str]:
+  """'ab,bc->ac' -> ('ac,bc->ab', 'ab,ac->bc'): the einsums of the two input cotangents.
+
+  Valid when every index occurs in exactly two of the three terms (no index
+  summed within one operand), as in all of this module's contractions.
+  """
+  inputs, out = eq.split("->")
+  lhs, rhs = inputs.split(",")
+  return f"{out},{rhs}->{lhs}", f"{lhs},{out}->{rhs}"
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
+def _low_precision_einsum(eq: str, a, b, out_dtype):
+  return jnp.einsum(eq, a, b, preferred_element_type=jnp.float32).astype(out_dtype)
+
+
+def _low_precision_einsum_fwd(eq, a, b, out_dtype):
+  return _low_precision_einsum(eq, a, b, out_dtype), (a, b)
+
+
+def _low_precision_einsum_bwd(eq, out_dtype, res, g):
+  a, b = res
+  eq_a, eq_b = _transposed_equations(eq)
+  g = g.astype(a.dtype)  # the cotangent in the operands' dtype, as autocast keeps it
+  da = jnp.einsum(eq_a, g, b, preferred_element_type=jnp.float32).astype(a.dtype)
+  db = jnp.einsum(eq_b, a, g, preferred_element_type=jnp.float32).astype(b.dtype)
+  return da, db
+
+
+_low_precision_einsum.defvjp(_low_precision_einsum_fwd, _low_precision_einsum_bwd)
+
+
+def einsum(eq: str, a, b, out_dtype=None):
+  """`jnp.einsum` of an activation and a weight; the result in `out_dtype` (default: theirs).
+
+  float32 operands: exactly `jnp.einsum`. Lower-precision (bfloat16)
+  operands: the products are accumulated in float32 and rounded once, in the
+  forward and in both backward contractions (a custom VJP), as
+  `torch.autocast` does. Asking for float32 results is what reaches
+  XLA:CPU's bf16 GEMM kernels (YNNPACK, `avx512_bf16`, 2x the float32 rate
+  here); a bf16 -> bf16 product is converted to float32 before its dot.
+
+  Only for the weight contractions (projections, MLP, head), whose backward
+  contractions are plain GEMMs. Attention's batched contractions stay
+  `jnp.einsum`: jaxlib 0.10.2 compiles its bf16 -> float32 batched backward
+  dot to a thunk that fails at run time ("Unsupported element type for
+  DotThunk::Execute: BF16 x BF16 = F32") when YNNPACK declines its layout.
+  """
+  out_dtype = a.dtype if out_dtype is None else out_dtype
+  if a.dtype == jnp.float32 and b.dtype == jnp.float32:
+    return jnp.einsum(eq, a, b).astype(out_dtype)
+  if a.dtype != b.dtype:
+    raise ValueError(f"einsum {eq!r}: operand dtypes differ ({a.dtype} and {b.dtype})")
+  return _low_precision_einsum(eq, a, b, jnp.dtype(out_dtype))
+
+
 def _init(std: float, names: tuple):
   return nn.with_logical_partitioning(nn.initializers.normal(std), names)
 
@@ -124,7 +181,7 @@ class CausalSelfAttention(nn.Module):
     )
     b_out = self.param("b_out", _zeros(("embed",)), (D,), cfg.param_dtype)
 
-    qkv = jnp.einsum("btd,dchk->cbthk", x, w_qkv.astype(cfg.dtype))
+    qkv = einsum("btd,dchk->cbthk", x, w_qkv.astype(cfg.dtype))
     qkv = qkv + b_qkv.astype(cfg.dtype)[:, None, None]  # [3, B, T, H, K]
     q, k, v = qkv[0], qkv[1], qkv[2]  # [B, T, H, K] each
 
@@ -145,7 +202,7 @@ class CausalSelfAttention(nn.Module):
     probs = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype)  # [B, H, T, S]
     probs = nn.Dropout(cfg.dropout)(probs, deterministic=deterministic)
     out = jnp.einsum(f"bhts,{kv}->bthk", probs, v)  # [B, T, H, K]
-    out = jnp.einsum("bthk,hkd->btd", out, w_out.astype(cfg.dtype))
+    out = einsum("bthk,hkd->btd", out, w_out.astype(cfg.dtype))
     return out + b_out.astype(cfg.dtype)  # [B, T, D]
 
   def _update_cache(self, k, v, token_mask):
@@ -182,10 +239,10 @@ class MLP(nn.Module):
       "w_proj", _init(resid_std, ("mlp", "embed")), (cfg.d_ff, cfg.d_model), cfg.param_dtype
     )
     b_proj = self.param("b_proj", _zeros(("embed",)), (cfg.d_model,), cfg.param_dtype)
-    h = jnp.einsum("btd,df->btf", x, w_fc.astype(cfg.dtype)) + b_fc.astype(cfg.dtype)
+    h = einsum("btd,df->btf", x, w_fc.astype(cfg.dtype)) + b_fc.astype(cfg.dtype)
     h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
     h = jax.nn.gelu(h, approximate=True)  # [B, T, F]
-    out = jnp.einsum("btf,fd->btd", h, w_proj.astype(cfg.dtype)) + b_proj.astype(cfg.dtype)
+    out = einsum("btf,fd->btd", h, w_proj.astype(cfg.dtype)) + b_proj.astype(cfg.dtype)
     return nn.Dropout(cfg.dropout)(out, deterministic=deterministic)
 
 
@@ -276,8 +333,8 @@ class Transformer(nn.Module):
     )
     wte = trunk.variables["params"]["wte"]
     wte = wte.value if isinstance(wte, nn.Partitioned) else wte
-    logits = jnp.einsum("btd,vd->btv", x, wte.astype(self.cfg.dtype))
-    return nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+    logits = einsum("btd,vd->btv", x, wte.astype(self.cfg.dtype), jnp.float32)
+    return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
 
 
 def build(config: ml_collections.ConfigDict) -> Transformer:

@@ -263,6 +263,92 @@ def test_bfloat16_runs_and_returns_float32_logits(lm):
   assert np.abs(np.asarray(out) - ref).max() < 0.05
 
 
+EINSUMS = ["btd,dchk->cbthk", "bthk,hkd->btd", "btd,df->btf", "btd,vd->btv"]
+
+
+def test_transposed_equations_by_hand():
+  assert model_lib._transposed_equations("ab,bc->ac") == ("ac,bc->ab", "ab,ac->bc")
+  assert model_lib._transposed_equations("btd,vd->btv") == ("btv,vd->btd", "btd,btv->vd")
+
+
+def _operands(eq, seed, dtype):
+  """Random operands of `eq` with every letter of size 2..5."""
+  sizes = dict(zip("bcdfhktv", [2, 3, 5, 4, 2, 3, 4, 5]))
+  lhs, rhs = eq.split("->")[0].split(",")
+  rng = np.random.default_rng(seed)
+  return [jnp.asarray(rng.normal(size=[sizes[c] for c in s]), dtype) for s in (lhs, rhs)]
+
+
+@pytest.mark.parametrize("eq", EINSUMS)
+def test_einsum_float32_is_exactly_jnp_einsum(eq):
+  a, b = _operands(eq, 0, jnp.float32)
+  np.testing.assert_array_equal(model_lib.einsum(eq, a, b), jnp.einsum(eq, a, b))
+  ga = jax.grad(lambda a, b: jnp.sum(jnp.sin(model_lib.einsum(eq, a, b))), (0, 1))(a, b)
+  gb = jax.grad(lambda a, b: jnp.sum(jnp.sin(jnp.einsum(eq, a, b))), (0, 1))(a, b)
+  for x, y in zip(ga, gb):
+    np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("eq", EINSUMS)
+def test_einsum_bfloat16_accumulates_in_float32_forward_and_backward(eq):
+  """Against float32 arithmetic on the bf16 values, rounded once at the end."""
+  a, b = _operands(eq, 1, jnp.bfloat16)
+  a32, b32 = a.astype(jnp.float32), b.astype(jnp.float32)
+  out = model_lib.einsum(eq, a, b)
+  assert out.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(out, jnp.einsum(eq, a32, b32).astype(jnp.bfloat16))
+  out32 = model_lib.einsum(eq, a, b, jnp.float32)
+  assert out32.dtype == jnp.float32
+  np.testing.assert_allclose(out32, jnp.einsum(eq, a32, b32), rtol=1e-6, atol=1e-6)
+  # Backward: the cotangent rounded to bf16, each input's cotangent contracted
+  # in float32 (written as a plain loop over the output) and rounded to bf16.
+  g = jnp.asarray(np.random.default_rng(2).normal(size=out.shape), jnp.float32)
+  _, vjp = jax.vjp(lambda a, b: model_lib.einsum(eq, a, b, jnp.float32), a, b)
+  da, db = vjp(g)
+  assert da.dtype == db.dtype == jnp.bfloat16
+  lhs, rhs = eq.split("->")[0].split(",")
+  out_idx = eq.split("->")[1]
+  g16 = np.asarray(g.astype(jnp.bfloat16).astype(jnp.float32))
+  ref_a, ref_b = np.zeros(a.shape, np.float64), np.zeros(b.shape, np.float64)
+  A, B = np.asarray(a32, np.float64), np.asarray(b32, np.float64)
+  letters = sorted(set(lhs + rhs))
+  sizes = {c: n for s, x in ((lhs, A), (rhs, B)) for c, n in zip(s, x.shape)}
+  for idx in np.ndindex(*[sizes[c] for c in letters]):
+    at = dict(zip(letters, idx))
+    ia, ib, io = (tuple(at[c] for c in s) for s in (lhs, rhs, out_idx))
+    ref_a[ia] += g16[io] * B[ib]
+    ref_b[ib] += A[ia] * g16[io]
+  for got, ref in ((da, ref_a), (db, ref_b)):
+    np.testing.assert_allclose(np.asarray(got, np.float32), ref, rtol=2**-8, atol=1e-6)
+
+
+def test_einsum_rejects_mixed_operand_dtypes():
+  a, b = _operands("btd,df->btf", 0, jnp.bfloat16)
+  with pytest.raises(ValueError, match="dtypes differ"):
+    model_lib.einsum("btd,df->btf", a, b.astype(jnp.float32))
+
+
+def test_bfloat16_gradients_are_finite_and_close_to_float32(lm):
+  model32, params, _ = lm
+  model16 = model_lib.Transformer(dataclasses.replace(CFG, dtype=jnp.bfloat16))
+  tokens = random_tokens(7, (3, CFG.max_len))
+
+  def loss(model, p):
+    logits = model.apply({"params": p}, tokens)
+    return -jnp.mean(jax.nn.log_softmax(logits)[..., 0])
+
+  g32 = jit(jax.grad(lambda p: loss(model32, p)))(params)
+  g16 = jit(jax.grad(lambda p: loss(model16, p)))(params)
+  for path, x in jax.tree_util.tree_leaves_with_path(g16):
+    y = g32
+    for k in path:
+      y = y[k.key]
+    assert x.dtype == jnp.float32, path  # float32 master weights get float32 gradients
+    assert np.isfinite(np.asarray(x)).all(), path
+    scale = np.abs(np.asarray(y)).max() + 1e-6
+    assert np.abs(np.asarray(x) - np.asarray(y)).max() < 0.1 * scale, path
+
+
 def test_dropout_is_random_in_training_and_off_when_deterministic(lm):
   _, params, forward = lm
   model = model_lib.Transformer(dataclasses.replace(CFG, dropout=0.3))
