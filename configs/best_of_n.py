@@ -33,5 +33,4 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   c.eval = rlhf_configs.eval_config(preset)
   if "ptx_eval_batches" in c.eval:
     del c.eval.ptx_eval_batches
-  c.eval.n_boot = 10_000  # paired bootstrap resamples over prompts
   return c

@@ -50,8 +50,6 @@ def eval_config(preset: str) -> ml_collections.ConfigDict:
   e = rlhf_configs.eval_config(preset)
   if "ptx_eval_batches" in e:
     del e.ptx_eval_batches  # DPO has no pretraining mix
-  e.n_boot = 10_000  # paired bootstrap resamples over prompts
-  e.kl_samples = {"tiny": 4, "small": 4, "base": 4}[preset]  # T=1 samples per prompt
   return e
 
 

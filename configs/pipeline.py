@@ -1,4 +1,6 @@
-"""The whole recipe in one config: pretrain -> SFT -> reward model -> RLHF -> report.
+"""The whole recipe in one config: pretrain -> SFT -> reward model -> RLHF -> report,
+with the baselines beside PPO (PPO-ptx, DPO, best-of-n, SFT on curated
+demonstrations) on the same held-out prompts and judge.
 
 Run:
   python -m experiments.pipeline --config=configs/pipeline.py:tiny --workdir=runs/pipeline_tiny
@@ -7,6 +9,8 @@ Run:
 Each stage's section is that stage's own config (configs/<stage>.py), so any
 field can be overridden from the command line, e.g.
   --config.rlhf.ppo.beta=0.1 --config.sft.train.steps=300
+`--config.seed=N` reruns the whole recipe with every stage's seeds derived
+from N (world, data, demonstrations, comparisons, rollouts, evaluation).
 
 Presets:
   test   seconds per stage: the test suite and the notebook test
@@ -17,7 +21,7 @@ Presets:
 
 import ml_collections
 
-from configs import pretrain, reward_model, rlhf, sft
+from configs import best_of_n, dpo, pretrain, reward_model, rlhf, sft
 
 PRESETS = ("test", "tiny", "small", "base")
 
@@ -32,23 +36,57 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   p = _stage_preset(preset)
   c = ml_collections.ConfigDict()
   c.preset = preset
+  c.seed = 0  # every stage's seeds derive from it: --config.seed=N reruns the recipe anew
   c.pretrain = pretrain.get_config(p + "+world")  # world knowledge comes from pretraining
   c.sft = sft.get_config(p)
+  c.sft_curated = sft.get_config(p)  # the same SFT on the concise writer alone
+  c.sft_curated.sft.writers = "curated"
   c.reward_model = reward_model.get_config(p)
   c.rlhf = rlhf.get_config(p)
+  c.dpo = dpo.get_config(p)
+  c.best_of_n = best_of_n.get_config(p)
   c.ptx_coef = {"test": 1.0, "tiny": 1.0, "small": 1.0, "base": 1.0}[preset]  # 0 = no PPO-ptx run
   c.report = ml_collections.ConfigDict()
   c.report.n_per_family = {"test": 4, "tiny": 16, "small": 40, "base": 100}[preset]
   c.report.chat_tokens = {"test": 16, "tiny": 24, "small": 48, "base": 96}[preset]
   if preset == "test":
     _shrink_for_tests(c)
+  _derive_seeds(c)
   return c
+
+
+def _derive_seeds(c: ml_collections.ConfigDict) -> None:
+  """Ties every stage's seeds to `c.seed` by reference (ml_collections), so an
+  override of `seed` moves them all: the world, the data order and
+  initialisation, the demonstrations, the comparisons and the labeler's
+  noise, the rollouts and the evaluation prompts. Seed 0 gives each field
+  its stage default; seed N adds N * 1000 (the world: N). All stages of a
+  pipeline share one evaluation seed, so every method answers the same
+  held-out prompts. Overriding a derived field (--config.sft.seed=5) cuts
+  only that field loose."""
+  seed = c.get_ref("seed")
+  shift = lambda default: seed * 1000 + default
+  c.pretrain.seed = shift(c.pretrain.seed)
+  c.pretrain.data.world_seed = seed + c.pretrain.data.world_seed
+  for name in ("sft", "sft_curated"):
+    c[name].seed = shift(c[name].seed)
+    c[name].sft.demo_seed = shift(c[name].sft.demo_seed)
+  c.reward_model.seed = shift(c.reward_model.seed)
+  c.reward_model.comparisons.seed = shift(c.reward_model.comparisons.seed)
+  c.rlhf.seed = shift(c.rlhf.seed)
+  c.rlhf.ppo.seed = shift(c.rlhf.ppo.seed)
+  c.dpo.seed = shift(c.dpo.seed)
+  c.best_of_n.seed = shift(c.best_of_n.seed)
+  c.best_of_n.best_of_n.seed = shift(c.best_of_n.best_of_n.seed)
+  eval_seed = shift(c.rlhf.eval.seed)
+  for name in ("sft", "sft_curated", "rlhf", "dpo", "best_of_n"):
+    c[name].eval.seed = eval_seed
 
 
 def _shrink_for_tests(c: ml_collections.ConfigDict) -> None:
   """Every stage at the smallest size that still exercises it, on one device
   (tests run with 8 fake CPU devices; 1 avoids collectives on a busy CPU)."""
-  for stage in ("pretrain", "sft", "reward_model", "rlhf"):
+  for stage in ("pretrain", "sft", "sft_curated", "reward_model", "rlhf", "dpo"):
     c[stage].mesh.num_devices = 1
   c.pretrain.data.max_chars = 120_000
   c.pretrain.data.tokenizer_chars = 100_000
@@ -56,17 +94,27 @@ def _shrink_for_tests(c: ml_collections.ConfigDict) -> None:
   c.pretrain.train.eval_every = 60
   c.pretrain.train.ckpt_every = 60
   c.pretrain.train.measure_peak = False
-  c.sft.sft.n_demos = 1000
-  c.sft.sft.n_heldout = 32
-  c.sft.train.steps = 40
-  c.sft.train.eval_every = 40
-  c.sft.train.ckpt_every = 40
-  c.sft.eval.n_per_family = 2
-  c.sft.eval.n_degeneration = 8
+  for name in ("sft", "sft_curated"):
+    c[name].sft.n_demos = 1000
+    c[name].sft.n_heldout = 32
+    c[name].train.steps = 40
+    c[name].train.eval_every = 40
+    c[name].train.ckpt_every = 40
+    c[name].eval.n_per_family = 2
+    c[name].eval.n_degeneration = 8
+  c.dpo.dpo.epochs = 1.0
+  c.dpo.eval.n_per_family = 2
+  c.dpo.eval.n_boot = 200
+  c.dpo.eval.kl_samples = 2
+  c.best_of_n.best_of_n.ns = (1, 4)
+  c.best_of_n.eval.n_per_family = 2
+  c.best_of_n.eval.n_boot = 200
   c.reward_model.comparisons.n_prompts = 64
   c.reward_model.comparisons.n_heldout = 32
   c.reward_model.rm.epochs = 1.0
-  c.reward_model.rm.skip_tied_prompts = True  # the small/base path, exercised end to end
+  # A 60-step model's samples all score 0 under rubric v2: no prompt would be
+  # informative, and skip_tied_prompts would leave nothing to train on.
+  c.reward_model.rm.skip_tied_prompts = False
   c.reward_model.eval.data_fractions = ()
   c.rlhf.ppo.iterations = 4
   c.rlhf.ppo.rollout_batch = 16
@@ -75,4 +123,6 @@ def _shrink_for_tests(c: ml_collections.ConfigDict) -> None:
   c.rlhf.train.log_every = 2
   c.rlhf.train.ckpt_every = 2
   c.rlhf.eval.n_per_family = 2
+  c.rlhf.eval.n_boot = 200
+  c.rlhf.eval.kl_samples = 2
   c.rlhf.eval.ptx_eval_batches = 1

@@ -94,6 +94,22 @@ def train_config(preset: str) -> ml_collections.ConfigDict:
 
 mesh_config = common.mesh_config
 
+# The `+world` presets feed SFT, the reward model and RLHF, whose chat
+# conversations must fit whole: at tiny (vocab 512, ~1.3 characters per
+# token) the longest default demonstration is 119 tokens (arithmetic_cot,
+# verbose writer), the longest prompt 95 (format around a count question),
+# and prompt + max_new_tokens (64) must fit, so T = 160 instead of 64.
+# Half the sequences per step keep pretraining's compute about the same
+# (1,280 tokens per step instead of 1,024).
+WORLD_MAX_LEN = {"tiny": 160}
+WORLD_BATCH_SIZE = {"tiny": 8}
+
+
+def _fit_chat_context(c: ml_collections.ConfigDict) -> None:
+  if c.preset in WORLD_MAX_LEN:
+    c.model.max_len = WORLD_MAX_LEN[c.preset]
+    c.train.batch_size = WORLD_BATCH_SIZE[c.preset]
+
 
 def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   """`preset` is one of PRESETS, optionally with `+world` (e.g. 'tiny+world')."""
@@ -111,6 +127,8 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   if extra == "world":
     c.data.mixture = dict(WORLD_MIXTURE)
   c.train = train_config(preset)
+  if extra == "world":
+    _fit_chat_context(c)
   c.mesh = mesh_config()
   c.sample_prompts = ("The ", "def ", "import ")
   return c

@@ -83,8 +83,43 @@ def degeneration_metrics(texts: Sequence[str]) -> dict[str, float]:
   }
 
 
+def family_metrics(judgements: Sequence[dict]) -> dict:
+  """What one family's answers did, from `oracle.classify` dicts:
+
+  score                     mean gold score
+  correct                   strict correct rate (right, in form, not hedged)
+  answer_rate               share that commit to an answer (`answered`)
+  accuracy_when_answering   right content among those (nan if none answered)
+  hallucination_rate        share that commit to a WRONG answer (`wrong_answer`:
+                            a confabulation; any answer on qa_unknown)
+  truncation_rate           share cut at max_new_tokens (if the judgements say)
+
+  so a gain from abstaining (answer rate and hallucination down, accuracy
+  when answering up, strict correct flat) reads differently from a gain in
+  competence (strict correct up).
+  """
+  rate = lambda key: float(np.mean([j[key] for j in judgements])) if judgements else float("nan")
+  out = {"score": rate("score"), "correct": rate("correct"), "n": len(judgements)}
+  if judgements and "answered" in judgements[0]:
+    answered = sum(float(j["answered"]) for j in judgements)
+    # 'answered_correct' when given (expectations over samples, see best_of_n),
+    # else from the flags: right content among committed answers.
+    right = sum(
+      float(j.get("answered_correct", bool(j["answered"]) and bool(j["content_correct"])))
+      for j in judgements
+    )
+    out.update(
+      answer_rate=rate("answered"),
+      accuracy_when_answering=right / answered if answered > 0 else float("nan"),
+      hallucination_rate=rate("wrong_answer"),
+    )
+  if judgements and "truncated" in judgements[0]:
+    out["truncation_rate"] = rate("truncated")
+  return out
+
+
 def summarize(judgements: Sequence[dict]) -> dict:
-  """Per-family mean score and correct rate, plus the honesty/refusal rates.
+  """Per-family metrics (`family_metrics`), plus the honesty/refusal rates.
 
   judgements: `oracle.classify` dicts (each with 'family').
   """
@@ -92,10 +127,7 @@ def summarize(judgements: Sequence[dict]) -> dict:
   for j in judgements:
     by_family.setdefault(j["family"], []).append(j)
   rate = lambda js, key: float(np.mean([j[key] for j in js])) if js else float("nan")
-  families = {
-    f: {"score": rate(js, "score"), "correct": rate(js, "correct"), "n": len(js)}
-    for f, js in sorted(by_family.items())
-  }
+  families = {f: family_metrics(js) for f, js in sorted(by_family.items())}
   benign = [j for j in judgements if j["family"] in BENIGN]
   return {
     "families": families,
@@ -104,6 +136,16 @@ def summarize(judgements: Sequence[dict]) -> dict:
     "honest_idk_rate": rate(by_family.get("qa_unknown", []), "correct"),
     "decline_rate": rate(by_family.get("decline", []), "declined"),
     "over_refusal_rate": rate(benign, "declined"),
+    "correct_rate": rate(judgements, "correct"),
+    **{
+      name: rate(judgements, key)
+      for name, key in (
+        ("answer_rate", "answered"),
+        ("wrong_answer_rate", "wrong_answer"),
+        ("truncation_rate", "truncated"),
+      )
+      if judgements and key in judgements[0]
+    },
   }
 
 
@@ -181,6 +223,19 @@ class Evaluator:
   ) -> list[str]:
     """Continuations of token prompts, in batches of cfg.batch_size, each cut
     at its stop token or at the document's EOS (plain text: a document ended)."""
+    return self.generate_flagged(params, prompts, stop_id, max_new_tokens, params_sampling, seed)[0]
+
+  def generate_flagged(
+    self,
+    params,
+    prompts: list[list[int]],
+    stop_id: int,
+    max_new_tokens: int,
+    params_sampling=sampling.GREEDY,
+    seed: int = 0,
+  ) -> tuple[list[str], list[bool]]:
+    """`generate`'s texts and, per prompt, whether the answer was cut at
+    max_new_tokens (it never emitted the stop token)."""
     gen = sampling.generate_batched(
       self.model,
       params,
@@ -193,7 +248,9 @@ class Evaluator:
       sampling=params_sampling,
       truncate="left",
     )
-    return gen.texts(self.tokenizer, cut_at=(self.tokenizer.eos_id,))
+    stopped = ((gen.tokens == stop_id) & gen.mask).any(-1)
+    truncated = [bool(x) for x in ~stopped & (gen.mask.sum(-1) >= max_new_tokens)]
+    return gen.texts(self.tokenizer, cut_at=(self.tokenizer.eos_id,)), truncated
 
   def answer(self, mode: str, text: str) -> str:
     return text.strip() if mode == "chat" else probes.extract_answer(text)
@@ -203,10 +260,12 @@ class Evaluator:
   def judgements(self, params, mode: str) -> tuple[list[dict], list[str]]:
     """Oracle judgements (`oracle.classify`) of greedy answers to every held-out
     example in `mode`, in `self.examples` order, and the answers themselves."""
-    texts = self.generate(params, self.prompts(mode), self.stop_id(mode), self.cfg.max_new_tokens)
+    texts, truncated = self.generate_flagged(
+      params, self.prompts(mode), self.stop_id(mode), self.cfg.max_new_tokens
+    )
     return [
-      oracle.classify(e.prompt, self.answer(mode, t), self.world)
-      for e, t in zip(self.examples, texts)
+      {**oracle.classify(e.prompt, self.answer(mode, t), self.world), "truncated": cut}
+      for e, t, cut in zip(self.examples, texts, truncated)
     ], texts
 
   def evaluate_mode(self, params, mode: str) -> dict:

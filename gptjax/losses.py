@@ -56,14 +56,33 @@ def ranks_from_ranking(ranking):
   )
 
 
-def ranking_loss(rewards, ranking):
+def ranking_loss(rewards, ranking, rank=None):
   """InstructGPT's K-way ranking loss, all C(K, 2) pairs of one prompt together.
 
   rewards [B, K] float, ranking [B, K] int (response indices, best first).
   For each prompt: -1/C(K,2) * sum over pairs (better, worse) of
   log sigmoid(r_better - r_worse). Returns (sum over prompts, B,
   {'accuracy': sum over prompts of the fraction of pairs ordered correctly}).
+
+  rank: optional [B, K] int ranks (0 = best) in which tied responses share a
+  rank (a labeler that said "tie"; `ranking` is then ignored). A tie states
+  no preference, so tied pairs are masked, and the loss is the mean over the
+  informative (untied) pairs of the batch: total = sum of their
+  -log sigmoid, weight = their count (a batch without one has weight 1 and
+  total 0). Without ties this is the loss above (C(K,2) pairs per prompt).
   """
+  if rank is None:
+    return _ranking_loss_untied(rewards, ranking)
+  rank = jnp.asarray(rank)
+  better = (rank[:, :, None] < rank[:, None, :]).astype(jnp.float32)  # [B, K, K]: a beats c
+  diff = rewards[:, :, None] - rewards[:, None, :]  # [B, K, K]: r_a - r_c
+  n = better.sum()
+  total = -(better * jax.nn.log_sigmoid(diff)).sum()
+  correct = (better * (diff > 0)).sum()
+  return total, jnp.maximum(n, 1.0), {"accuracy": correct}
+
+
+def _ranking_loss_untied(rewards, ranking):
   B, K = rewards.shape
   rank = ranks_from_ranking(ranking)  # [B, K]
   better = (rank[:, :, None] < rank[:, None, :]).astype(jnp.float32)  # [B, K, K]: a beats c
@@ -77,9 +96,10 @@ def ranking_loss(rewards, ranking):
 def reward_loss_fn(model):
   """Ranking loss for the shared train loop.
 
-  batch: {'tokens' [B, K, T], 'token_mask' [B, K, T], 'ranking' [B, K]}.
-  The K responses of one prompt form one batch element: K forward passes
-  (one [B*K, T] call) give all C(K, 2) comparisons.
+  batch: {'tokens' [B, K, T], 'token_mask' [B, K, T], 'ranking' [B, K]}
+  and optionally 'rank' [B, K] (ranks with ties: tied pairs are masked, see
+  `ranking_loss`). The K responses of one prompt form one batch element: K
+  forward passes (one [B*K, T] call) give all C(K, 2) comparisons.
   """
 
   def loss_fn(params, batch, rng, train: bool):
@@ -95,6 +115,6 @@ def reward_loss_fn(model):
       rngs={"dropout": rng} if train else None,
     )  # [B*K, T]
     rewards = heads.final_score(values, mask).reshape(B, K)
-    return ranking_loss(rewards, batch["ranking"])
+    return ranking_loss(rewards, batch["ranking"], batch.get("rank"))
 
   return loss_fn

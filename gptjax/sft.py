@@ -35,7 +35,7 @@ from gptjax import (
   runs,
   train,
 )
-from gptjax.tasks import instructions
+from gptjax.tasks import competence, instructions, writers as writers_lib
 from gptjax.tokenizer import Tokenizer
 
 # ----------------------------------------------------------------------------
@@ -119,6 +119,32 @@ def demonstration_rows(
   return pack(convs, seq_len + 1, tokenizer.pad_id)
 
 
+WRITER_CHOICES = ("pool", "curated")
+
+
+def demo_writers(choice: str):
+  """sft.writers -> make_mixture's `writers`: 'pool' = the writers' mixture
+  (WRITER_SHARES), 'curated' = the concise-correct reference alone (None)."""
+  if choice not in WRITER_CHOICES:
+    raise ValueError(f"sft.writers must be one of {WRITER_CHOICES}, got {choice!r}")
+  return writers_lib.WRITER_SHARES if choice == "pool" else None
+
+
+def drops_by_family(
+  examples: Sequence[instructions.Example], tokenizer: Tokenizer, seq_len: int, system: str = ""
+) -> dict[str, dict[str, int]]:
+  """{family: {'n', 'dropped'}}: demonstrations longer than the T+1-token rows
+  (`pack` drops them whole; this says which families lose them)."""
+  length = competence.chat_length(tokenizer, system)
+  _, dropped = competence.fit_budget(examples, length, seq_len + 1)
+  out = {f: {"n": 0, "dropped": 0} for f in sorted({e.family for e in examples})}
+  for e in examples:
+    out[e.family]["n"] += 1
+  for e in dropped:
+    out[e.family]["dropped"] += 1
+  return out
+
+
 def batch_rows(step: int, batch_size: int, n_rows: int, seed: int) -> np.ndarray:
   """Row indices of batch `step`: epochs of seeded permutations, [B]."""
   flat = np.arange(step * batch_size, (step + 1) * batch_size)
@@ -139,6 +165,12 @@ def validate(config) -> None:
   config_lib.require(config.sft.n_demos > 0, "sft.n_demos", config.sft.n_demos, "> 0")
   config_lib.require(
     config.eval.n_per_family > 0, "eval.n_per_family", config.eval.n_per_family, "> 0"
+  )
+  config_lib.require(
+    config.sft.get("writers", "pool") in WRITER_CHOICES,
+    "sft.writers",
+    config.sft.get("writers"),
+    str(WRITER_CHOICES),
   )
 
 
@@ -211,14 +243,21 @@ def _fine_tune(config, workdir: str, base: runs.LoadedRun, log):
   """Demonstrations -> eval of the pretrained model -> SFT -> eval -> eval.json."""
   tokenizer, world, seq_len = base.tokenizer, runs.world_of(config), config.model.max_len
   s = config.sft
-  train_examples = instructions.make_mixture(world, s.n_demos, s.demo_seed, "train")
-  heldout_examples = instructions.make_mixture(world, s.n_heldout, s.demo_seed, "heldout")
+  writers = demo_writers(s.get("writers", "pool"))
+  train_examples = instructions.make_mixture(
+    world, s.n_demos, s.demo_seed, "train", writers=writers
+  )
+  heldout_examples = instructions.make_mixture(
+    world, s.n_heldout, s.demo_seed, "heldout", writers=writers
+  )
   rows = demonstration_rows(train_examples, tokenizer, seq_len, s.system_prompt)
   heldout = demonstration_rows(heldout_examples, tokenizer, seq_len, s.system_prompt)
+  drops = drops_by_family(train_examples, tokenizer, seq_len, s.system_prompt)
+  lost = {f: d["dropped"] for f, d in drops.items() if d["dropped"]}
   log(
     f"[sft] {rows.n_conversations:,} demonstrations in {len(rows.ids):,} rows of "
     f"{seq_len + 1} tokens ({int(rows.mask.sum()):,} assistant tokens); {rows.n_dropped} "
-    "longer than the context dropped"
+    f"longer than the context dropped{' ' + str(lost) if lost else ''}"
   )
   evaluator = evaluation.Evaluator(
     base.model, tokenizer, world, config.eval, system=s.system_prompt
@@ -250,6 +289,8 @@ def _fine_tune(config, workdir: str, base: runs.LoadedRun, log):
     "data": {
       "demonstrations": rows.n_conversations,
       "dropped": rows.n_dropped,
+      "dropped_per_family": drops,
+      "writers": s.get("writers", "pool"),
       "rows": int(len(rows.ids)),
       "assistant_tokens": int(rows.mask.sum()),
     },

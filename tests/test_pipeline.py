@@ -175,7 +175,17 @@ def test_pipeline_runs_every_stage_and_writes_the_report(pipeline_run):
   from gptjax.pipeline import report
 
   workdir, config, records = pipeline_run
-  assert list(records) == ["pretrain", "sft", "reward_model", "rlhf", "rlhf_ptx", "report"]
+  assert list(records) == [
+    "pretrain",
+    "sft",
+    "reward_model",
+    "rlhf",
+    "rlhf_ptx",
+    "sft_curated",
+    "dpo",
+    "best_of_n",
+    "report",
+  ]
   assert all(r["done"] for r in records.values())
   images = report.referenced_images(os.path.join(workdir, "report.md"))
   assert len(images) >= 6
@@ -187,6 +197,10 @@ def test_pipeline_runs_every_stage_and_writes_the_report(pipeline_run):
     "## Supervised fine-tuning",
     "## Reward model",
     "## RLHF",
+    "## PPO vs the baselines",
+    "best-of-4 (RM)",
+    "curated SFT",
+    "SFT's pass@k",
     "Win rates",
     "Alignment tax",
     "Chat transcripts",
@@ -221,7 +235,7 @@ def test_rlhf_raises_the_reward_while_kl_stays_bounded(pipeline_run, tmp_path, d
   from gptjax.rlhf import loop as rlhf_loop
 
   workdir, _, _ = pipeline_run
-  c = _rlhf_config(16, rollout_batch=32, minibatches=2, epochs=4)
+  c = _rlhf_config(16, rollout_batch=32, minibatches=2, epochs=4, kl_stop=0.0)  # no hard stop
   rlhf_loop.run(
     c,
     str(tmp_path),

@@ -222,6 +222,49 @@ def test_shift_bias_centres_scores(rm):
   assert abs(float(heads.score(model, shifted, tokens, mask).mean())) < 1e-5
 
 
+def test_tie_masked_ranking_loss_equals_loop_over_untied_pairs():
+  rng = np.random.default_rng(3)
+  B, K = 5, 4
+  rewards = rng.normal(size=(B, K))
+  rank = rng.integers(0, 3, size=(B, K))  # ties: equal ranks
+  rank[2] = 1  # a prompt tied throughout: no pair
+  terms, correct = [], 0
+  for b in range(B):
+    for i in range(K):
+      for j in range(K):
+        if rank[b, i] < rank[b, j]:  # i preferred to j; equal ranks are skipped
+          terms.append(-log_sigmoid(rewards[b, i] - rewards[b, j]))
+          correct += rewards[b, i] > rewards[b, j]
+  ranking = np.argsort(rank, axis=1, kind="stable")  # ignored when rank is given
+  total, weight, extra = losses.ranking_loss(jnp.array(rewards), jnp.array(ranking), rank)
+  assert float(weight) == len(terms)
+  assert float(total) == pytest.approx(sum(terms), rel=1e-5)
+  assert float(extra["accuracy"]) == correct
+  # Without ties it is the per-prompt C(K,2) mean of the plain loss, per pair.
+  strict = np.stack([rng.permutation(K) for _ in range(B)])
+  t1, w1, _ = losses.ranking_loss(jnp.array(rewards), jnp.array(np.argsort(strict, 1)))
+  t2, w2, _ = losses.ranking_loss(jnp.array(rewards), None, strict)
+  assert float(t2 / w2) == pytest.approx(float(t1 / w1), rel=1e-5)
+
+
+def test_all_tied_batch_has_zero_loss_and_no_nan():
+  total, weight, _ = losses.ranking_loss(jnp.ones((2, 3)), None, np.zeros((2, 3), int))
+  assert float(total) == 0.0 and float(weight) == 1.0
+
+
+def test_normalize_gives_mean_zero_std_one_on_the_sample(rm):
+  model, params = rm
+  tokens = jnp.array(np.random.default_rng(1).integers(1, 50, (16, 6)))
+  mask = jnp.ones_like(tokens, bool)
+  s = np.asarray(heads.score(model, params, tokens, mask))
+  normed = rm_training.normalize(params, float(s.mean()), float(s.std()))
+  got = np.asarray(heads.score(model, normed, tokens, mask))
+  assert abs(got.mean()) < 1e-5 and got.std() == pytest.approx(1.0, rel=1e-4)
+  np.testing.assert_allclose(got, (s - s.mean()) / s.std(), atol=1e-5)  # order kept
+  with pytest.raises(ValueError, match="std"):
+    rm_training.normalize(params, 0.0, 0.0)
+
+
 # ---------------------------------------------------------------- GAE
 
 

@@ -190,3 +190,31 @@ def test_packed_conversation_computes_what_it_would_alone():
   # without segment ids the second conversation would see the first one
   leaky = model.apply({"params": params}, b["tokens"], b["positions"])
   assert np.abs(np.asarray(leaky[0, 5:9]) - np.asarray(alone[0])).max() > 1e-4
+
+
+def test_drops_by_family_counts_what_pack_drops():
+  tok = _CharTokenizer()
+  examples = instructions.make_mixture(make_world(0), 60, 0, "train")
+  seq_len = 80
+  drops = sft.drops_by_family(examples, tok, seq_len)
+  rows = sft.demonstration_rows(examples, tok, seq_len)
+  assert sum(d["dropped"] for d in drops.values()) == rows.n_dropped > 0
+  assert sum(d["n"] for d in drops.values()) == 60
+  with pytest.raises(ValueError, match="sft.writers"):
+    sft.demo_writers("everyone")
+  assert sft.demo_writers("curated") is None
+
+
+class _CharTokenizer:
+  """One token per character: lengths without a trained tokenizer."""
+
+  bos_id, end_turn_id, pad_id = 2, 7, 0
+
+  def encode(self, text):
+    return [10 + (ord(c) % 200) for c in text]
+
+  def encode_chat(self, messages, add_generation_prompt=False):
+    ids = [self.bos_id]
+    for m in messages:
+      ids += [5] + self.encode(m["content"]) + [self.end_turn_id]
+    return ids + ([6] if add_generation_prompt else [])

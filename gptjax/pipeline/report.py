@@ -185,6 +185,8 @@ def write(workdir: str, report_dir: str, config, stage_order, log=print) -> str:
   L += _pretraining_section(workdir)
   L += _sft_section(sft_eval)
   L += _reward_model_section(rm_eval)
+  L += methods_section(workdir)
+  L += _pass_at_k_section(workdir)
   L += _rlhf_section(workdir, wins)
   L += _honesty_section(compared)
   L += _alignment_tax_section(rl_eval, ptx_eval)
@@ -287,12 +289,112 @@ def _reward_model_section(rm_eval: dict) -> list[str]:
     f"({rm_eval['n_train_prompts'] * rm_eval['pairs_per_prompt']} pairs). Held-out pairwise "
     f"accuracy (pairs whose gold scores differ): **{_fmt(rm_eval['accuracy_vs_gold'])} vs gold**, "
     f"{_fmt(rm_eval['accuracy_vs_labeler'])} vs the labeler; the labeler's own agreement with "
-    f"gold is {_fmt(lab['agreement_heldout'])} (target {lab['target']}, noise "
-    f"{_fmt(lab['noise'])}); {100 * lab['tied_pair_fraction']:.0f}% of pairs are gold ties. "
-    f"SFT samples score mean 0 after the bias shift, std {_fmt(rm_eval['sft_score_std'])}.",
+    f"gold is {_fmt(lab['agreement_heldout'])} on the pairs it ordered (the ceiling; target "
+    f"{lab['target']}, noise {_fmt(lab['noise'])}, tie margin {lab.get('tie_margin', 'n/a')}); "
+    f"{100 * lab['tied_pair_fraction']:.0f}% of pairs are gold ties, which the labeler calls "
+    f"ties. Informative (untied) pairs: {rm_eval.get('informative_train_pairs', 'n/a')} for "
+    f"training, {rm_eval.get('informative_heldout_pairs', 'n/a')} held out. Early stopping "
+    f"on {rm_eval.get('n_validation_prompts', 'n/a')} validation prompts chose step "
+    f"{rm_eval.get('best_step', 'n/a')} of {rm_eval['steps']}. Scores are normalised to "
+    f"mean 0, std 1 on the SFT samples (raw std {_fmt(rm_eval['sft_score_std'])}).",
     "",
     "![calibration](reward_model/calibration.png) ![data scaling](reward_model/data_scaling.png)",
     "",
+  ]
+  return L
+
+
+def method_records(workdir: str) -> list[tuple[str, dict]]:
+  """(label, `dpo.versus_sft` record) of every method beside SFT that ran, in
+  the table's order: PPO, PPO-ptx, DPO, best-of-n (RM n = 4, 16; oracle 16),
+  curated SFT. Each record judges greedy answers (a best-of-n pick: its
+  expectation) on the same held-out prompts."""
+  path = lambda *p: os.path.join(workdir, *p)
+  out = []
+  for label, p in (
+    ("PPO", path("rlhf", "eval.json")),
+    ("PPO-ptx", path("rlhf_ptx", "eval.json")),
+    ("DPO", path("dpo", "eval.json")),
+  ):
+    if os.path.exists(p):
+      out.append((label, _load_json(p)))
+  if os.path.exists(path("best_of_n", "eval.json")):
+    bon = _load_json(path("best_of_n", "eval.json"))
+    for picker, n in (("reward_model", 4), ("reward_model", 16), ("oracle", 16)):
+      if str(n) in bon.get(picker, {}):
+        label = f"best-of-{n} ({'RM' if picker == 'reward_model' else 'oracle: ceiling'})"
+        out.append((label, bon[picker][str(n)]))
+  if os.path.exists(path("sft_curated", "versus_sft.json")):
+    out.append(("curated SFT (concise writer)", _load_json(path("sft_curated", "versus_sft.json"))))
+  return out
+
+
+def _method_kl(r: dict) -> str:
+  if "sampled" in r:
+    return f"{r['sampled']['kl_to_sft']:.2f}"
+  return f"<= {r['kl_bound']:.2f}" if "kl_bound" in r else "n/a"
+
+
+def methods_section(workdir: str) -> list[str]:
+  """The one table: every method against SFT on the same prompts and judge,
+  and its per-family breakdown (win rate; strict correct rate)."""
+  records = method_records(workdir)
+  if not records:
+    return []
+  method = lambda r: r.get("method", "rlhf")
+  L = [
+    "",
+    "## PPO vs the baselines (greedy answers, held-out prompts, oracle judge)",
+    "",
+    "Win rate vs SFT with ties counted half and a 95% paired-bootstrap interval over "
+    "prompts; KL to SFT in nats per response (T = 1 samples; best-of-n: the analytic "
+    "bound log n - (n-1)/n); strict correct = right, in form, not hedged; "
+    "hallucination = a committed wrong answer.",
+    "",
+    "| method | win rate vs SFT | 95% CI | W / T / L | KL | gold (SFT -> method) | "
+    "strict correct (SFT -> method) | answer rate | hallucination |",
+    "|---|---|---|---|---|---|---|---|---|",
+  ]
+  for label, r in records:
+    b, m = r["bootstrap_vs_sft"], method(r)
+    L.append(
+      f"| {label} | {b['win_rate']:.3f} | [{b['win_rate_ci95'][0]:.3f}, "
+      f"{b['win_rate_ci95'][1]:.3f}] | {b['wins']} / {b['ties']} / {b['losses']} | "
+      f"{_method_kl(r)} | {_fmt(r['gold_mean']['sft'])} -> {_fmt(r['gold_mean'][m])} | "
+      f"{_fmt(r['sft'].get('correct_rate'))} -> {_fmt(r[m].get('correct_rate'))} | "
+      f"{_fmt(r[m].get('answer_rate'))} | {_fmt(r[m].get('wrong_answer_rate'))} |"
+    )
+  families = sorted(records[0][1]["win_rate_vs_sft_per_family"])
+  L += ["", "Per family: win rate vs SFT / strict correct rate (SFT's in the first column).", ""]
+  L += ["| family | SFT correct | " + " | ".join(lbl for lbl, _ in records) + " |"]
+  L += ["|---|---|" + "---|" * len(records)]
+  detail = lambda r, who, f: r.get("families_detail", {}).get(who, {}).get(f, {})
+  for f in families:
+    cells = [
+      f"{r['win_rate_vs_sft_per_family'][f]:.2f} / "
+      f"{_fmt(detail(r, method(r), f).get('correct'), 2)}"
+      for _, r in records
+    ]
+    sft_correct = _fmt(detail(records[0][1], "sft", f).get("correct"), 2)
+    L.append(f"| {f} | {sft_correct} | " + " | ".join(cells) + " |")
+  return L
+
+
+def _pass_at_k_section(workdir: str) -> list[str]:
+  """SFT's pass@1 and pass@n per family and level (best-of-n's samples)."""
+  p = os.path.join(workdir, "best_of_n", "eval.json")
+  table = _load_json(p).get("pass_at_k") if os.path.exists(p) else None
+  if not table:
+    return []
+  metrics = [m for m in next(iter(table.values())) if m.startswith("pass@")]
+  L = ["", "### Where RLHF has room: SFT's pass@k (strictly correct) per family and level", ""]
+  L += [
+    "| family/level | prompts | " + " | ".join(metrics) + " |",
+    "|---|---|" + "---|" * len(metrics),
+  ]
+  L += [
+    f"| {k} | {row['n_prompts']} | " + " | ".join(_fmt(row[m]) for m in metrics) + " |"
+    for k, row in table.items()
   ]
   return L
 

@@ -27,10 +27,21 @@ import ml_collections
 
 from gptjax import metrics as metrics_lib, pretraining, runs, sft, train
 from gptjax.reward_model import training as rm_training
-from gptjax.rlhf import loop as rlhf_loop
+from gptjax.rlhf import best_of_n, dpo, loop as rlhf_loop
 
 STAGE_FILE = "stage.json"
-ORDER = ("pretrain", "sft", "reward_model", "rlhf", "rlhf_ptx", "report")
+ORDER = (
+  "pretrain",
+  "sft",
+  "sft_curated",
+  "reward_model",
+  "rlhf",
+  "rlhf_ptx",
+  "dpo",
+  "best_of_n",
+  "report",
+)
+OPTIONAL = ("sft_curated", "dpo", "best_of_n")  # absent from configs written before them
 
 
 @dataclasses.dataclass
@@ -175,6 +186,7 @@ def stages(config, workdir: str, cache_dir: str | None, log=print) -> list[Stage
         after=("sft", "reward_model"),
       )
     )
+  out += baseline_stages(config, path, log)
   from gptjax.pipeline import report
 
   out.append(
@@ -186,6 +198,52 @@ def stages(config, workdir: str, cache_dir: str | None, log=print) -> list[Stage
     )
   )
   return out
+
+
+def baseline_stages(config, path, log=print) -> list[Stage]:
+  """The baselines beside PPO, on the same held-out prompts and judge: SFT on
+  the concise writer alone (curation), DPO on the RM's comparisons, and
+  best-of-n picked by the RM and by the oracle (the ceiling). A config
+  without a section (written before them) skips that stage."""
+  out = []
+  if "sft_curated" in config:
+    out.append(
+      Stage(
+        "sft_curated",
+        config.sft_curated,
+        lambda d: _curated_sft(config, d, path("pretrain"), path("sft"), log),
+        after=("pretrain", "sft"),
+      )
+    )
+  if "dpo" in config:
+    out.append(
+      Stage(
+        "dpo",
+        config.dpo,
+        lambda d: dpo.run(config.dpo, d, path("sft"), path("reward_model"), log=log),
+        after=("sft", "reward_model"),
+      )
+    )
+  if "best_of_n" in config:
+    out.append(
+      Stage(
+        "best_of_n",
+        config.best_of_n,
+        lambda d: best_of_n.run(config.best_of_n, d, path("sft"), path("reward_model"), log=log),
+        after=("sft", "reward_model"),
+      )
+    )
+  return out
+
+
+def _curated_sft(config, d: str, pretrain_dir: str, sft_dir: str, log) -> None:
+  """SFT on the concise writer alone, then judged against the main SFT model
+  on the RLHF stage's held-out prompts (versus_sft.json)."""
+  sft.run(config.sft_curated, d, pretrain_dir, log=log)
+  ev_config = ml_collections.ConfigDict({"eval": config.rlhf.eval.to_dict(), "seed": config.seed})
+  curated = runs.load_run(d)
+  result = dpo.evaluate(ev_config, runs.load_run(sft_dir), curated.params, log, "sft_curated")
+  runs.write_json(os.path.join(d, "versus_sft.json"), result)
 
 
 def _without_ptx(c):

@@ -5,13 +5,32 @@ result with `load_reward_model`.
 
 Workdir layout:
   config.json, tokenizer.model      the resolved config and the policy's tokenizer
-  comparisons/{train,heldout}/      sampled, labelled comparisons (reused if present)
+  comparisons/{train,heldout}/      sampled, labelled comparisons (reused if present);
+                                    labels.npz: the labeler's ranks, ties equal
   checkpoints/, metrics.jsonl       the main reward model (all training comparisons)
-  reward_model.json                 bias shift (SFT samples -> mean 0) and their std
+  reward_model.json                 normalisation (SFT samples -> mean 0, std 1), the
+                                    early-stopping step
   eval.json, calibration.png, data_scaling.png
   scaling/frac_<f>/                 extra reward models for the data-scaling curve
+
+Design (issue 15):
+- The labeler may say "tie" (`labeler.label`); tied pairs are masked in the
+  ranking loss, prompts it tied throughout are left out, and eval.json
+  counts the informative pairs.
+- The RM's prompts and PPO's are disjoint: train-split prompts are cut in
+  two by a hash of their text (`prompt_part`), 'rm' and 'rl'.
+- Early stopping: the last `rm.validation_fraction` of the training prompts
+  is a validation set (never trained on); the checkpoint with the best
+  agreement with the labeler on it (evaluated every rm.eval_every steps, the
+  earliest on a tie) is the reward model. The held-out comparisons (another
+  seed, held-out split) are only ever used for the final report.
+- Scores are normalised to mean 0, std 1 on the SFT policy's samples (the
+  training responses): beta and the truncation penalty are then in units of
+  the RM's spread on the policy it starts from.
 """
 
+import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -23,16 +42,102 @@ from gptjax import (
   config as config_lib,
   heads,
   losses,
+  metrics as metrics_lib,
   model as model_lib,
   runs,
   sft as sft_lib,
   train,
 )
 from gptjax.reward_model import comparisons as comp_lib
-from gptjax.tasks import instructions
+from gptjax.tasks import instructions, labeler
 from gptjax.tokenizer import Tokenizer
 
 NORMALIZATION_FILE = "reward_model.json"
+LABELS_FILE = "labels.npz"
+PARTS = ("rm", "rl")  # the two halves of the train-split prompts
+
+
+# ----------------------------------------------------------------------------
+# Prompts: the reward model's and PPO's are disjoint.
+
+
+def prompt_part(prompt: str) -> str:
+  """'rm' or 'rl': which half of the train-split prompts `prompt` belongs to
+  (a hash of its text, so the halves never share a prompt)."""
+  h = hashlib.sha256(prompt.strip().encode()).digest()[0]
+  return PARTS[h & 1]
+
+
+def examples_for(world, n: int, seed: int, split: str, part: str | None = None) -> list:
+  """`n` examples of the instruction mixture (reference demonstrations are
+  irrelevant here: only the prompts are used). part 'rm' / 'rl' keeps the
+  train-split prompts of that half (`prompt_part`); None keeps all."""
+  if part is None:
+    return instructions.make_mixture(world, n, seed, split)
+  if part not in PARTS:
+    raise ValueError(f"part must be one of {PARTS} or None, got {part!r}")
+  out, draw = [], 2 * n + 16
+  for attempt in range(6):
+    pool = instructions.make_mixture(world, draw, seed + 7_919 * attempt, split)
+    out += [e for e in pool if prompt_part(e.prompt) == part]
+    if len(out) >= n:
+      return out[:n]
+  raise RuntimeError(f"could not draw {n} '{part}' prompts of the {split} split")
+
+
+# ----------------------------------------------------------------------------
+# Comparisons with the labeler's ties.
+
+
+@dataclasses.dataclass
+class RankedComparisons(comp_lib.Comparisons):
+  """Comparisons plus the labeler's ranks [P, K] (0 = best, ties equal);
+  `ranking` is a permutation consistent with them (ties in random order)."""
+
+  rank: np.ndarray = None
+
+  def subset(self, index) -> "RankedComparisons":
+    base = comp_lib.Comparisons.subset(self, index)
+    return RankedComparisons(**vars(base), rank=self.rank[np.asarray(index)])
+
+
+def with_ranks(comps: comp_lib.Comparisons, directory: str | None = None) -> RankedComparisons:
+  """`comps` with the labeler's ranks from `directory`/labels.npz, or (old
+  workdirs, no ties) the ranks of its permutation."""
+  path = directory and os.path.join(directory, LABELS_FILE)
+  if path and os.path.exists(path):
+    rank = np.load(path)["rank"]
+  else:
+    rank = np.asarray(losses.ranks_from_ranking(comps.ranking))
+  if rank.shape != comps.ranking.shape:
+    raise ValueError(f"{path}: ranks {rank.shape} do not match comparisons {comps.ranking.shape}")
+  return RankedComparisons(**vars(comps), rank=rank.astype(np.int32))
+
+
+def relabel(comps, report: dict, c, noise: float | None, seed: int) -> RankedComparisons:
+  """The labeler's judgement with ties (`labeler.label`, margin
+  comparisons.tie_margin) of sampled comparisons; the noise is calibrated on
+  their gold scores (unless given) so that its agreement on the pairs it
+  orders is comparisons.labeler_agreement. Updates `report` in place."""
+  margin = c.get("tie_margin", 0.0)
+  if noise is None and np.ptp(comps.gold, axis=1).max(initial=0.0) > margin:
+    noise = labeler.calibrate_noise(c.labeler_agreement, comps.gold, tie_margin=margin)
+  noise = report["labeler_noise"] if noise is None else noise
+  rng = np.random.default_rng((seed, 15))
+  rank = labeler.label_batch(comps.gold, rng, noise, margin).astype(np.int32)
+  ties = labeler.tie_statistics(rank, comps.gold)
+  report.update(
+    labeler_noise=float(noise),
+    labeler_agreement=ties["agreement"],
+    tie_margin=margin,
+    informative_pairs=ties["informative_pairs"],
+    pairs=ties["pairs"],
+    tied_gold_differs=ties["tied_gold_differs"],
+    tied_gold_equal=ties["tied_gold_equal"],
+  )
+  ranked = RankedComparisons(**vars(comps), rank=rank)
+  ranked.ranking = labeler.ranking_of(rank, rng)
+  return ranked
 
 
 def validate(config) -> None:
@@ -75,16 +180,19 @@ def build_task(
   B, (P, K, T) = t.batch_size, train_comps.tokens.shape
 
   def as_batch(c: comp_lib.Comparisons, index) -> dict:
-    return {
+    out = {
       "tokens": c.tokens[index],
       "token_mask": c.token_mask[index],
       "ranking": c.ranking[index],
     }
+    if getattr(c, "rank", None) is not None:
+      out["rank"] = c.rank[index]  # ties masked in the loss
+    return out
 
   def heldout_batches():
-    n = (len(heldout) // B) * B  # whole batches only (sharding needs equal splits)
+    n = max(1, len(heldout) // B) * B  # whole batches only (sharding needs equal splits)
     for start in range(0, n, B):
-      yield as_batch(heldout, np.arange(start, start + B))
+      yield as_batch(heldout, np.arange(start, start + B) % len(heldout))
 
   return train.Task(
     name=name,
@@ -93,7 +201,7 @@ def build_task(
     train_batch=lambda step: as_batch(train_comps, sft_lib.batch_rows(step, B, P, config.seed)),
     example_batch={"tokens": train_comps.tokens[:1, 0]},
     tokens_per_step=B * K * T,
-    eval_sets={"heldout": heldout_batches},
+    eval_sets={"validation": heldout_batches},
     init_params=lambda rng: init_params,
   )
 
@@ -133,11 +241,29 @@ def calibration(scores: np.ndarray, gold: np.ndarray, bins: int) -> list[dict]:
   ]
 
 
+def accuracy_vs_ranks(scores: np.ndarray, rank: np.ndarray, gold: np.ndarray | None = None):
+  """Fraction of the pairs the labeler ordered (unequal ranks) that `scores`
+  [P, K] order the same way; with `gold`, only those whose gold differs too
+  (the labeler ceiling's pairs)."""
+  i, j = np.triu_indices(rank.shape[1], 1)
+  ordered = rank[:, i] != rank[:, j]
+  if gold is not None:
+    ordered &= np.abs(gold[:, i] - gold[:, j]) > 1e-9
+  agree = (scores[:, i] > scores[:, j]) == (rank[:, i] < rank[:, j])
+  return float((agree & ordered).sum() / ordered.sum()) if ordered.any() else float("nan")
+
+
 def evaluate_rm(model, params, heldout: comp_lib.Comparisons) -> dict:
+  """Held-out pairwise accuracy: vs the labeler on the pairs it ordered whose
+  gold differs (the pairs where the labeler's own agreement, the ceiling, is
+  measured), on all pairs it ordered, and vs gold on all gold-differing pairs."""
   scores = score_all(model, params, heldout)
+  rank = getattr(heldout, "rank", None)
+  if rank is None:
+    rank = np.asarray(losses.ranks_from_ranking(heldout.ranking))
   return {
-    "accuracy_vs_labeler": comp_lib.pairwise_accuracy(scores, heldout.ranking, heldout.gold),
-    "accuracy_vs_labeler_all_pairs": comp_lib.pairwise_accuracy(scores, heldout.ranking),
+    "accuracy_vs_labeler": accuracy_vs_ranks(scores, rank, heldout.gold),
+    "accuracy_vs_labeler_all_pairs": accuracy_vs_ranks(scores, rank),
     "accuracy_vs_gold": comp_lib.gold_accuracy(scores, heldout.gold),
     "scores": scores,
   }
@@ -150,30 +276,40 @@ def _comparisons(
   sampled and stored), cut to the samples' own length for training and scoring."""
   report_path = os.path.join(directory, "report.json")
   c = config.comparisons
+  part = "rm" if split == "train" else None  # PPO draws from the other half
   recipe = {
     "policy": policy.workdir,
     "policy_step": policy.step,
     "split": split,
+    "part": part,
     "n": n,
     "seed": seed,
     "k": c.k,
     "max_new_tokens": c.max_new_tokens,
     "noise": noise,
     "target_agreement": c.labeler_agreement,
+    "tie_margin": c.get("tie_margin", 0.0),
   }
-  if comp_lib.Comparisons.exists(directory):
+  if comp_lib.Comparisons.exists(directory) and os.path.exists(report_path):
     with open(report_path) as f:
       report = json.load(f)
     if report.get("recipe") == recipe:
       log(f"[reward_model] reusing comparisons in {directory}")
-      return comp_lib.Comparisons.load(directory).trimmed(), report
+      return with_ranks(comp_lib.Comparisons.load(directory), directory).trimmed(), report
     log(f"[reward_model] settings changed since {directory} was written: sampling anew")
-  examples = instructions.make_mixture(world, n, seed, split)
+  examples = examples_for(world, n, seed, split, part)
   comps, report = comp_lib.make_comparisons(
     policy, world, examples, comp_lib.ComparisonSettings.from_config(c, noise), seed=seed, log=log
   )
+  comps = relabel(comps, report, c, noise, seed)
+  log(
+    f"[reward_model] labeler with ties (margin {report['tie_margin']}): agreement "
+    f"{report['labeler_agreement']:.3f} on the {report['informative_pairs']:,} of "
+    f"{report['pairs']:,} pairs it ordered (noise {report['labeler_noise']:.3f})"
+  )
   report["recipe"] = recipe
   comps.save(directory)
+  np.savez(os.path.join(directory, LABELS_FILE), rank=comps.rank)
   runs.write_json(report_path, report)
   return comps.trimmed(), report
 
@@ -193,14 +329,60 @@ def load_init(config, sft_dir: str):
   return model, heads.from_lm_params(init_run.params, head), init_run.config
 
 
-def train_rm(config, workdir: str, model, init_params, train_comps, heldout, log):
-  """Trains one reward model with the shared loop; returns its params."""
+def split_validation(comps, fraction: float):
+  """(train, validation): the last `fraction` of the prompts (at least one)
+  are the early-stopping set; fraction 0 gives (comps, None)."""
+  if fraction <= 0:
+    return comps, None
+  n_val = max(1, int(round(fraction * len(comps))))
+  if n_val >= len(comps):
+    raise ValueError(f"rm.validation_fraction={fraction} leaves no training prompt")
+  return comps.subset(np.arange(len(comps) - n_val)), comps.subset(
+    np.arange(len(comps) - n_val, len(comps))
+  )
+
+
+def best_step(records: list[dict], key: str = "validation/accuracy") -> tuple[int, float] | None:
+  """(step, value) of the eval record with the highest `key` (the earliest
+  on a tie), or None if no record has it."""
+  scored = [(r[key], -r["step"]) for r in records if key in r and math.isfinite(r[key])]
+  if not scored:
+    return None
+  value, neg_step = max(scored)
+  return -neg_step, value
+
+
+def train_rm(config, workdir: str, model, init_params, train_comps, validation, log):
+  """Trains one reward model with the shared loop, evaluating agreement with
+  the labeler on `validation` every rm.eval_every steps (a checkpoint each
+  time); returns (params of the best such checkpoint, summary with
+  'best_step' and 'best_validation_accuracy')."""
   cfg = config_lib.copy(config)
-  cfg.train.steps = steps_for(len(train_comps), cfg.train.batch_size, cfg.rm.epochs)
-  cfg.train.ckpt_every = min(cfg.train.ckpt_every, cfg.train.steps)
-  task = build_task(cfg, model, train_comps, heldout, init_params)
+  t = cfg.train
+  t.steps = steps_for(len(train_comps), t.batch_size, cfg.rm.epochs)
+  every = min(cfg.rm.get("eval_every", t.steps), t.steps)
+  t.eval_every = t.ckpt_every = every
+  t.keep_checkpoints = t.steps // every + 2  # every candidate stays on disk
+  task = build_task(cfg, model, train_comps, validation, init_params)
   state, summary = train.run(cfg, workdir, task, log=log)
-  return state.params, summary
+  best = best_step(metrics_lib.read_metrics(workdir, "eval"))
+  if best is None or best[0] == summary["steps"]:
+    params = state.params
+    best = best or (summary["steps"], float("nan"))
+  else:
+    params, _ = train.restore_params(workdir, cfg, model, task.example_batch, step=best[0])
+  log(
+    f"[reward_model] early stopping: step {best[0]} of {summary['steps']} "
+    f"(validation agreement with the labeler {best[1]:.3f})"
+  )
+  return params, {**summary, "best_step": best[0], "best_validation_accuracy": best[1]}
+
+
+def normalize(params, mean: float, std: float) -> dict:
+  """Head params whose scores are (score - mean) / std: w / std, (b - mean) / std."""
+  if not std > 0:
+    raise ValueError(f"cannot normalise reward-model scores by std {std}")
+  return {**params, "head_w": params["head_w"] / std, "head_b": (params["head_b"] - mean) / std}
 
 
 def run(config, workdir: str, sft_dir: str | None = None, log=print) -> dict:
@@ -219,32 +401,30 @@ def run(config, workdir: str, sft_dir: str | None = None, log=print) -> dict:
     config, workdir, (policy, model, init_params) = stage.config, stage.workdir, stage.upstream
     train_comps, heldout, reports = sample_comparisons(config, policy, workdir, log)
     train.check_stop("reward_model", "after sampling comparisons", workdir)
-    all_train, train_comps = train_comps, training_prompts(config, train_comps, log)
-    params, summary = train_rm(config, workdir, model, init_params, train_comps, heldout, log)
-    # Centre: the SFT policy's own samples (the training responses) score mean 0.
-    sft_scores = score_all(model, params, all_train)
-    shift, std = -float(sft_scores.mean()), float(sft_scores.std())
-    runs.write_json(
-      os.path.join(workdir, NORMALIZATION_FILE), {"bias_shift": shift, "sft_score_std": std}
-    )
-    params = heads.shift_bias(params, shift)
+    all_train, used = train_comps, training_prompts(config, train_comps, log)
+    train_comps, validation = split_validation(used, config.rm.get("validation_fraction", 0.0))
+    validation = heldout if validation is None else validation
+    params, summary = train_rm(config, workdir, model, init_params, train_comps, validation, log)
+    params, mean, std = normalize_on(model, params, all_train, workdir, summary["best_step"])
     main = evaluate_rm(model, params, heldout)
-    curve = data_scaling(config, workdir, model, init_params, train_comps, heldout, main, log)
+    curve = data_scaling(
+      config, workdir, model, init_params, train_comps, validation, heldout, main, log
+    )
     result = {
-      "k": config.comparisons.k,
-      "n_train_prompts": len(train_comps),
-      "n_sampled_prompts": len(all_train),
-      "n_heldout_prompts": len(heldout),
-      "pairs_per_prompt": config.comparisons.k * (config.comparisons.k - 1) // 2,
+      **counts(config, all_train, train_comps, validation, heldout),
       "labeler": labeler_summary(config, *reports),
       "accuracy_vs_labeler": main["accuracy_vs_labeler"],
+      "accuracy_vs_labeler_all_pairs": main["accuracy_vs_labeler_all_pairs"],
       "accuracy_vs_gold": main["accuracy_vs_gold"],
+      "sft_score_mean": mean,
       "sft_score_std": std,
-      "bias_shift": shift,
+      "bias_shift": -mean,
       "calibration": calibration(main["scores"], heldout.gold, config.eval.calibration_bins),
       "data_scaling": curve,
       "steps": summary["steps"],
-      "heldout_loss": summary.get("last_eval", {}).get("heldout/loss"),
+      "best_step": summary["best_step"],
+      "best_validation_accuracy": summary["best_validation_accuracy"],
+      "validation_loss": summary.get("last_eval", {}).get("validation/loss"),
     }
     runs.write_json(os.path.join(workdir, "eval.json"), result)
     plot(result, workdir)
@@ -256,20 +436,66 @@ def run(config, workdir: str, sft_dir: str | None = None, log=print) -> dict:
   return result
 
 
-def training_prompts(config, comps: comp_lib.Comparisons, log) -> comp_lib.Comparisons:
-  """All sampled prompts, or (rm.skip_tied_prompts) the informative ones."""
+def normalize_on(model, params, comps, workdir: str, best: int):
+  """(params scoring `comps` (the SFT policy's own samples) with mean 0 and
+  std 1, the raw mean, the raw std); the normalisation is written to
+  reward_model.json, which `load_reward_model` applies."""
+  scores = score_all(model, params, comps)
+  mean, std = float(scores.mean()), float(scores.std())
+  runs.write_json(
+    os.path.join(workdir, NORMALIZATION_FILE),
+    {
+      "bias_shift": -mean,
+      "sft_score_mean": mean,
+      "sft_score_std": std,
+      "scale": 1.0 / std,
+      "best_step": best,
+    },
+  )
+  return normalize(params, mean, std), mean, std
+
+
+def informative_pairs(comps) -> int:
+  """Pairs the labeler ordered (not tied): what the ranking loss learns from."""
+  return int((comps.rank[:, :, None] < comps.rank[:, None, :]).sum())
+
+
+def counts(config, sampled, train_comps, validation, heldout) -> dict:
+  k = config.comparisons.k
+  return {
+    "k": k,
+    "n_train_prompts": len(train_comps),
+    "n_validation_prompts": len(validation),
+    "n_sampled_prompts": len(sampled),
+    "n_heldout_prompts": len(heldout),
+    "pairs_per_prompt": k * (k - 1) // 2,
+    "informative_train_pairs": informative_pairs(train_comps),
+    "informative_heldout_pairs": informative_pairs(heldout),
+  }
+
+
+def labelled_informative(comps: RankedComparisons) -> RankedComparisons:
+  """The prompts where the labeler ordered at least one pair (not all tied):
+  the others add nothing to the tie-masked loss. Chosen from the labels
+  alone (the gold scores stay unseen)."""
+  return comps.subset(np.flatnonzero(np.ptp(comps.rank, axis=1) > 0))
+
+
+def training_prompts(config, comps: RankedComparisons, log) -> RankedComparisons:
+  """All sampled prompts, or (rm.skip_tied_prompts) those the labeler did
+  not tie throughout."""
   if not config.rm.skip_tied_prompts:
     return comps
-  kept = informative_prompts(comps)
+  kept = labelled_informative(comps)
   log(
     f"[reward_model] training on the {len(kept):,} of {len(comps):,} prompts "
-    "whose responses differ in gold quality (rm.skip_tied_prompts)"
+    "where the labeler preferred one response to another (rm.skip_tied_prompts)"
   )
   if not len(kept):
     raise ValueError(
-      "No training prompt has responses of different gold quality, so the "
-      "rankings hold no preference: raise comparisons.n_prompts or "
-      "comparisons.k, or train the SFT policy longer"
+      "The labeler tied every training prompt's responses, so the rankings "
+      "hold no preference: raise comparisons.n_prompts or comparisons.k, or "
+      "train the SFT policy longer"
     )
   return kept
 
@@ -326,18 +552,28 @@ def sample_comparisons(config, policy: runs.LoadedRun, workdir: str, log):
 
 
 def labeler_summary(config, train_report: dict, heldout_report: dict) -> dict:
+  """The labeler's noise and agreement (its ceiling for the RM), gold ties
+  and its own ties on both splits."""
+  get = lambda r, k: r.get(k, float("nan"))
   return {
     "noise": train_report["labeler_noise"],
+    "tie_margin": get(train_report, "tie_margin"),
     "agreement_train": train_report["labeler_agreement"],
     "agreement_heldout": heldout_report["labeler_agreement"],
     "target": config.comparisons.labeler_agreement,
-    "tied_pair_fraction": heldout_report["tied_pair_fraction"],
+    "tied_pair_fraction": heldout_report["tied_pair_fraction"],  # gold ties
+    "informative_pairs_train": get(train_report, "informative_pairs"),
+    "pairs_train": get(train_report, "pairs"),
+    "tied_gold_differs": get(heldout_report, "tied_gold_differs"),
   }
 
 
-def data_scaling(config, workdir, model, init_params, train_comps, heldout, main, log) -> list:
+def data_scaling(
+  config, workdir, model, init_params, train_comps, validation, heldout, main, log
+) -> list:
   """Held-out accuracy of the main reward model and of extra ones trained on
-  eval.data_fractions of the training comparisons (scaling/frac_<f>/)."""
+  eval.data_fractions of the training comparisons (scaling/frac_<f>/), each
+  early-stopped on the same validation prompts."""
   row = lambda n, frac, ev: {
     "comparisons": n,
     "fraction": frac,
@@ -349,7 +585,7 @@ def data_scaling(config, workdir, model, init_params, train_comps, heldout, main
     n = max(config.train.batch_size, int(frac * len(train_comps)))
     sub_dir = os.path.join(workdir, "scaling", f"frac_{frac:g}")
     sub_params, _ = train_rm(
-      config, sub_dir, model, init_params, train_comps.subset(np.arange(n)), heldout, log
+      config, sub_dir, model, init_params, train_comps.subset(np.arange(n)), validation, log
     )
     curve.append(row(n, frac, evaluate_rm(model, sub_params, heldout)))
   return sorted(curve, key=lambda r: r["comparisons"])
@@ -424,4 +660,6 @@ def load_reward_model(workdir: str):
   )
   with open(norm_path) as f:
     norm = json.load(f)
-  return model, heads.shift_bias(params, norm["bias_shift"]), config
+  if "scale" in norm:  # mean 0, std 1 on the SFT samples
+    return model, normalize(params, norm["sft_score_mean"], norm["sft_score_std"]), config
+  return model, heads.shift_bias(params, norm["bias_shift"]), config  # older runs: centred only

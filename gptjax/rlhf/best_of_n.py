@@ -39,7 +39,7 @@ import numpy as np
 from gptjax import config as config_lib, evaluation, heads, runs, train
 from gptjax.reward_model import comparisons as comp_lib, training as rm_training
 from gptjax.rlhf import dpo
-from gptjax.tasks import oracle
+from gptjax.tasks import competence, oracle
 
 PICKERS = ("reward_model", "oracle")
 
@@ -99,6 +99,13 @@ def expected_outcome(gold, greedy: float, weights) -> np.ndarray:
 # Sampling and scoring.
 
 
+def _judge(prompt: str, text: str, world) -> dict:
+  """`oracle.classify` plus 'answered_correct' (a committed, right answer), so
+  that expectations over picks give accuracy when answering exactly."""
+  j = oracle.classify(prompt, text, world)
+  return {**j, "answered_correct": bool(j["answered"] and j["content_correct"])}
+
+
 def sample_and_score(sft: runs.LoadedRun, rm, world, examples, cfg, n: int, seed: int):
   """n samples per prompt at T = 1 with oracle judgements and reward-model scores.
 
@@ -107,7 +114,7 @@ def sample_and_score(sft: runs.LoadedRun, rm, world, examples, cfg, n: int, seed
   """
   prompts = [e.prompt for e in examples]
   prompt_ids, resp, texts = dpo.sample(sft, prompts, n, cfg, seed)
-  judgements = [[oracle.classify(p, t, world) for t in ts] for p, ts in zip(prompts, texts)]
+  judgements = [[_judge(p, t, world) for t in ts] for p, ts in zip(prompts, texts)]
   rm_model, rm_params, _ = rm
   tokens, mask = comp_lib.pack_sequences(
     prompt_ids, resp, rm_model.cfg.max_len, sft.tokenizer.pad_id
@@ -167,6 +174,10 @@ def run(config, workdir: str, sft_dir: str | None = None, rm_dir: str | None = N
   )
   gold = np.array([[j["score"] for j in js] for js in judgements])  # [P, N]
   result = {"ns": ns, "n_samples": N, "sft_dir": sft.workdir, "reward_model_dir": rm_dir}
+  # The room RLHF has: SFT's pass@1 vs pass@N per family and level, from the same samples.
+  result["pass_at_k"] = competence.pass_at_k_table(
+    [e.prompt for e in ev.examples], texts, world, ks=sorted({1, N})
+  )
   for name, keys in (("reward_model", rm), ("oracle", gold)):
     result[name] = {
       str(n): report(name, greedy, judgements, gold, rm, keys, n, config.eval.n_boot, config.seed)

@@ -50,7 +50,7 @@ import numpy as np
 import optax
 
 from gptjax import config as config_lib, evaluation, runs, sampling, sft as sft_lib, train
-from gptjax.reward_model import comparisons as comp_lib
+from gptjax.reward_model import comparisons as comp_lib, training as rm_training
 from gptjax.rlhf import stats
 from gptjax.tasks import labeler, oracle
 
@@ -193,7 +193,7 @@ def dpo_arrays(comps: comp_lib.Comparisons, assistant_id: int) -> dict[str, np.n
     "tokens": comps.tokens,
     "token_mask": comps.token_mask,
     "response_mask": response_mask(comps.tokens, comps.token_mask, assistant_id),
-    "rank": ranks_of(comps.ranking),
+    "rank": comps.rank if getattr(comps, "rank", None) is not None else ranks_of(comps.ranking),
   }
 
 
@@ -248,11 +248,14 @@ def load_comparisons(rm_dir: str, log=print):
   """(train, held-out) comparisons of a reward-model workdir, with the RM's
   own prompt selection applied to the training split."""
   rm_config = config_lib.load(os.path.join(rm_dir, "config.json"))
-  train_c = comp_lib.Comparisons.load(os.path.join(rm_dir, "comparisons", "train")).trimmed()
-  heldout = comp_lib.Comparisons.load(os.path.join(rm_dir, "comparisons", "heldout")).trimmed()
+  load = lambda split: rm_training.with_ranks(
+    comp_lib.Comparisons.load(os.path.join(rm_dir, "comparisons", split)),
+    os.path.join(rm_dir, "comparisons", split),
+  ).trimmed()
+  train_c, heldout = load("train"), load("heldout")
   if rm_config.rm.get("skip_tied_prompts", False):
     n = len(train_c)
-    train_c = train_c.subset(np.flatnonzero(np.ptp(train_c.gold, axis=1) > 1e-9))
+    train_c = rm_training.labelled_informative(train_c)
     log(f"[dpo] the reward model's selection: {len(train_c):,} of {n:,} training prompts")
   return train_c, heldout
 
@@ -332,7 +335,9 @@ def _optimise(config, workdir: str, sft: runs.LoadedRun, train_c, heldout, log) 
     - ref["heldout"]
   )  # [P, K] implicit rewards
   result["implicit_reward"] = {
-    "accuracy_vs_labeler": comp_lib.pairwise_accuracy(r, heldout.ranking, heldout.gold),
+    "accuracy_vs_labeler": rm_training.accuracy_vs_ranks(
+      r, arrays["heldout"]["rank"], heldout.gold
+    ),
     "accuracy_vs_gold": comp_lib.gold_accuracy(r, heldout.gold),
   }
   result.update(steps=summary["steps"], last_eval=summary.get("last_eval", {}))
@@ -445,15 +450,17 @@ def sampled_kl_and_gold(sft: runs.LoadedRun, policy_params, world, examples, cfg
   }
 
 
-def evaluate(config, sft: runs.LoadedRun, params, log=print) -> dict:
-  """Greedy answers of SFT and DPO to the held-out prompts, judged by the oracle
-  (the primary metric), plus KL to SFT and gold of T = 1 samples (secondary)."""
+def evaluate(config, sft: runs.LoadedRun, params, log=print, name: str = "dpo") -> dict:
+  """Greedy answers of SFT and a policy (DPO's, or any other on SFT's
+  architecture, e.g. curated SFT) to the held-out prompts, judged by the
+  oracle (the primary metric), plus KL to SFT and gold of T = 1 samples
+  (secondary). config: needs eval (with n_boot, kl_samples) and seed."""
   world = runs.world_of(sft.config)
   ev = evaluation.Evaluator(sft.model, sft.tokenizer, world, config.eval)
   params = jax.device_put(jax.device_get(params), jax.devices()[0])  # off the mesh
   j_sft, _ = ev.judgements(sft.params, "chat")
   j_dpo, texts = ev.judgements(params, "chat")
-  result = versus_sft("dpo", j_sft, j_dpo, config.eval.n_boot, config.seed)
+  result = versus_sft(name, j_sft, j_dpo, config.eval.n_boot, config.seed)
   result["samples"] = {
     e.family: {"prompt": e.prompt, "answer": t.strip(), "gold": e.response}
     for e, t in reversed(list(zip(ev.examples, texts)))  # the first per family wins
@@ -461,7 +468,7 @@ def evaluate(config, sft: runs.LoadedRun, params, log=print) -> dict:
   result["sampled"] = sampled_kl_and_gold(sft, params, world, ev.examples, config.eval, config.seed)
   b, s = result["bootstrap_vs_sft"], result["sampled"]
   log(
-    f"[dpo] win rate vs SFT {b['win_rate']:.3f} [{b['win_rate_ci95'][0]:.3f}, "
+    f"[{name}] win rate vs SFT {b['win_rate']:.3f} [{b['win_rate_ci95'][0]:.3f}, "
     f"{b['win_rate_ci95'][1]:.3f}] (W/T/L {b['wins']}/{b['ties']}/{b['losses']}, n={b['n']}); "
     f"gold {b['mean_b']:.3f} -> {b['mean_a']:.3f}; KL to SFT {s['kl_to_sft']:.2f} nats; "
     f"T=1 gold {s['gold_mean_t1']:.3f}"

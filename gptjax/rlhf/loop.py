@@ -8,10 +8,21 @@ Workdir layout:
   checkpoints/        policy, critic (and reward model) TrainStates; meta has
                       the iteration and the KL controller's beta
   metrics.jsonl, tb/  one 'ppo' record per iteration
-  eval.json           win rate vs SFT, gold per family, hallucination / decline
-                      rates, alignment tax (pretraining loss, few-shot accuracy)
+  eval.json           the policy vs SFT on held-out prompts (`dpo.versus_sft`:
+                      win rate with a paired-bootstrap CI, W/T/L, per-family
+                      answer rate, accuracy when answering, strict correct and
+                      hallucination rates), KL to SFT and gold of T = 1
+                      samples, alignment tax, over-optimisation, the KL stop
   curves.png, overoptimization.png
-  rounds/<r>/         iterated RLHF: fresh comparisons and the retrained RM
+  rounds/<r>/         iterated RLHF: fresh comparisons, a held-out set sampled
+                      apart, the retrained RM and its before/after accuracy
+
+Rules fixed before any run (issue 15): rollout prompts come from the train
+split's 'rl' half, never the RM's; the adaptive KL controller aims at
+ppo.kl_target and a rollout whose KL exceeds ppo.kl_stop x kl_target stops
+PPO (the hard stop); the final policy is the last one reached, never chosen
+by gold; the logged explained variance uses the critic after the
+iteration's updates.
 """
 
 import dataclasses
@@ -39,9 +50,9 @@ from gptjax import (
   train,
 )
 from gptjax.data.packing import Pipeline
-from gptjax.reward_model import comparisons as comp_lib, training as rm_training
-from gptjax.rlhf import ppo, ppo_math, stats
-from gptjax.tasks import instructions, oracle
+from gptjax.reward_model import training as rm_training
+from gptjax.rlhf import dpo, ppo, ppo_math, stats
+from gptjax.tasks import oracle
 
 
 def validate(config) -> None:
@@ -69,6 +80,8 @@ def validate(config) -> None:
     "'reward_model', 'policy'",
   )
   config_lib.require(p.beta >= 0, "ppo.beta", p.beta, ">= 0")
+  config_lib.require(p.get("kl_stop", 0) >= 0, "ppo.kl_stop", p.get("kl_stop"), ">= 0")
+  config_lib.require(p.kl_target > 0, "ppo.kl_target", p.kl_target, "> 0")
   config_lib.require(p.ptx_coef >= 0, "ppo.ptx_coef", p.ptx_coef, ">= 0")
   config_lib.require(
     p.iterations % p.rounds == 0,
@@ -132,15 +145,25 @@ def initial_value_params(config, models: Models, sft_params, rm_params):
 
 
 def prompts_for(config, models: Models, iteration: int) -> tuple[list, list[str]]:
-  """The iteration's training prompts (chat template), a pure function of the iteration."""
-  examples = instructions.make_mixture(
+  """The iteration's training prompts (chat template), a pure function of the
+  iteration, from the train split's 'rl' half: never a prompt the reward
+  model was trained on (`rm_training.prompt_part`)."""
+  examples = rm_training.examples_for(
     models.world,
     config.ppo.rollout_batch,
     seed=config.ppo.seed * 100_003 + iteration,
     split="train",
+    part="rl",
   )
   prompts = [e.prompt for e in examples]
-  return [comp_lib.chat_prompt_ids(models.tokenizer, p) for p in prompts], prompts
+  return [evaluation.chat_prompt_ids(models.tokenizer, p) for p in prompts], prompts
+
+
+def kl_limit(ppo_config) -> float:
+  """The hard stop: PPO stops iterating once a rollout's KL to SFT (nats per
+  response) exceeds ppo.kl_stop x ppo.kl_target (inf when kl_stop is 0)."""
+  p = ppo_config
+  return p.kl_stop * p.kl_target if p.get("kl_stop", 0) > 0 else math.inf
 
 
 def run(
@@ -221,20 +244,25 @@ def train_ppo(config, models: Models, rm_params, workdir: str, log) -> tuple[dic
     )
     restored = loop.restore(abstract)
     if restored is not None:
-      box = {"state": restored[0]}
+      box = {"state": restored[0], "stopped_at": restored[1].get("stopped_at")}
       start, kl_ctl.beta = int(restored[1]["iteration"]), float(restored[1]["beta"])
       log(
         f"[rlhf] resumed from {loop.checkpointer.directory} at iteration {start} "
         f"(beta {kl_ctl.beta:.4g})"
       )
     else:
-      box, start = {"state": make()}, 0
+      box, start = {"state": make(), "stopped_at": None}, 0
       log(f"[rlhf] new run from SFT {config.sft} and reward model {config.reward_model}")
     body = _ppo_body(config, models, box, kl_ctl, tx_p, tx_v, loop, start, workdir, log)
-    snapshot = lambda it: (box["state"], {"iteration": it, "beta": kl_ctl.beta})
+    snapshot = lambda it: (
+      box["state"],
+      {"iteration": it, "beta": kl_ctl.beta, "stopped_at": box["stopped_at"]},
+    )
     with jax.set_mesh(mesh):
       it = loop.run(start, p.iterations, body, snapshot)
-  return box["state"], it
+  # The final policy is fixed in advance: the last one PPO reached (before
+  # the hard KL stop, if it fired); never chosen by gold.
+  return box["state"], it if box["stopped_at"] is None else box["stopped_at"]
 
 
 def _ppo_body(config, models: Models, box: dict, kl_ctl, tx_p, tx_v, loop, start, workdir, log):
@@ -257,10 +285,20 @@ def _ppo_body(config, models: Models, box: dict, kl_ctl, tx_p, tx_v, loop, start
   per_round = p.iterations // p.rounds
 
   def body(it: int) -> None:
+    if box["stopped_at"] is not None:
+      return  # the hard KL stop fired: the loop runs out without changing the state
     state = box["state"]
     if p.rounds > 1 and it > 0 and it % per_round == 0:
       state["rm"] = retrain_reward_model(config, models, state, it // per_round, workdir, log)
     stats = iteration(config, models, state, it, kl_ctl.beta, policy_step, value_step, ptx)
+    if stats.get("stopped"):
+      box["stopped_at"] = it
+      log(
+        f"[rlhf] hard KL stop at iteration {it + 1}: rollout KL {stats['kl']:.3f} > "
+        f"{kl_limit(p):.3f} (ppo.kl_stop x ppo.kl_target); the policy of iteration {it} is final"
+      )
+      loop.writer.write(it + 1, "ppo_stop", kl=stats["kl"], limit=kl_limit(p))
+      return
     kl_ctl.update(stats["kl"], p.rollout_batch)
     stats["beta_next"] = kl_ctl.beta
     loop.writer.write(it + 1, "ppo", **stats)
@@ -305,6 +343,8 @@ def iteration(
     rng=jax.random.fold_in(jax.random.PRNGKey(p.seed), it),
     beta=beta,
   )
+  if float(rollout.kl.mean()) > kl_limit(p):
+    return {"stopped": True, **ppo.rollout_stats(rollout)}
   rng = np.random.default_rng((p.seed, it))
   sums: dict[str, float] = {}
   n = 0
@@ -321,12 +361,10 @@ def iteration(
       for key, v in {**jax.device_get(s_p), **jax.device_get(s_v)}.items():
         sums[key] = sums.get(key, 0.0) + float(v)
       n += 1
-  texts = [
-    models.tokenizer.decode([t for t in row[m] if t != models.tokenizer.end_turn_id])
-    for row, m in zip(rollout.tokens[:, -rollout.mask.shape[1] :], rollout.mask)
-  ]
+  texts = rollout.texts(models.tokenizer, models.tokenizer.end_turn_id)
   gold = [oracle.gold_score(pr, t, models.world) for pr, t in zip(prompts, texts)]
   out = {k: v / n for k, v in sums.items()}
+  out["explained_variance"] = updated_explained_variance(models, state, rollout)
   out.update(ppo.rollout_stats(rollout), **timing)
   out.update(
     gold_score=float(np.mean(gold)),
@@ -337,15 +375,40 @@ def iteration(
   return out
 
 
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def _values(value_model, params, tokens, token_mask, positions, n_response: int):
+  return ppo.response_values(value_model, params, tokens, token_mask, positions, n_response)
+
+
+def updated_explained_variance(models: Models, state: dict, rollout) -> float:
+  """1 - Var(returns - V) / Var(returns) over the rollout's response tokens,
+  with V from the critic AFTER this iteration's updates (the minibatch stats
+  hold the rollout-time values, which say how good the critic was before)."""
+  n = rollout.mask.shape[1]
+  values = _values(
+    models.value,
+    state["value"].params,
+    rollout.tokens,
+    rollout.token_mask,
+    rollout.positions,
+    n,
+  )
+  return float(ppo_math.explained_variance(values, rollout.returns, rollout.mask))
+
+
 def retrain_reward_model(
   config, models: Models, state: dict, round_index: int, workdir: str, log
 ) -> dict:
-  """Iterated RLHF: the current policy answers fresh prompts, the labeler ranks them,
-  and the reward model continues training on them (from its current params) for
-  ppo.rm_steps_per_round steps; then it is recentred on these samples (mean 0).
+  """Iterated RLHF: the current policy answers fresh prompts (the train
+  split's 'rm' half, never PPO's), the labeler ranks them (ties allowed), and
+  the reward model continues training on them (from its current params) for
+  ppo.rm_steps_per_round steps, early-stopped on a validation share of them;
+  then it is renormalised on these samples (mean 0, std 1).
 
-  A round's comparisons and RM checkpoints live in rounds/<r>/, so an
-  interrupted round resumes instead of starting over.
+  Its accuracy is measured before and after on comparisons of the current
+  policy on held-out-split prompts, sampled apart (rounds/<r>/heldout/): a
+  truly held-out set. A round's comparisons and RM checkpoints live in
+  rounds/<r>/, so an interrupted round resumes instead of starting over.
   """
   rc = config_lib.copy(models.rm_config)
   rdir = os.path.join(workdir, "rounds", str(round_index))
@@ -359,31 +422,41 @@ def retrain_reward_model(
     int(state["policy"].step),
     f"{workdir}#policy",
   )
-  c = rc.comparisons
-  n = max(rc.train.batch_size, c.n_prompts // config.ppo.rounds)
-  comps, _ = rm_training._comparisons(
-    rc,
-    policy_run,
-    models.world,
-    "train",
-    n,
-    c.seed + 7919 * round_index,
-    os.path.join(rdir, "comparisons"),
-    noise,
-    log,
-  )
-  rc.rm.epochs = config.ppo.rm_steps_per_round * rc.train.batch_size / len(comps)
+  c, rounds = rc.comparisons, config.ppo.rounds
+  seed = c.seed + 7919 * round_index
+  sample = lambda split, n, s, sub: rm_training._comparisons(
+    rc, policy_run, models.world, split, n, s, os.path.join(rdir, sub), noise, log
+  )[0]
+  comps = sample("train", max(rc.train.batch_size, c.n_prompts // rounds), seed, "comparisons")
+  heldout = sample("heldout", max(rc.train.batch_size, c.n_heldout), seed + 1, "heldout")
+  used = rm_training.labelled_informative(comps)
+  train_c, validation = rm_training.split_validation(used, rc.rm.get("validation_fraction", 0.1))
+  rc.rm.epochs = config.ppo.rm_steps_per_round * rc.train.batch_size / len(train_c)
   rc.eval.data_fractions = ()
-  heldout = comps.subset(np.arange(min(len(comps), rc.train.batch_size)))
-  params, _ = rm_training.train_rm(
-    rc, os.path.join(rdir, "rm"), models.reward, state["rm"], comps, heldout, log
+  before = rm_training.evaluate_rm(models.reward, state["rm"], heldout)
+  params, summary = rm_training.train_rm(
+    rc, os.path.join(rdir, "rm"), models.reward, state["rm"], train_c, validation, log
   )
-  shift = -float(rm_training.score_all(models.reward, params, comps).mean())
+  scores = rm_training.score_all(models.reward, params, comps)
+  params = rm_training.normalize(params, float(scores.mean()), float(scores.std()))
+  after = rm_training.evaluate_rm(models.reward, params, heldout)
+  keys = ("accuracy_vs_labeler", "accuracy_vs_gold")
+  record = {
+    "round": round_index,
+    "train_prompts": len(train_c),
+    "informative_pairs": rm_training.informative_pairs(train_c),
+    "best_step": summary["best_step"],
+    "before": {k: before[k] for k in keys},
+    "after": {k: after[k] for k in keys},
+  }
+  runs.write_json(os.path.join(rdir, "eval.json"), record)
   log(
-    f"[rlhf] round {round_index}: reward model retrained on {len(comps)} new comparisons "
-    f"(recentred by {shift:+.3f})"
+    f"[rlhf] round {round_index}: reward model retrained on {len(train_c)} new prompts "
+    f"({record['informative_pairs']} informative pairs); held-out accuracy vs labeler "
+    f"{before['accuracy_vs_labeler']:.3f} -> {after['accuracy_vs_labeler']:.3f}, vs gold "
+    f"{before['accuracy_vs_gold']:.3f} -> {after['accuracy_vs_gold']:.3f}"
   )
-  return heads.shift_bias(params, shift)
+  return params
 
 
 def export_policy(workdir: str, sft_config, params, iteration: int) -> str:
@@ -429,60 +502,54 @@ def pretraining_loss(models: Models, params, n_batches: int, batch_size: int = 8
 
 
 def evaluate(config, models: Models, sft_params, rlhf_params, workdir: str, log) -> dict:
-  """eval.json: win rate vs SFT, per-family gold, honesty, refusals, alignment tax."""
+  """eval.json: the policy against SFT on the held-out prompts, greedy and
+  judged by the oracle (the primary metric: `dpo.versus_sft`'s record, the one
+  DPO and best-of-n write: win rate with a paired-bootstrap interval, W/T/L,
+  per-family answer rate, accuracy when answering, strict correct and
+  hallucination rates), KL to SFT and gold of T = 1 samples (secondary),
+  honesty and refusals, the alignment tax and the over-optimisation curve."""
   ev = evaluation.Evaluator(models.policy, models.tokenizer, models.world, config.eval)
-  res = {
-    name: ev.evaluate(p, modes=("chat", "few_shot"))
-    for name, p in (("sft", sft_params), ("rlhf", rlhf_params))
-  }
-  g_sft, g_rl = res["sft"]["chat"]["scores"], res["rlhf"]["chat"]["scores"]  # paired by prompt
-  families = [e.family for e in ev.examples]
-  per_family_win = {
-    f: stats.win_rate(
-      [g for g, ff in zip(g_rl, families) if ff == f],
-      [g for g, ff in zip(g_sft, families) if ff == f],
-    )["win_rate"]
-    for f in sorted(set(families))
-  }
-  tax = {
-    name: pretraining_loss(models, p, config.eval.ptx_eval_batches)
-    for name, p in (("sft", sft_params), ("rlhf", rlhf_params))
-  }
-  summary = lambda r: {
-    k: r["chat"][k]
-    for k in (
-      "mean_score",
-      "hallucination_rate",
-      "honest_idk_rate",
-      "decline_rate",
-      "over_refusal_rate",
+  local = lambda p: jax.device_put(jax.device_get(p), jax.devices()[0])  # off the mesh
+  params = {"sft": local(sft_params), "rlhf": local(rlhf_params)}
+  judged = {name: ev.judgements(p, "chat") for name, p in params.items()}
+  e = config.eval
+  result = dpo.versus_sft(
+    "rlhf", judged["sft"][0], judged["rlhf"][0], e.get("n_boot", 10_000), config.seed
+  )
+  sft_run = runs.LoadedRun(
+    models.sft_config, models.policy, params["sft"], models.tokenizer, 0, config.sft
+  )
+  if e.get("kl_samples", 0) > 0:
+    result["sampled"] = dpo.sampled_kl_and_gold(
+      sft_run, params["rlhf"], models.world, ev.examples, e, config.seed
     )
+  tax = {name: pretraining_loss(models, p, e.ptx_eval_batches) for name, p in params.items()}
+  result["alignment_tax"] = {
+    "pretraining_loss": tax,
+    "few_shot_mean_score": {
+      n: ev.evaluate_mode(p, "few_shot")["mean_score"] for n, p in params.items()
+    },
+    "ptx_coef": config.ppo.ptx_coef,
   }
-  result = {
-    "win_rate_vs_sft": stats.win_rate(g_rl, g_sft),
-    "win_rate_vs_sft_per_family": per_family_win,
-    "gold_mean": {"sft": float(np.mean(g_sft)), "rlhf": float(np.mean(g_rl))},
-    "sft": summary(res["sft"]),
-    "rlhf": summary(res["rlhf"]),
-    "families": {
-      f: {
-        "sft": res["sft"]["chat"]["families"][f]["score"],
-        "rlhf": res["rlhf"]["chat"]["families"][f]["score"],
-      }
-      for f in res["sft"]["chat"]["families"]
-    },
-    "alignment_tax": {
-      "pretraining_loss": tax,
-      "few_shot_mean_score": {n: res[n]["few_shot"]["mean_score"] for n in res},
-      "ptx_coef": config.ppo.ptx_coef,
-    },
-    "samples": {n: res[n]["chat"]["samples"] for n in res},
+  result["samples"] = {
+    name: {
+      ex.family: {"prompt": ex.prompt, "answer": t.strip(), "gold": ex.response}
+      for ex, t in reversed(list(zip(ev.examples, texts)))  # the first per family wins
+    }
+    for name, (_, texts) in judged.items()
   }
   recs = metrics_lib.read_metrics(workdir, "ppo")
   if recs:
     result["overoptimization"] = stats.overoptimization_curve(
       [r["sqrt_kl"] for r in recs], [r["rm_score"] for r in recs], [r["gold_score"] for r in recs]
     )
+    result["iterations"] = len(recs)
+  stop = metrics_lib.read_metrics(workdir, "ppo_stop")
+  result["kl_stop"] = {
+    "target": config.ppo.kl_target,
+    "limit": kl_limit(config.ppo),
+    "stopped_at": stop[-1]["step"] - 1 if stop else None,
+  }
   runs.write_json(os.path.join(workdir, "eval.json"), result)
   log_result(result, log)
   return result
@@ -490,10 +557,14 @@ def evaluate(config, models: Models, sft_params, rlhf_params, workdir: str, log)
 
 def log_result(result: dict, log) -> None:
   """Two lines: win rate, gold, hallucination, alignment tax; over-optimisation."""
-  w, tax = result["win_rate_vs_sft"], result["alignment_tax"]["pretraining_loss"]
+  b, tax = result["bootstrap_vs_sft"], result["alignment_tax"]["pretraining_loss"]
+  kl = result.get("sampled", {}).get("kl_to_sft", float("nan"))
   log(
-    f"[rlhf] win rate vs SFT {w['win_rate']:.3f} [{w['ci95'][0]:.3f}, {w['ci95'][1]:.3f}] "
-    f"(n={w['n']}); gold {result['gold_mean']['sft']:.3f} -> {result['gold_mean']['rlhf']:.3f}; "
+    f"[rlhf] win rate vs SFT {b['win_rate']:.3f} [{b['win_rate_ci95'][0]:.3f}, "
+    f"{b['win_rate_ci95'][1]:.3f}] (W/T/L {b['wins']}/{b['ties']}/{b['losses']}, n={b['n']}); "
+    f"KL to SFT {kl:.2f} nats; strict correct {result['sft']['correct_rate']:.3f} -> "
+    f"{result['rlhf']['correct_rate']:.3f}; "
+    f"gold {result['gold_mean']['sft']:.3f} -> {result['gold_mean']['rlhf']:.3f}; "
     f"hallucination {result['sft']['hallucination_rate']:.2f} -> "
     f"{result['rlhf']['hallucination_rate']:.2f}; pretraining loss "
     + ", ".join(f"{s} {tax['sft'][s]:.3f}->{tax['rlhf'][s]:.3f}" for s in tax["sft"])

@@ -8,6 +8,15 @@ model that the reward model's ranking loss assumes. `calibrate_noise` picks
 the scale whose expected pairwise agreement with the gold order equals the
 ~73% inter-labeler agreement InstructGPT reported.
 
+Ties (`label`, `label_batch`). A labeler may also say "tie": responses of
+equal gold quality look alike to it (two different wrong answers are both
+wrong), so it perceives one noisy score per distinct gold value, and it ties
+responses whose perceived scores lie within `tie_margin` of each other
+(grouped along the sorted perceptions, so ties are transitive: a weak
+order, written as ranks with equal values for tied responses). Its
+agreement is counted on the pairs it does order and whose gold differs;
+`calibrate_noise(..., tie_margin=m)` keeps that at the target (~73%).
+
 The reward model learns only from these rankings; the oracle's scores are
 never shown to it.
 """
@@ -92,6 +101,84 @@ def rank_batch(
   return np.stack([rank(s, rng, noise, kind) for s in np.asarray(scores)])
 
 
+def label(
+  scores: np.ndarray,
+  rng: np.random.Generator,
+  noise: float,
+  tie_margin: float = 0.0,
+  kind: str = "gumbel",
+) -> np.ndarray:
+  """The labeler's judgement of K responses, ties allowed.
+
+  Args:
+    scores: [K] gold scores.
+    rng: numpy Generator.
+    noise: noise scale of the perception (0 = the gold order).
+    tie_margin: perceived gaps at most this wide are ties (0: only equal gold).
+    kind: 'gumbel' or 'gaussian'.
+
+  Returns:
+    [K] int ranks, 0 = best; tied responses share a rank (dense: 0, 1, 2 ...).
+  """
+  scores = np.asarray(scores, dtype=np.float64)
+  if scores.ndim != 1:
+    raise ValueError(f"scores must be 1-D [K], got shape {scores.shape}")
+  if noise < 0 or tie_margin < 0:
+    raise ValueError(f"noise and tie_margin must be >= 0, got {noise}, {tie_margin}")
+  values, inverse = np.unique(scores, return_inverse=True)  # one perception per gold value
+  perceived = values + noise * _noise(rng, values.shape, kind)
+  order = np.argsort(-perceived, kind="stable")  # best first
+  gaps = -np.diff(perceived[order])  # >= 0
+  group = np.concatenate([[0], np.cumsum(gaps > tie_margin)])
+  rank_of_value = np.empty(len(values), np.int64)
+  rank_of_value[order] = group
+  return rank_of_value[inverse.ravel()]
+
+
+def label_batch(
+  scores: np.ndarray,
+  rng: np.random.Generator,
+  noise: float,
+  tie_margin: float = 0.0,
+  kind: str = "gumbel",
+) -> np.ndarray:
+  """`label` for each row of [N, K] scores -> [N, K] ranks."""
+  return np.stack([label(s, rng, noise, tie_margin, kind) for s in np.asarray(scores)])
+
+
+def ranking_of(ranks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """[N, K] ranks (ties equal) -> [N, K] permutations, best first, tied
+  responses in random order (the form `Comparisons.ranking` stores)."""
+  ranks = np.atleast_2d(ranks)
+  tiebreak = rng.random(ranks.shape)
+  return np.stack([np.lexsort((t, r)) for r, t in zip(ranks, tiebreak)]).astype(np.int32)
+
+
+def tie_statistics(ranks: np.ndarray, scores: np.ndarray) -> dict:
+  """How a labeler with ties judged [N, K] responses against their gold scores.
+
+  Returns {'agreement' (on pairs with different gold that it ordered),
+  'informative_pairs' (pairs it ordered), 'pairs', 'tied_gold_differs'
+  (share of pairs with different gold that it tied), 'tied_gold_equal'
+  (share of gold-equal pairs it tied)}.
+  """
+  ranks, scores = np.atleast_2d(ranks), np.atleast_2d(scores)
+  if ranks.shape != scores.shape:
+    raise ValueError(f"ranks {ranks.shape} and scores {scores.shape} must have the same shape")
+  i, j = np.triu_indices(ranks.shape[1], 1)
+  ordered = ranks[:, i] != ranks[:, j]
+  differ = np.abs(scores[:, i] - scores[:, j]) > 1e-9
+  agree = ordered & differ & ((ranks[:, i] < ranks[:, j]) == (scores[:, i] > scores[:, j]))
+  share = lambda num, den: float(num.sum() / den.sum()) if den.sum() else float("nan")
+  return {
+    "agreement": share(agree, ordered & differ),
+    "informative_pairs": int(ordered.sum()),
+    "pairs": int(ordered.size),
+    "tied_gold_differs": share(~ordered & differ, differ),
+    "tied_gold_equal": share(~ordered & ~differ, ~differ),
+  }
+
+
 def pairwise_agreement(rankings: np.ndarray, scores: np.ndarray) -> float:
   """Fraction of pairs with different gold scores that the rankings order
   the same way as the gold scores.
@@ -127,25 +214,36 @@ def _score_gaps(score_sample: np.ndarray) -> np.ndarray:
   return gaps[gaps > 0]
 
 
-def expected_agreement(noise: float, score_sample: np.ndarray, kind: str = "gumbel") -> float:
-  """Exact expected pairwise agreement of `rank` at this noise level.
+def _p_exceeds(z: np.ndarray, kind: str) -> np.ndarray:
+  """P(D > -z * noise) for D the difference of two noises of scale `noise`:
+  sigmoid(z) (Gumbel: the difference is logistic) or Phi(z / sqrt 2)."""
+  if kind == "gumbel":
+    return 0.5 * (1.0 + np.tanh(z / 2.0))  # = sigmoid(z), overflow-free
+  if kind == "gaussian":
+    return 0.5 * (1.0 + np.vectorize(math.erf)(z / 2.0))
+  raise ValueError(f"noise kind must be one of {NOISE_KINDS}, got {kind!r}")
 
-  Gumbel: the difference of two Gumbels is logistic, P = sigmoid(gap/noise).
-  Gaussian: the difference is N(0, 2 noise^2), P = Phi(gap / (noise sqrt 2)).
+
+def expected_agreement(
+  noise: float, score_sample: np.ndarray, kind: str = "gumbel", tie_margin: float = 0.0
+) -> float:
+  """Expected pairwise agreement with the gold order, on pairs with different
+  gold scores that the labeler does not tie.
+
+  A pair with gold gap g is ordered correctly when g + D > m and wrongly when
+  g + D < -m (D the noise difference, m = tie_margin); agreement = sum of the
+  first / sum of both over the pairs. Exact for tie_margin 0 (Gumbel:
+  sigmoid(gap / noise)); with a margin it treats each pair alone (the
+  grouping of `label` can chain a pair into a tie through a third response).
   """
   gaps = _score_gaps(score_sample)
   if gaps.size == 0:
     raise ValueError("score_sample has no pair with different scores")
   if noise == 0:
-    return 1.0
-  z = gaps / noise
-  if kind == "gumbel":
-    p = 0.5 * (1.0 + np.tanh(z / 2.0))  # = sigmoid(z), overflow-free
-  elif kind == "gaussian":
-    p = 0.5 * (1.0 + np.vectorize(math.erf)(z / 2.0))
-  else:
-    raise ValueError(f"noise kind must be one of {NOISE_KINDS}, got {kind!r}")
-  return float(p.mean())
+    return 1.0 if (gaps > tie_margin).any() else float("nan")
+  right = _p_exceeds((gaps - tie_margin) / noise, kind)
+  wrong = _p_exceeds((-gaps - tie_margin) / noise, kind)
+  return float(right.sum() / max((right + wrong).sum(), 1e-300))
 
 
 def calibrate_noise(
@@ -153,6 +251,7 @@ def calibrate_noise(
   score_sample: np.ndarray | None = None,
   kind: str = "gumbel",
   tol: float = 1e-6,
+  tie_margin: float = 0.0,
 ) -> float:
   """The noise scale whose expected agreement equals `target_agreement`.
 
@@ -163,6 +262,8 @@ def calibrate_noise(
       samples). None uses `synthetic_score_sample()` on the default world.
     kind: 'gumbel' or 'gaussian'.
     tol: bisection tolerance on log(noise).
+    tie_margin: the labeler's tie margin (`label`); agreement is counted on
+      the pairs it does not tie.
 
   Returns:
     The noise scale (expected agreement decreases monotonically with noise,
@@ -175,7 +276,7 @@ def calibrate_noise(
   lo, hi = math.log(1e-6), math.log(1e6)
   while hi - lo > tol:
     mid = (lo + hi) / 2
-    if expected_agreement(math.exp(mid), score_sample, kind) > target_agreement:
+    if expected_agreement(math.exp(mid), score_sample, kind, tie_margin) > target_agreement:
       lo = mid
     else:
       hi = mid
