@@ -488,8 +488,11 @@ class _Training:
       # Samples are drawn off the training mesh, on this process's first device:
       # the sampler's jitted loop cannot mix a one-device copy with the mesh's
       # devices ("incompatible devices" on any mesh of more than one device).
+      # (The copy is gathered first, on the training mesh: gathering from several
+      # processes inside the one-device mesh would mix the two.)
+      params = sharding.local_copy(self.state.params)
       with sharding.local_mesh():
-        ev.update(self.task.on_eval(sharding.local_copy(self.state.params), step) or {})
+        ev.update(self.task.on_eval(params, step) or {})
     self.summary["last_eval"] = ev
     self.loop.writer.write(step, "eval", **ev)
     scalars = "  ".join(f"{k} {v:.4f}" for k, v in ev.items() if isinstance(v, float))
