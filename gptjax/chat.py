@@ -11,7 +11,7 @@ import sys
 
 import jax
 
-from gptjax import runs, sampling
+from gptjax import runs, sampling, sharding
 
 
 class Chat:
@@ -26,7 +26,7 @@ class Chat:
     seed: int = 0,
   ):
     self.run, self.sampling = run, params_sampling.validate()
-    self.params = jax.device_put(jax.device_get(run.params), jax.devices()[0])
+    self.params = sharding.local_copy(run.params)
     self.max_new_tokens = max_new_tokens
     self.rng = jax.random.PRNGKey(seed)
     self.system = system

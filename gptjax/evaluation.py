@@ -33,7 +33,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from gptjax import sampling
+from gptjax import sampling, sharding
 from gptjax.tasks import instructions, oracle, probes
 from gptjax.tasks.world import World
 from gptjax.tokenizer import Tokenizer
@@ -308,7 +308,7 @@ class Evaluator:
     self, params, modes: Sequence[str] = ("chat",), degeneration_mode: str | None = None
   ) -> dict:
     """{mode: summary} for each mode, plus 'degeneration' if asked."""
-    params = jax.device_put(jax.device_get(params), jax.devices()[0])  # off the mesh
+    params = sharding.local_copy(params)  # off the mesh
     out = {mode: self.evaluate_mode(params, mode) for mode in modes}
     if degeneration_mode:
       out["degeneration"] = self.degeneration(params, degeneration_mode)
@@ -316,7 +316,7 @@ class Evaluator:
 
   def chat_samples(self, params, prompts: Sequence[str]) -> list[str]:
     """'prompt -> greedy chat answer' lines, for logs during training."""
-    params = jax.device_put(jax.device_get(params), jax.devices()[0])
+    params = sharding.local_copy(params)  # off the mesh
     texts = self.generate(
       params,
       [self.chat_ids(p) for p in prompts],

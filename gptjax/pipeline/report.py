@@ -12,11 +12,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 from gptjax import (  # noqa: E402
   chat as chat_lib,  # noqa: E402
+  config as config_lib,
   evaluation,
   metrics as metrics_lib,
   runs as runs_lib,
@@ -107,7 +107,7 @@ def compare_stages(workdir: str, config, log=print) -> tuple[dict, dict, object]
   """
   loaded = {name: runs_lib.load_run(path) for name, path in stage_runs(workdir).items()}
   world = runs_lib.world_of(loaded["sft"].config)
-  cfg = ml_collections.ConfigDict(config.rlhf.eval.to_dict())
+  cfg = config_lib.copy(config.rlhf.eval)
   cfg.n_per_family = config.report.n_per_family
   out = {}
   for name, run in loaded.items():

@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 
 import ml_collections
 
-from gptjax import metrics as metrics_lib, pretraining, runs, sft, train
+from gptjax import config as config_lib, metrics as metrics_lib, pretraining, runs, sft, train
 from gptjax.reward_model import training as rm_training
 from gptjax.rlhf import best_of_n, dpo, loop as rlhf_loop
 
@@ -247,13 +247,13 @@ def _curated_sft(config, d: str, pretrain_dir: str, sft_dir: str, log) -> None:
 
 
 def _without_ptx(c):
-  c = ml_collections.ConfigDict(c.to_dict())
+  c = config_lib.copy(c)
   c.ppo.ptx_coef = 0.0
   return c
 
 
 def _with_ptx(c, coef: float):
-  c = ml_collections.ConfigDict(c.to_dict())
+  c = config_lib.copy(c)
   c.ppo.ptx_coef = coef
   return c
 

@@ -45,11 +45,10 @@ import os
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
-from gptjax import config as config_lib, evaluation, runs, sampling, sft as sft_lib, train
+from gptjax import config as config_lib, evaluation, runs, sampling, sft as sft_lib, sharding, train
 from gptjax.reward_model import comparisons as comp_lib, training as rm_training
 from gptjax.rlhf import stats
 from gptjax.tasks import labeler, oracle
@@ -237,8 +236,8 @@ def resolve(config, sft: runs.LoadedRun, sft_dir: str, rm_dir: str, n_prompts: i
   is an LM run of its own) and the step count derived from dpo.epochs."""
   out = config_lib.copy(config)
   out.sft, out.reward_model = sft_dir, rm_dir
-  out.model = ml_collections.ConfigDict(sft.config.model.to_dict())
-  out.data = ml_collections.ConfigDict(sft.config.data.to_dict())
+  out.model = config_lib.copy(sft.config.model)
+  out.data = config_lib.copy(sft.config.data)
   out.train.steps = max(1, math.ceil(config.dpo.epochs * n_prompts / config.train.batch_size))
   out.train.ckpt_every = min(out.train.ckpt_every, out.train.steps)
   return out
@@ -457,7 +456,7 @@ def evaluate(config, sft: runs.LoadedRun, params, log=print, name: str = "dpo") 
   (secondary). config: needs eval (with n_boot, kl_samples) and seed."""
   world = runs.world_of(sft.config)
   ev = evaluation.Evaluator(sft.model, sft.tokenizer, world, config.eval)
-  params = jax.device_put(jax.device_get(params), jax.devices()[0])  # off the mesh
+  params = sharding.local_copy(params)  # off the mesh
   j_sft, _ = ev.judgements(sft.params, "chat")
   j_dpo, texts = ev.judgements(params, "chat")
   result = versus_sft(name, j_sft, j_dpo, config.eval.n_boot, config.seed)

@@ -45,6 +45,7 @@ from gptjax import (
   heads,
   losses,
   metrics as metrics_lib,
+  model as model_lib,
   runs,
   sharding,
   train,
@@ -53,6 +54,8 @@ from gptjax.data.packing import Pipeline
 from gptjax.reward_model import training as rm_training
 from gptjax.rlhf import dpo, ppo, ppo_math, stats
 from gptjax.tasks import oracle
+from gptjax.tasks.world import World
+from gptjax.tokenizer import Tokenizer
 
 
 def validate(config) -> None:
@@ -103,11 +106,11 @@ def optimizer(config, lr: float):
 
 @dataclasses.dataclass
 class Models:
-  policy: object
-  value: object
-  reward: object
-  tokenizer: object
-  world: object
+  policy: model_lib.Transformer
+  value: heads.ScalarHeadModel
+  reward: heads.ScalarHeadModel
+  tokenizer: Tokenizer
+  world: World
   sft_config: ml_collections.ConfigDict
   rm_config: ml_collections.ConfigDict
   rm_dir: str
@@ -509,7 +512,7 @@ def evaluate(config, models: Models, sft_params, rlhf_params, workdir: str, log)
   hallucination rates), KL to SFT and gold of T = 1 samples (secondary),
   honesty and refusals, the alignment tax and the over-optimisation curve."""
   ev = evaluation.Evaluator(models.policy, models.tokenizer, models.world, config.eval)
-  local = lambda p: jax.device_put(jax.device_get(p), jax.devices()[0])  # off the mesh
+  local = sharding.local_copy  # off the mesh
   params = {"sft": local(sft_params), "rlhf": local(rlhf_params)}
   judged = {name: ev.judgements(p, "chat") for name, p in params.items()}
   e = config.eval

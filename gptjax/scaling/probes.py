@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 
-from gptjax import sampling
+from gptjax import sampling, sharding
 from gptjax.tasks import instructions, probes as task_probes
 
 
@@ -166,7 +166,7 @@ def score_probes(
   Batches are padded to `batch_size` rows so that one compilation serves
   every batch. Returns {'exact': [bool], 'logprob': [float], 'answers': [str]}.
   """
-  params = jax.device_put(jax.device_get(params), jax.devices()[0])
+  params = sharding.local_copy(params)  # off the mesh
   T = model.cfg.max_len
   forward = jax.jit(lambda p, t: model.apply({"params": p}, t))
   exact, logprob, answers = [], [], []
