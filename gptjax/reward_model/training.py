@@ -201,7 +201,7 @@ def build_task(
     train_batch=lambda step: as_batch(train_comps, sft_lib.batch_rows(step, B, P, config.seed)),
     example_batch={"tokens": train_comps.tokens[:1, 0]},
     tokens_per_step=B * K * T,
-    eval_sets={"validation": heldout_batches},
+    eval_sets={} if heldout is None else {"validation": heldout_batches},
     init_params=lambda rng: init_params,
   )
 

@@ -399,6 +399,9 @@ def updated_explained_variance(models: Models, state: dict, rollout) -> float:
   return float(ppo_math.explained_variance(values, rollout.returns, rollout.mask))
 
 
+MIN_VALIDATION_PROMPTS = 4  # a round early-stops only on at least this many prompts
+
+
 def retrain_reward_model(
   config, models: Models, state: dict, round_index: int, workdir: str, log
 ) -> dict:
@@ -433,7 +436,14 @@ def retrain_reward_model(
   comps = sample("train", max(rc.train.batch_size, c.n_prompts // rounds), seed, "comparisons")
   heldout = sample("heldout", max(rc.train.batch_size, c.n_heldout), seed + 1, "heldout")
   used = rm_training.labelled_informative(comps)
-  train_c, validation = rm_training.split_validation(used, rc.rm.get("validation_fraction", 0.1))
+  if not len(used):  # the labeler tied every answer: nothing to learn this round
+    log(f"[rlhf] round {round_index}: the labeler preferred no answer; reward model kept")
+    return state["rm"]
+  fraction = rc.rm.get("validation_fraction", 0.1)
+  if len(used) * fraction < MIN_VALIDATION_PROMPTS:  # too few to early-stop on: train them all
+    log(f"[rlhf] round {round_index}: {len(used)} informative prompts, no validation split")
+    fraction = 0.0
+  train_c, validation = rm_training.split_validation(used, fraction)
   rc.rm.epochs = config.ppo.rm_steps_per_round * rc.train.batch_size / len(train_c)
   rc.eval.data_fractions = ()
   before = rm_training.evaluate_rm(models.reward, state["rm"], heldout)
