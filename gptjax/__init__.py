@@ -9,7 +9,9 @@ The core (one file each, read top to bottom):
   train.py        the one train loop: Task = model + loss + data; optimizer; steps
   checkpoint.py   Orbax checkpoints: atomic, keep-last-N, exact resume
   metrics.py      JSONL + TensorBoard writer, progress, MFU
-  sharding.py     device mesh, logical-axis rules, multi-host init
+  sharding.py     device mesh, logical-axis rules, multi-host init, per-process rows
+  memory.py       per-device memory plan of a config and mesh (--print_memory)
+  install.py      the pip command for a Colab runtime (standard library only)
   config.py       config checks (fields, values) and config.json I/O
   cli.py          what every absl entry point shares: one-line errors, exit 130
   runs.py         a run's workdir: atomic JSON, loading a finished stage
@@ -20,8 +22,8 @@ Subpackages, one per stage of the recipe or shared service:
   data/          corpora -> tfds array_record -> token streams -> batches
   tasks/         synthetic world, instruction families, oracle, labeler, probes
   reward_model/  comparisons (sampling + labels) and reward-model training
-  rlhf/          PPO mathematics, the PPO update, the RLHF loop, statistics
-  scaling/       scaling laws and fits, emergence probes, the sweep, its report
+  rlhf/          PPO mathematics, the PPO update, the RLHF loop, DPO, best-of-n, statistics
+  scaling/       scaling laws and fits, emergence probes, the sweep grid, sweep, code ablation
   pipeline/      the whole recipe as resumable stages, and its report
 
 Imports point one way: experiments/ -> gptjax; configs/ are data handed in,
