@@ -3,7 +3,7 @@
 Run:
   python -m experiments.benchmark --config=configs/pretrain.py:small --out=runs/benchmark.json
   python -m experiments.benchmark --config=configs/pretrain.py:small --compare=torch \
-      --out=runs/benchmark.json      # + the PyTorch-eager peer (requirements-bench.txt)
+      --out=runs/benchmark.json      # + the PyTorch-eager peer (requirements-test.txt)
 
 What it measures, all in one process so the numbers are comparable:
   peaks       FLOP/s of large jitted matmuls (one device): float32, bfloat16, and

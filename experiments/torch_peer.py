@@ -1,6 +1,6 @@
 """A PyTorch-eager GPT with gptjax's shapes: the peer that `benchmark --compare=torch` times.
 
-Benchmark-only (PyTorch is in requirements-bench.txt, never imported by gptjax/).
+Benchmark-only (PyTorch is in requirements-test.txt, never imported by gptjax/).
 
 nanoGPT-style (Karpathy's model.py, the usual CPU baseline): pre-LayerNorm
 blocks, one fused QKV Linear, `scaled_dot_product_attention(is_causal=True)`,

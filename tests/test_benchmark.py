@@ -1,6 +1,6 @@
 """The benchmark's PyTorch peer and its JSON (no timings are asserted).
 
-Skipped when PyTorch (requirements-bench.txt, benchmark-only) is absent.
+Skipped when PyTorch (requirements-test.txt) is absent.
 """
 
 import json
