@@ -208,6 +208,10 @@ def build_task(
     model=model,
     loss_fn=losses.lm_loss_fn(model),
     train_batch=lambda step: rows.batch(batch_rows(step, t.batch_size, len(rows.ids), config.seed)),
+    # a process of a multi-host run gathers only its own rows of the global batch
+    local_batch=lambda step, r: rows.batch(
+      batch_rows(step, t.batch_size, len(rows.ids), config.seed)[r]
+    ),
     example_batch=example,
     tokens_per_step=t.batch_size * seq_len,
     eval_sets={"heldout": eval_batches},

@@ -18,6 +18,7 @@ depend on the number of processes or devices.
 
 import contextlib
 import os
+import sys
 
 import flax.linen as nn
 import jax
@@ -46,6 +47,7 @@ ENV_COORDINATOR = "GPTJAX_COORDINATOR"  # host:port of process 0
 ENV_NUM_PROCESSES = "GPTJAX_NUM_PROCESSES"
 ENV_PROCESS_ID = "GPTJAX_PROCESS_ID"
 ENV_AUTO = "GPTJAX_DISTRIBUTED"  # '1': let JAX detect the cluster (TPU pod, Slurm, MPI)
+ENV_LOG_ALL_PROCESSES = "GPTJAX_LOG_ALL_PROCESSES"  # '1': every process prints its progress
 
 
 def _int_setting(value, name: str) -> int:
@@ -168,9 +170,29 @@ def define_flags() -> None:
 
 
 def initialize_from_flags() -> bool:
-  """`initialize_distributed` from the flags of `define_flags` (or the environment)."""
+  """`initialize_distributed` from the flags of `define_flags` (or the environment);
+  then, in a multi-process run, `quiet_other_processes`."""
   f = flags.FLAGS
-  return initialize_distributed(f.coordinator_address, f.num_processes, f.process_id)
+  joined = initialize_distributed(f.coordinator_address, f.num_processes, f.process_id)
+  if joined:
+    quiet_other_processes()
+  return joined
+
+
+def quiet_other_processes(env=None) -> bool:
+  """Progress output (stdout) from process 0 only; returns whether this one was silenced.
+
+  Every process runs the same loop, so N processes would print N copies of
+  each loss line (and of every evaluation sample). Warnings and errors go to
+  stderr and stay on, so a failure on any process is still seen.
+  GPTJAX_LOG_ALL_PROCESSES=1 keeps every process's stdout (debugging).
+  """
+  env = os.environ if env is None else env
+  if jax.process_index() == 0 or env.get(ENV_LOG_ALL_PROCESSES) == "1":
+    return False
+  sys.stdout.flush()
+  sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (lives as long as the process)
+  return True
 
 
 @contextlib.contextmanager

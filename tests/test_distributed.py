@@ -468,7 +468,9 @@ def test_two_processes_match_one_process(tmp_path, data_cache_dir):
   print(f"two-process pretrain: {time.time() - start:.1f} s wall")
   for p, (out, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
-    assert "mesh {'data': 4, 'fsdp': 1, 'tensor': 1}" in out
+  assert "mesh {'data': 4, 'fsdp': 1, 'tensor': 1}" in outs[0][0]
+  # progress is printed once, by process 0 (gloo's C++ lines bypass Python's stdout)
+  assert [line for line in outs[1][0].splitlines() if not line.startswith("[Gloo]")] == []
   records = {w: metrics.read_metrics(str(w), "train") for w in (single, multi)}
   assert [r["step"] for r in records[multi]] == list(range(1, 7))  # written once, by process 0
   for a, b in zip(records[single], records[multi]):
@@ -554,3 +556,60 @@ def test_print_memory_reports_before_training(tmp_path):
   assert "XLA compiled step: total" in proc.stdout
   assert "DOES NOT FIT" in proc.stdout  # 1 MiB of device memory
   assert not (tmp_path / "run").exists()  # nothing trained, nothing written
+
+
+# ----------------------------------------------------------------------------
+# Every stage's Task gives each process only its own rows
+
+
+def _assert_local_rows_match(task, rows=np.array([2, 3])):
+  for step in (0, 1, 5):  # 5 crosses an epoch: a new permutation
+    whole, local = task.train_batch(step), task.local_batch(step, rows)
+    assert sorted(local) == sorted(whole)
+    for k in whole:
+      np.testing.assert_array_equal(local[k], whole[k][rows], err_msg=k)
+
+
+def test_sft_rm_dpo_tasks_build_only_the_requested_rows():
+  """SFT, reward-model and DPO Tasks define local_batch: rows r of batch `step`
+  are exactly rows r of the global batch (so a multi-host run sees the data
+  order of a single-host one) without building the whole batch."""
+  from gptjax import sft
+  from gptjax.reward_model import comparisons as comp_lib, training as rm_training
+  from gptjax.rlhf import dpo
+
+  rng = np.random.default_rng(0)
+  config = ml_collections.ConfigDict({"seed": 3, "train": {"batch_size": 4, "eval_batches": 1}})
+  n, P, K = 6, 7, 3
+  ids = rng.integers(0, V, (n, T + 1)).astype(np.int32)
+  rows = sft.PackedRows(
+    ids, rng.random((n, T + 1)).astype(np.float32), np.tile(np.arange(T + 1), (n, 1)),
+    np.ones((n, T + 1), np.int32), n, 0,
+  )  # fmt: skip
+  _assert_local_rows_match(sft.build_task(config, None, rows, rows, None))
+
+  comps = comp_lib.Comparisons(
+    rng.integers(0, V, (P, K, T)).astype(np.int32), np.ones((P, K, T), bool),
+    np.tile(np.arange(K, dtype=np.int32), (P, 1)), np.zeros((P, K), np.float32),
+    ["p"] * P, [["r"] * K] * P, ["f"] * P,
+  )  # fmt: skip
+  _assert_local_rows_match(rm_training.build_task(config, None, comps, None, None))
+
+  config.dpo = {"beta": 0.1, "loss": "sigmoid", "label_smoothing": 0.0}
+  arrays = {"tokens": comps.tokens, "token_mask": comps.token_mask, "ranking": comps.ranking}
+  _assert_local_rows_match(dpo.build_task(config, None, arrays, arrays, None))
+
+
+def test_other_processes_are_quiet_unless_asked(monkeypatch):
+  """Process 0 prints progress; the others' stdout goes nowhere unless
+  GPTJAX_LOG_ALL_PROCESSES=1 (their stderr is untouched)."""
+  import sys
+
+  monkeypatch.setattr(sys, "stdout", sys.stdout)  # restored after the test
+  monkeypatch.setattr(jax, "process_index", lambda: 0)
+  assert not sharding.quiet_other_processes({})
+  monkeypatch.setattr(jax, "process_index", lambda: 1)
+  assert not sharding.quiet_other_processes({sharding.ENV_LOG_ALL_PROCESSES: "1"})
+  stdout = sys.stdout
+  assert sharding.quiet_other_processes({})
+  assert sys.stdout is not stdout and sys.stdout.name == os.devnull

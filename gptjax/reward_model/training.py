@@ -189,6 +189,9 @@ def build_task(
       out["rank"] = c.rank[index]  # ties masked in the loss
     return out
 
+  def order(step):  # [B] prompt indices of batch `step`
+    return sft_lib.batch_rows(step, B, P, config.seed)
+
   def heldout_batches():
     n = max(1, len(heldout) // B) * B  # whole batches only (sharding needs equal splits)
     for start in range(0, n, B):
@@ -198,7 +201,8 @@ def build_task(
     name=name,
     model=model,
     loss_fn=losses.reward_loss_fn(model),
-    train_batch=lambda step: as_batch(train_comps, sft_lib.batch_rows(step, B, P, config.seed)),
+    train_batch=lambda step: as_batch(train_comps, order(step)),
+    local_batch=lambda step, r: as_batch(train_comps, order(step)[r]),  # this process's rows
     example_batch={"tokens": train_comps.tokens[:1, 0]},
     tokens_per_step=B * K * T,
     eval_sets={} if heldout is None else {"validation": heldout_batches},

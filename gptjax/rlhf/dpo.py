@@ -275,6 +275,7 @@ def build_task(config, model, train_arrays: dict, heldout_arrays: dict, init_par
     model=model,
     loss_fn=dpo_loss_fn(model, d.beta, d.loss, d.label_smoothing),
     train_batch=lambda step: take(train_arrays, sft_lib.batch_rows(step, B, P, config.seed)),
+    local_batch=lambda step, r: take(train_arrays, sft_lib.batch_rows(step, B, P, config.seed)[r]),
     example_batch={"tokens": train_arrays["tokens"][:1, 0]},
     tokens_per_step=B * K * T,
     eval_sets={"heldout": heldout_batches},
