@@ -1,12 +1,13 @@
 """Issue 15's design pieces: the labeler's ties, disjoint prompts, early
 stopping, the hard KL stop and the evaluation's per-family metrics."""
 
+import dataclasses
 import types
 
 import numpy as np
 import pytest
 
-from gptjax import evaluation
+from gptjax import evaluation, train
 from gptjax.reward_model import training as rm_training
 from gptjax.rlhf import loop as rlhf_loop, ppo_math
 from gptjax.tasks import labeler, world as world_lib
@@ -102,6 +103,8 @@ def test_hard_kl_stop_ends_iterating(monkeypatch, tmp_path):
     calls.append(it)
     if kl > rlhf_loop.kl_limit(config.ppo):
       return {"stopped": True, "kl": kl}
+    state["within"] = state["policy"].params  # as `iteration` keeps it, then updates
+    state["policy"] = dataclasses.replace(state["policy"], params=f"after {it + 1} updates")
     keys = ("rm_score", "gold_score", "entropy", "clip_frac", "explained_variance")
     return {"kl": kl, "beta": beta, "response_length": 1.0, "rollout_tokens_per_s": 1.0} | {
       k: 0.0 for k in keys
@@ -113,7 +116,8 @@ def test_hard_kl_stop_ends_iterating(monkeypatch, tmp_path):
     writer=types.SimpleNamespace(write=lambda step, split, **kw: written.append((step, split)))
   )
   models = types.SimpleNamespace(policy=None, value=None)
-  box = {"state": {}, "stopped_at": None}
+  sft = train.TrainState(step=0, params="after 0 updates", opt_state=None, rng=None)
+  box = {"state": {"policy": sft, "within": sft.params}, "stopped_at": None}
   ctl = ppo_math.kl_controller("adaptive", 0.1, p.kl_target, 100)
   body = rlhf_loop._ppo_body(
     config, models, box, ctl, None, None, fake_loop, 0, str(tmp_path), print
@@ -121,6 +125,9 @@ def test_hard_kl_stop_ends_iterating(monkeypatch, tmp_path):
   for it in range(p.iterations):
     body(it)
   assert box["stopped_at"] == 2 and calls == [0, 1, 2]  # nothing after the stop
+  # iteration 2's rollout (the policy after 2 updates) crossed the limit: the
+  # final policy is the one before that update, whose rollout (KL 2.5) was within
+  assert box["state"]["policy"].params == "after 1 updates"
   assert (3, "ppo_stop") in written and sum(s == "ppo" for _, s in written) == 2
   assert rlhf_loop.kl_limit(types.SimpleNamespace(kl_target=2.0, get=lambda k, d: 0)) == float(
     "inf"

@@ -20,8 +20,9 @@ Workdir layout:
 Rules fixed before any run (issue 15): rollout prompts come from the train
 split's 'rl' half, never the RM's; the adaptive KL controller aims at
 ppo.kl_target and a rollout whose KL exceeds ppo.kl_stop x kl_target stops
-PPO (the hard stop); the final policy is the last one reached, never chosen
-by gold; the logged explained variance uses the critic after the
+PPO (the hard stop) and the final policy is the last one whose rollout was
+within that limit (the policy before the update that crossed it); otherwise
+the last one reached; never chosen by gold; the logged explained variance uses the critic after the
 iteration's updates.
 """
 
@@ -137,6 +138,9 @@ def fresh_state(config, sft_params, value_params, rm_params, tx_p, tx_v) -> dict
       rng=jax.random.PRNGKey(config.seed + 1),
     ),
     "rm": copy(rm_params),
+    # The last policy whose rollout KL was within the hard stop's limit (SFT at
+    # first): what PPO returns if a later rollout crosses the limit.
+    "within": copy(sft_params),
   }
 
 
@@ -263,9 +267,10 @@ def train_ppo(config, models: Models, rm_params, workdir: str, log) -> tuple[dic
     )
     with jax.set_mesh(mesh):
       it = loop.run(start, p.iterations, body, snapshot)
-  # The final policy is fixed in advance: the last one PPO reached (before
-  # the hard KL stop, if it fired); never chosen by gold.
-  return box["state"], it if box["stopped_at"] is None else box["stopped_at"]
+  # The final policy is fixed in advance: the last one PPO reached, or if the
+  # hard KL stop fired at iteration s, the last one within the limit (after
+  # s - 1 updates); never chosen by gold.
+  return box["state"], it if box["stopped_at"] is None else max(box["stopped_at"] - 1, 0)
 
 
 def _ppo_body(config, models: Models, box: dict, kl_ctl, tx_p, tx_v, loop, start, workdir, log):
@@ -296,9 +301,11 @@ def _ppo_body(config, models: Models, box: dict, kl_ctl, tx_p, tx_v, loop, start
     stats = iteration(config, models, state, it, kl_ctl.beta, policy_step, value_step, ptx)
     if stats.get("stopped"):
       box["stopped_at"] = it
+      state["policy"] = dataclasses.replace(state["policy"], params=state["within"])
       log(
         f"[rlhf] hard KL stop at iteration {it + 1}: rollout KL {stats['kl']:.3f} > "
-        f"{kl_limit(p):.3f} (ppo.kl_stop x ppo.kl_target); the policy of iteration {it} is final"
+        f"{kl_limit(p):.3f} (ppo.kl_stop x ppo.kl_target); the policy after "
+        f"{max(it - 1, 0)} updates, the last within the limit, is final"
       )
       loop.writer.write(it + 1, "ppo_stop", kl=stats["kl"], limit=kl_limit(p))
       return
@@ -348,6 +355,8 @@ def iteration(
   )
   if float(rollout.kl.mean()) > kl_limit(p):
     return {"stopped": True, **ppo.rollout_stats(rollout)}
+  if math.isfinite(kl_limit(p)):  # this policy is within the limit: keep it (updates donate it)
+    state["within"] = jax.tree_util.tree_map(jnp.copy, state["policy"].params)
   rng = np.random.default_rng((p.seed, it))
   sums: dict[str, float] = {}
   n = 0
