@@ -19,6 +19,11 @@ facts must come from pretraining), so add `+world` to the preset:
 
 which sets data.mixture to WORLD_MIXTURE. Any other weights work too:
   --config.data.mixture="{'english': 0.45, 'code': 0.25, 'world': 0.3}"
+
+`+llama` switches the architecture to the Llama family (rotary positions,
+RMSNorm, SwiGLU, grouped-query attention with half as many key/value heads,
+no biases; see gptjax/model.py), e.g. `tiny+world+llama`; each switch can
+then be overridden (`--config.model.n_kv_head=1`).
 """
 
 import ml_collections
@@ -28,6 +33,21 @@ from configs import common
 PRESETS = common.PRESETS
 DEFAULT_MIXTURE = {"english": 0.7, "code": 0.3}
 WORLD_MIXTURE = {"english": 0.45, "code": 0.25, "world": 0.3}  # the `+world` presets
+EXTRAS = ("world", "llama")
+
+
+def llama_switches(m: ml_collections.ConfigDict) -> dict:
+  """The `+llama` architecture switches for a model section (gptjax.model.ARCH_DEFAULTS)."""
+  return {
+    "position": "rope",
+    "rope_theta": 10000.0,
+    "norm": "rmsnorm",
+    "norm_eps": 1e-5,
+    "mlp": "swiglu",
+    "n_kv_head": max(1, m.n_head // 2),
+    "tied_head": True,
+    "use_bias": False,
+  }
 
 
 def model_config(preset: str) -> ml_collections.ConfigDict:
@@ -112,22 +132,26 @@ def _fit_chat_context(c: ml_collections.ConfigDict) -> None:
 
 
 def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
-  """`preset` is one of PRESETS, optionally with `+world` (e.g. 'tiny+world')."""
-  preset, plus, extra = preset.partition("+")
-  if preset not in PRESETS or (plus and extra != "world"):
+  """`preset` is one of PRESETS, optionally with extras `+world` and/or `+llama`
+  (e.g. 'tiny+world', 'tiny+world+llama')."""
+  name, *extras = preset.split("+")
+  if name not in PRESETS or any(e not in EXTRAS for e in extras) or len(set(extras)) < len(extras):
     raise ValueError(
-      f"Unknown preset {preset + plus + extra!r}; choose one of {PRESETS}, "
-      "optionally with '+world' (e.g. 'tiny+world')."
+      f"Unknown preset {preset!r}; choose one of {PRESETS}, optionally with "
+      f"{' and/or '.join('+' + e for e in EXTRAS)} (e.g. 'tiny+world')."
     )
+  preset = name
   c = ml_collections.ConfigDict()
   c.preset = preset
   c.seed = 0
   c.model = model_config(preset)
+  if "llama" in extras:
+    c.model.update(llama_switches(c.model))
   c.data = data_config(preset)
-  if extra == "world":
+  if "world" in extras:
     c.data.mixture = dict(WORLD_MIXTURE)
   c.train = train_config(preset)
-  if extra == "world":
+  if "world" in extras:
     _fit_chat_context(c)
   c.mesh = mesh_config()
   c.sample_prompts = ("The ", "def ", "import ")

@@ -29,7 +29,7 @@ import sys
 
 from absl import app, flags
 
-from gptjax import checkpoint as ckpt_lib, config as config_lib, train
+from gptjax import checkpoint as ckpt_lib, config as config_lib, model as model_lib, train
 
 
 def _field(arg: str) -> str:
@@ -69,7 +69,16 @@ def checked(config, get_reference):
   library never imports configs/). A hand-written config file with a typo'd
   field fails here, in the first second, naming the field.
   """
-  config_lib.check_fields(config, get_reference(config.preset))
+  reference = get_reference(config.preset)
+  if "model" in config and "model" in reference:
+    # The architecture switches are optional fields of any model section
+    # (absent = GPT-2): a config that sets them (`+llama`, a converted model)
+    # is checked against a reference that has them.
+    with reference.unlocked():
+      for name in model_lib.ARCH_DEFAULTS:
+        if name in config.model and name not in reference.model:
+          reference.model[name] = config.model[name]
+  config_lib.check_fields(config, reference)
   return config
 
 

@@ -6,8 +6,10 @@ the value at each row's final real token; the value model (PPO's critic)
 uses every position.
 
 Initialised from a language model's trunk (SFT, as InstructGPT did), so the
-parameter tree is {'trunk': <LM trunk>, 'head': {'w', 'b'}}; the LM's tied
-embedding lives in the trunk and is reused as is.
+parameter tree is {'trunk': <LM trunk>, 'head_w', 'head_b'}; the LM's tied
+embedding lives in the trunk and is reused as is. Any trunk of
+`gptjax.model` serves, GPT-2 or Llama family: an untied LM's output
+projection (`w_head`) sits beside its trunk and is simply left out.
 """
 
 import functools
@@ -83,7 +85,8 @@ def score_batched(model: ScalarHeadModel, params, tokens, token_mask, batch_size
 
 
 def from_lm_params(lm_params, head_params) -> dict:
-  """Reward/value params from a language model's params and a fresh head."""
+  """Reward/value params from a language model's params and a fresh head (the
+  LM's own head, an untied `w_head`, is not needed and not copied)."""
   return {"trunk": lm_params["trunk"], **head_params}
 
 

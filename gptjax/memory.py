@@ -13,21 +13,29 @@ Activations kept for the backward pass, per token and layer, in
 `config.model.dtype` (the model materialises the [T, T] attention scores;
 there is no rematerialisation), with t = mesh.tensor:
 
-  residual stream, LayerNorm in- and outputs   6 D        (replicated over tensor)
-  q, k, v and the attention output             4 D / t    (heads split over tensor)
+  residual stream, norm in- and outputs        6 D        (replicated over tensor)
+  q and the attention output                   2 D / t    (heads split over tensor)
+  k and v, G key/value heads of K dims         2 G K / t  (= 2 D / t in GPT-2)
   attention scores, masked scores, probs       3 H T / t
-  MLP pre- and post-activation                 2 F / t
+  MLP pre- and post-activation (GELU)          2 F / t
+  or SwiGLU's gate, up, silu, product          4.5 F / t
   with model.dropout > 0: dropped probs and    H T / t + 4 D
   the residual branches' dropout outputs
 
-plus the final LayerNorm (2 D) and float32 logits and their softmax (2 V / t).
+plus the final norm (2 D) and float32 logits and their softmax (2 V / t).
+With grouped-query attention (G < H) k and v are not divided by t: the
+`kv_heads` axis is replicated over tensor (`gptjax.sharding.RULES`). RoPE
+adds nothing measurable (the rotated q and k replace q and k), and RMSNorm
+is counted as LayerNorm (XLA keeps a little less).
 Tokens per device = batch_size / (data x fsdp) / grad_accum x T: gradient
 accumulation divides activations, not parameters. The counts are calibrated
 on XLA's own buffer assignment (CPU, float32, GPT-2-small widths, T = 256 and
 1024, one layer against two): 3.0 H T + 17.9 D per layer measured, 3 H T + 18 D
-counted. XLA on a CPU computes bfloat16 in float32, so there its compiled
-figure for a bfloat16 model is about twice this count; on TPUs and GPUs run
-`--print_memory` on the device itself for the compiled figure of that backend.
+counted. SwiGLU's 4.5 F was measured the same way (D = 256, F = 3 D, T = 128:
+2.5 F above GELU's), and so were GQA's k and v (2 G K). XLA on a CPU computes
+bfloat16 in float32, so there its compiled figure for a bfloat16 model is about
+twice this count; on TPUs and GPUs run `--print_memory` on the device itself
+for the compiled figure of that backend.
 """
 
 import dataclasses
@@ -56,7 +64,11 @@ def shard_bytes(tree) -> int:
 def activation_bytes(cfg: model_lib.TransformerConfig, tokens: int, tensor: int) -> int:
   """Activations a training step keeps for the backward pass (module docstring)."""
   D, F, H, T, V = cfg.d_model, cfg.d_ff, cfg.n_head, cfg.max_len, cfg.vocab_size
-  per_layer = 6 * D + (4 * D + 3 * H * T + 2 * F) / tensor  # values per token
+  kv = 2 * cfg.kv_heads * cfg.head_dim  # k and v
+  kv_split = cfg.kv_heads == cfg.n_head  # else `kv_heads`, replicated over tensor
+  mlp = 4.5 * F if cfg.mlp == "swiglu" else 2 * F
+  per_layer = 6 * D + (2 * D + (kv if kv_split else 0) + 3 * H * T + mlp) / tensor
+  per_layer += 0 if kv_split else kv  # values per token
   if cfg.dropout > 0:
     per_layer += H * T / tensor + 4 * D
   act = jnp.dtype(cfg.dtype).itemsize

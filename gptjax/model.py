@@ -1,21 +1,52 @@
-"""A GPT-2-family decoder-only Transformer in Flax linen.
+"""A decoder-only Transformer in Flax linen: the GPT-2 family and the Llama family.
 
-Read top to bottom: config -> attention -> MLP -> block -> Transformer.
+Read top to bottom: config -> norms and rotary embeddings -> attention ->
+MLP -> block -> Transformer.
+
+One module expresses both families. Switches in `config.model` choose each
+part; every switch is optional and its absence means GPT-2, so a config
+written before they existed builds exactly its old parameter tree and
+computes exactly its old outputs (its checkpoints restore bit-identically):
+
+  switch      GPT-2 (default)              Llama
+  position    "learned": a wpe table       "rope": rotary q and k (rope_theta)
+  norm        "layernorm" (scale, bias)    "rmsnorm" (scale only)
+  mlp         "gelu": w_fc, w_proj         "swiglu": w_gate_up, w_proj
+  n_kv_head   n_head                       fewer: grouped-query attention
+  tied_head   True: logits from wte        False: a separate w_head
+  use_bias    True                         False: no projection/MLP biases
+
+Any mixture is allowed (e.g. rope + layernorm + gelu with biases); norm_eps
+is both norms' epsilon. RoPE follows Hugging Face's Llama ("rotate_half")
+convention, and the parameter layout below is what the checkpoint
+converters read and write, so keep both fixed:
+
+  trunk/wte [V, D]; trunk/wpe [max_len, D] (learned positions only)
+  trunk/block_{i}/ln_1, ln_2 and trunk/ln_f: {scale, bias} or {scale}
+  trunk/block_{i}/attn: G == H: w_qkv [D, 3, H, K] (+ b_qkv [3, H, K]);
+    G < H: w_q [D, H, K], w_kv [D, 2, G, K] (+ b_q [H, K], b_kv [2, G, K]);
+    w_out [H, K, D] (+ b_out [D])
+  trunk/block_{i}/mlp: gelu: w_fc [D, F], b_fc, w_proj [F, D], b_proj;
+    swiglu: w_gate_up [D, 2, F] (0 gate, 1 up), w_proj [F, D]
+    (+ b_gate_up [2, F], b_proj [D])
+  w_head [D, V] beside `trunk` when the head is untied
 
 Shape letters used in comments and einsums:
   B batch, T query length, S key length (= T, or max_len in decode mode),
-  D d_model, H heads, K head dim (D / H), F d_ff, V vocab.
+  D d_model, H heads, G key/value heads (H, or fewer with grouped-query
+  attention), R = H / G query heads per key/value head, K head dim (D / H),
+  F d_ff, V vocab.
 
-Every parameter carries logical axis names (`embed`, `heads`, `kv`, `mlp`,
-`vocab`) that `gptjax.sharding` maps onto mesh axes; activations are
-constrained with (`batch`, `length`, `embed`).
+Every parameter carries logical axis names (`embed`, `heads`, `kv_heads`,
+`kv`, `mlp`, `vocab`) that `gptjax.sharding` maps onto mesh axes;
+activations are constrained with (`batch`, `length`, `embed`).
 
 Decoding: with `decode=True` the module keeps a KV cache in the `cache`
 collection. Tokens are written at slots [index, index + T) of the cache, so
 the same call handles a whole prompt (prefill) and then one token at a time.
 Rows of a batch may be left-padded: `token_mask` marks real tokens and
-`positions` gives each token's position id, so a padded row computes exactly
-what it would alone.
+`positions` gives each token's position id (the learned embedding's index,
+or RoPE's angle), so a padded row computes exactly what it would alone.
 """
 
 import dataclasses
@@ -27,8 +58,24 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+POSITIONS = ("learned", "rope")
+NORMS = ("layernorm", "rmsnorm")
+MLPS = ("gelu", "swiglu")
+# The optional architecture fields of `config.model` and what their absence
+# means (GPT-2). n_kv_head None: one key/value head per query head.
+ARCH_DEFAULTS = {
+  "position": "learned",
+  "rope_theta": 10000.0,
+  "norm": "layernorm",
+  "norm_eps": 1e-5,
+  "mlp": "gelu",
+  "n_kv_head": None,
+  "tied_head": True,
+  "use_bias": True,
+}
 _NEG_INF = -1e9  # finite, so fully masked rows give a uniform softmax, not NaN
 
 
@@ -43,14 +90,33 @@ class TransformerConfig:
   dropout: float = 0.0
   dtype: Any = jnp.float32  # activations
   param_dtype: Any = jnp.float32  # parameters
+  # Architecture switches (module docstring); the defaults are GPT-2.
+  position: str = "learned"  # POSITIONS
+  rope_theta: float = 10000.0
+  norm: str = "layernorm"  # NORMS
+  norm_eps: float = 1e-5
+  mlp: str = "gelu"  # MLPS
+  n_kv_head: int | None = None  # None: n_head. Not filled in, so that
+  # `dataclasses.replace(cfg, n_head=...)` of a multi-head config stays multi-head.
+  tied_head: bool = True
+  use_bias: bool = True
 
   @property
   def head_dim(self) -> int:
     return self.d_model // self.n_head
 
+  @property
+  def kv_heads(self) -> int:
+    """G: the key/value heads (n_head, or n_kv_head with grouped-query attention)."""
+    return self.n_head if self.n_kv_head is None else self.n_kv_head
+
   @classmethod
   def from_config(cls, c: ml_collections.ConfigDict) -> "TransformerConfig":
-    """Validates `config.model` and converts dtype names."""
+    """Validates `config.model` and converts dtype names.
+
+    The architecture switches are read with `c.get`: configs that predate
+    them (and their pipeline fingerprints) do not change.
+    """
     for name in ("dtype", "param_dtype"):
       if c[name] not in DTYPES:
         raise ValueError(f"config.model.{name}={c[name]!r}; allowed: {sorted(DTYPES)}")
@@ -73,7 +139,58 @@ class TransformerConfig:
       dropout=c.dropout,
       dtype=DTYPES[c.dtype],
       param_dtype=DTYPES[c.param_dtype],
+      **_architecture(c),
     )
+
+
+def _architecture(c: ml_collections.ConfigDict) -> dict:
+  """The switches of `config.model`, validated; absent ones take the GPT-2 defaults."""
+
+  get = lambda name: c.get(name, ARCH_DEFAULTS[name])
+
+  def choice(name, allowed):
+    value = get(name)
+    if not isinstance(value, str) or value not in allowed:
+      raise ValueError(f"config.model.{name}={value!r}; allowed: {list(allowed)}")
+    return value
+
+  def positive(name):
+    value = get(name)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or not 0 < value < math.inf:
+      raise ValueError(f"config.model.{name}={value!r}; allowed: a positive number")
+    return float(value)
+
+  def flag(name):
+    value = get(name)
+    if not isinstance(value, bool):
+      raise ValueError(f"config.model.{name}={value!r}; allowed: True, False")
+    return value
+
+  position = choice("position", POSITIONS)
+  if position == "rope" and (c.d_model // c.n_head) % 2:
+    raise ValueError(
+      f"config.model.position='rope' needs an even head dim, but d_model / n_head = "
+      f"{c.d_model // c.n_head}; allowed: 'learned', or an even d_model / n_head"
+    )
+  n_kv_head = get("n_kv_head")
+  divisors = [g for g in range(1, c.n_head + 1) if c.n_head % g == 0]
+  is_int = isinstance(n_kv_head, int) and not isinstance(n_kv_head, bool)
+  if n_kv_head is not None and not (is_int and n_kv_head in divisors):
+    raise ValueError(
+      f"config.model.n_kv_head={n_kv_head!r}; allowed: a divisor of "
+      f"config.model.n_head={c.n_head} ({', '.join(map(str, divisors))})"
+    )
+  return dict(
+    position=position,
+    rope_theta=positive("rope_theta"),
+    norm=choice("norm", NORMS),
+    norm_eps=positive("norm_eps"),
+    mlp=choice("mlp", MLPS),
+    n_kv_head=n_kv_head,
+    tied_head=flag("tied_head"),
+    use_bias=flag("use_bias"),
+  )
 
 
 def _transposed_equations(eq: str) -> tuple[str, str]:
@@ -140,15 +257,87 @@ def _zeros(names: tuple):
   return nn.with_logical_partitioning(nn.initializers.zeros, names)
 
 
-def _layer_norm(cfg: TransformerConfig, name: str) -> nn.LayerNorm:
+# ----------------------------------------------------------------------------
+# Norms and rotary position embeddings
+
+
+class RMSNorm(nn.Module):
+  """x / sqrt(mean(x^2) + eps) * scale over the last axis: LayerNorm without
+  centring or bias (Llama).
+
+  Normalised in float32 and rounded to `dtype` before the scale, as Hugging
+  Face's LlamaRMSNorm does, so bfloat16 activations lose no precision in the
+  mean of squares and converted checkpoints compute what they computed there.
+  """
+
+  epsilon: float
+  dtype: Any
+  param_dtype: Any
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param(
+      "scale",
+      nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+      (x.shape[-1],),
+      self.param_dtype,
+    )
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.epsilon)
+    return normed.astype(self.dtype) * scale.astype(self.dtype)  # [..., D]
+
+
+def _norm(cfg: TransformerConfig, name: str) -> nn.Module:
+  """The block's normalisation: LayerNorm {scale, bias} or RMSNorm {scale}."""
+  if cfg.norm == "rmsnorm":
+    return RMSNorm(cfg.norm_eps, cfg.dtype, cfg.param_dtype, name=name)
   return nn.LayerNorm(
-    epsilon=1e-5,
+    epsilon=cfg.norm_eps,
     dtype=cfg.dtype,
     param_dtype=cfg.param_dtype,
     name=name,
     scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
     bias_init=_zeros(("embed",)),
   )
+
+
+def rope_inv_freq(head_dim: int, theta: float) -> np.ndarray:
+  """[K/2] float32: theta ** (-2i / K) for i < K/2, RoPE's angular frequencies.
+
+  A constant of the config, so computed on the host in float64 and rounded
+  once (the same values on every backend).
+  """
+  exponents = np.arange(0, head_dim, 2, dtype=np.float64) / head_dim
+  return (1.0 / theta**exponents).astype(np.float32)
+
+
+def rotate_half(x):
+  """[..., K]: (x1, x2) -> (-x2, x1) for the two halves of the last axis.
+
+  Hugging Face's Llama convention: dimension i pairs with i + K/2 (not with
+  its neighbour, as in the RoFormer paper), the layout of HF checkpoints.
+  """
+  x1, x2 = jnp.split(x, 2, axis=-1)
+  return jnp.concatenate([-x2, x1], axis=-1)
+
+
+def apply_rope(x, positions, theta: float):
+  """Rotates x [B, T, N, K] (N query or key/value heads) by position [B, T].
+
+  Angles position * inv_freq [B, T, K/2], duplicated to [B, T, K] to match
+  `rotate_half`: x * cos + rotate_half(x) * sin. Angles and the rotation are
+  computed in float32 (bfloat16 cannot hold a position's angle beyond a few
+  hundred tokens) and the result rounded to x's dtype.
+  """
+  inv_freq = rope_inv_freq(x.shape[-1], theta)  # [K/2]
+  angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, K/2]
+  angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]  # [B, T, 1, K]
+  x32 = x.astype(jnp.float32)
+  return (x32 * jnp.cos(angles) + rotate_half(x32) * jnp.sin(angles)).astype(x.dtype)
+
+
+# ----------------------------------------------------------------------------
+# Attention
 
 
 def causal_mask(
@@ -164,56 +353,98 @@ def causal_mask(
 
 
 class CausalSelfAttention(nn.Module):
+  """Multi-head attention, or grouped-query attention when n_kv_head < n_head.
+
+  With G < H key/value heads, query heads are grouped as [B, T, G, R, K]: the
+  R = H / G query heads of a group attend to their group's one key/value
+  head, which is read by the einsum, never repeated R times (in training
+  memory, or in the KV cache, which holds G heads: H / G times smaller).
+  """
+
   cfg: TransformerConfig
 
   @nn.compact
-  def __call__(self, x, token_mask, segment_ids=None, *, decode: bool, deterministic: bool):
+  def __call__(
+    self, x, token_mask, segment_ids=None, positions=None, *, decode: bool, deterministic: bool
+  ):
     cfg = self.cfg
-    D, H, K = cfg.d_model, cfg.n_head, cfg.head_dim
+    D, H, G, K = cfg.d_model, cfg.n_head, cfg.kv_heads, cfg.head_dim
     B, T, _ = x.shape
     resid_std = 0.02 / math.sqrt(2 * cfg.n_layer)
-    w_qkv = self.param(
-      "w_qkv", _init(0.02, ("embed", None, "heads", "kv")), (D, 3, H, K), cfg.param_dtype
-    )
-    b_qkv = self.param("b_qkv", _zeros((None, "heads", "kv")), (3, H, K), cfg.param_dtype)
+    q, k, v = self._project_qkv(x)  # [B, T, H, K]; k, v [B, T, G, K]
     w_out = self.param(
       "w_out", _init(resid_std, ("heads", "kv", "embed")), (H, K, D), cfg.param_dtype
     )
-    b_out = self.param("b_out", _zeros(("embed",)), (D,), cfg.param_dtype)
+    b_out = self.param("b_out", _zeros(("embed",)), (D,), cfg.param_dtype) if cfg.use_bias else None
+    if cfg.position == "rope":  # before k enters the cache: cached keys are rotated
+      q = apply_rope(q, positions, cfg.rope_theta)
+      k = apply_rope(k, positions, cfg.rope_theta)
 
-    qkv = einsum("btd,dchk->cbthk", x, w_qkv.astype(cfg.dtype))
-    qkv = qkv + b_qkv.astype(cfg.dtype)[:, None, None]  # [3, B, T, H, K]
-    q, k, v = qkv[0], qkv[1], qkv[2]  # [B, T, H, K] each
-
+    # The query heads' letters: "h" for [B, T, H, K]; "gr" for [B, T, G, R, K].
+    qh, kvh = ("h", "h") if G == H else ("gr", "g")
+    if G < H:
+      q = q.reshape(B, T, G, H // G, K)
     if decode:
-      # The cache is kept heads-first, [B, H, S, K]: each decode step then reads
+      # The cache is kept heads-first, [B, G, S, K]: each decode step then reads
       # it without transposing it (a copy of the whole cache per step, 2.3x the
-      # step time at batch 32). Training keeps [B, S, H, K], ~10% faster there.
+      # step time at batch 32). Training keeps [B, S, G, K], ~10% faster there.
       k, v, k_valid, q_slot, k_slot = self._update_cache(k, v, token_mask)
-      kv = "bhsk"
+      kv = f"b{kvh}sk"
     else:
       k_valid = token_mask  # [B, S=T]
       q_slot = k_slot = jnp.arange(T)
-      kv = "bshk"
+      kv = f"bs{kvh}k"
     mask = causal_mask(q_slot, k_slot, k_valid, None if decode else segment_ids)
+    if G < H:
+      mask = mask[:, None]  # [B, 1, 1, T, S]
 
-    scores = jnp.einsum(f"bthk,{kv}->bhts", q, k) / math.sqrt(K)
+    scores = jnp.einsum(f"bt{qh}k,{kv}->b{qh}ts", q, k) / math.sqrt(K)
     scores = jnp.where(mask, scores.astype(jnp.float32), _NEG_INF)
-    probs = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype)  # [B, H, T, S]
+    probs = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype)  # [B, H, T, S] or [B, G, R, T, S]
     probs = nn.Dropout(cfg.dropout)(probs, deterministic=deterministic)
-    out = jnp.einsum(f"bhts,{kv}->bthk", probs, v)  # [B, T, H, K]
+    out = jnp.einsum(f"b{qh}ts,{kv}->bt{qh}k", probs, v)
+    if G < H:
+      out = out.reshape(B, T, H, K)  # [B, T, H, K]
     out = einsum("bthk,hkd->btd", out, w_out.astype(cfg.dtype))
-    return out + b_out.astype(cfg.dtype)  # [B, T, D]
+    return out if b_out is None else out + b_out.astype(cfg.dtype)  # [B, T, D]
+
+  def _project_qkv(self, x):
+    """x [B, T, D] -> q [B, T, H, K], k and v [B, T, G, K].
+
+    G == H: one fused w_qkv [D, 3, H, K] (GPT-2's layout). G < H: w_q
+    [D, H, K] and w_kv [D, 2, G, K], whose key/value axis `kv_heads` is
+    sharded separately from the query heads (see `gptjax.sharding`).
+    """
+    cfg = self.cfg
+    D, H, G, K = cfg.d_model, cfg.n_head, cfg.kv_heads, cfg.head_dim
+    dt, pdt = cfg.dtype, cfg.param_dtype
+    if G == H:
+      w_qkv = self.param("w_qkv", _init(0.02, ("embed", None, "heads", "kv")), (D, 3, H, K), pdt)
+      qkv = einsum("btd,dchk->cbthk", x, w_qkv.astype(dt))  # [3, B, T, H, K]
+      if cfg.use_bias:
+        b_qkv = self.param("b_qkv", _zeros((None, "heads", "kv")), (3, H, K), pdt)
+        qkv = qkv + b_qkv.astype(dt)[:, None, None]
+      return qkv[0], qkv[1], qkv[2]
+    w_q = self.param("w_q", _init(0.02, ("embed", "heads", "kv")), (D, H, K), pdt)
+    w_kv = self.param("w_kv", _init(0.02, ("embed", None, "kv_heads", "kv")), (D, 2, G, K), pdt)
+    q = einsum("btd,dhk->bthk", x, w_q.astype(dt))  # [B, T, H, K]
+    kv = einsum("btd,dcgk->cbtgk", x, w_kv.astype(dt))  # [2, B, T, G, K]
+    if cfg.use_bias:
+      b_q = self.param("b_q", _zeros(("heads", "kv")), (H, K), pdt)
+      b_kv = self.param("b_kv", _zeros((None, "kv_heads", "kv")), (2, G, K), pdt)
+      q = q + b_q.astype(dt)
+      kv = kv + b_kv.astype(dt)[:, None, None]
+    return q, kv[0], kv[1]
 
   def _update_cache(self, k, v, token_mask):
-    """Writes k, v [B, T, H, K] at the cache's current index. Returns the full
-    cache k, v [B, H, S, K], valid [B, S] and the query and key slots."""
+    """Writes k, v [B, T, G, K] at the cache's current index. Returns the full
+    cache k, v [B, G, S, K], valid [B, S] and the query and key slots."""
     cfg = self.cfg
-    B, T, H, K = k.shape
+    B, T, G, K = k.shape
     S = cfg.max_len
-    cached_k = self.variable("cache", "k", jnp.zeros, (B, H, S, K), cfg.dtype)
-    cached_v = self.variable("cache", "v", jnp.zeros, (B, H, S, K), cfg.dtype)
-    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, H, T, K]
+    cached_k = self.variable("cache", "k", jnp.zeros, (B, G, S, K), cfg.dtype)
+    cached_v = self.variable("cache", "v", jnp.zeros, (B, G, S, K), cfg.dtype)
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, G, T, K]
     valid = self.variable("cache", "valid", jnp.zeros, (B, S), jnp.bool_)
     index = self.variable("cache", "index", lambda: jnp.array(0, jnp.int32))
     i = index.value
@@ -224,49 +455,75 @@ class CausalSelfAttention(nn.Module):
     return cached_k.value, cached_v.value, valid.value, i + jnp.arange(T), jnp.arange(S)
 
 
+# ----------------------------------------------------------------------------
+# MLP, block, trunk, language model
+
+
 class MLP(nn.Module):
+  """GELU: w_proj(gelu(x w_fc)). SwiGLU: w_proj(silu(x w_gate) * (x w_up)), with
+  gate and up fused in one w_gate_up [D, 2, F] (one GEMM, as w_qkv)."""
+
   cfg: TransformerConfig
 
   @nn.compact
   def __call__(self, x, *, deterministic: bool):
     cfg = self.cfg
+    D, F = cfg.d_model, cfg.d_ff
+    dt, pdt = cfg.dtype, cfg.param_dtype
     resid_std = 0.02 / math.sqrt(2 * cfg.n_layer)
-    w_fc = self.param(
-      "w_fc", _init(0.02, ("embed", "mlp")), (cfg.d_model, cfg.d_ff), cfg.param_dtype
-    )
-    b_fc = self.param("b_fc", _zeros(("mlp",)), (cfg.d_ff,), cfg.param_dtype)
-    w_proj = self.param(
-      "w_proj", _init(resid_std, ("mlp", "embed")), (cfg.d_ff, cfg.d_model), cfg.param_dtype
-    )
-    b_proj = self.param("b_proj", _zeros(("embed",)), (cfg.d_model,), cfg.param_dtype)
-    h = einsum("btd,df->btf", x, w_fc.astype(cfg.dtype)) + b_fc.astype(cfg.dtype)
-    h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
-    h = jax.nn.gelu(h, approximate=True)  # [B, T, F]
-    out = einsum("btf,fd->btd", h, w_proj.astype(cfg.dtype)) + b_proj.astype(cfg.dtype)
+    h = self._swiglu(x) if cfg.mlp == "swiglu" else self._gelu(x)  # [B, T, F]
+    w_proj = self.param("w_proj", _init(resid_std, ("mlp", "embed")), (F, D), pdt)
+    out = einsum("btf,fd->btd", h, w_proj.astype(dt))
+    if cfg.use_bias:
+      out = out + self.param("b_proj", _zeros(("embed",)), (D,), pdt).astype(dt)
     return nn.Dropout(cfg.dropout)(out, deterministic=deterministic)
+
+  def _gelu(self, x):
+    cfg = self.cfg
+    D, F = cfg.d_model, cfg.d_ff
+    w_fc = self.param("w_fc", _init(0.02, ("embed", "mlp")), (D, F), cfg.param_dtype)
+    h = einsum("btd,df->btf", x, w_fc.astype(cfg.dtype))
+    if cfg.use_bias:
+      h = h + self.param("b_fc", _zeros(("mlp",)), (F,), cfg.param_dtype).astype(cfg.dtype)
+    h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
+    return jax.nn.gelu(h, approximate=True)  # [B, T, F]
+
+  def _swiglu(self, x):
+    cfg = self.cfg
+    D, F = cfg.d_model, cfg.d_ff
+    w = self.param("w_gate_up", _init(0.02, ("embed", None, "mlp")), (D, 2, F), cfg.param_dtype)
+    gate_up = einsum("btd,dcf->cbtf", x, w.astype(cfg.dtype))  # [2, B, T, F]
+    if cfg.use_bias:
+      b = self.param("b_gate_up", _zeros((None, "mlp")), (2, F), cfg.param_dtype)
+      gate_up = gate_up + b.astype(cfg.dtype)[:, None, None]
+    h = jax.nn.silu(gate_up[0]) * gate_up[1]
+    return nn.with_logical_constraint(h, ("batch", "length", "mlp"))  # [B, T, F]
 
 
 class Block(nn.Module):
-  """Pre-LayerNorm residual block: x + attn(ln(x)), then x + mlp(ln(x))."""
+  """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
   cfg: TransformerConfig
 
   @nn.compact
-  def __call__(self, x, token_mask, segment_ids=None, *, decode: bool, deterministic: bool):
+  def __call__(
+    self, x, token_mask, segment_ids=None, positions=None, *, decode: bool, deterministic: bool
+  ):
     h = CausalSelfAttention(self.cfg, name="attn")(
-      _layer_norm(self.cfg, "ln_1")(x),
+      _norm(self.cfg, "ln_1")(x),
       token_mask,
       segment_ids,
+      positions,
       decode=decode,
       deterministic=deterministic,
     )
     x = x + nn.Dropout(self.cfg.dropout)(h, deterministic=deterministic)
-    x = x + MLP(self.cfg, name="mlp")(_layer_norm(self.cfg, "ln_2")(x), deterministic=deterministic)
+    x = x + MLP(self.cfg, name="mlp")(_norm(self.cfg, "ln_2")(x), deterministic=deterministic)
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
 class Trunk(nn.Module):
-  """Embeddings and blocks up to the final LayerNorm: tokens -> hidden [B, T, D].
+  """Embeddings and blocks up to the final norm: tokens -> hidden [B, T, D].
 
   Shared by the language model (`Transformer`) and the scalar heads
   (reward and value models) in `gptjax.heads`.
@@ -294,21 +551,27 @@ class Trunk(nn.Module):
     wte = self.param(
       "wte", _init(0.02, ("vocab", "embed")), (cfg.vocab_size, cfg.d_model), cfg.param_dtype
     )
-    wpe = self.param(
-      "wpe", _init(0.01, (None, "embed")), (cfg.max_len, cfg.d_model), cfg.param_dtype
-    )
-    x = (jnp.take(wte, tokens, axis=0) + jnp.take(wpe, positions, axis=0)).astype(cfg.dtype)
-    x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
+    x = jnp.take(wte, tokens, axis=0)
+    if cfg.position == "learned":
+      wpe = self.param(
+        "wpe", _init(0.01, (None, "embed")), (cfg.max_len, cfg.d_model), cfg.param_dtype
+      )
+      x = x + jnp.take(wpe, positions, axis=0)
+    x = nn.Dropout(cfg.dropout)(x.astype(cfg.dtype), deterministic=deterministic)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))  # [B, T, D]
     for i in range(cfg.n_layer):
       x = Block(cfg, name=f"block_{i}")(
-        x, token_mask, segment_ids, decode=decode, deterministic=deterministic
+        x, token_mask, segment_ids, positions, decode=decode, deterministic=deterministic
       )
-    return _layer_norm(cfg, "ln_f")(x)  # [B, T, D]
+    return _norm(cfg, "ln_f")(x)  # [B, T, D]
 
 
 class Transformer(nn.Module):
-  """Language model: tokens [B, T] -> float32 logits [B, T, V], head tied to `wte`.
+  """Language model: tokens [B, T] -> float32 logits [B, T, V].
+
+  The head is tied to `wte` (GPT-2), or with `tied_head=False` its own
+  `w_head` [D, V] beside the trunk (Llama), so that the trunk alone is what
+  the scalar heads of `gptjax.heads` reuse either way.
 
   segment_ids [B, T] (optional): packed rows hold several documents; a token
   attends only within its own segment.
@@ -327,13 +590,20 @@ class Transformer(nn.Module):
     decode=False,
     deterministic=True,
   ):
-    trunk = Trunk(self.cfg, name="trunk")
+    cfg = self.cfg
+    trunk = Trunk(cfg, name="trunk")
     x = trunk(
       tokens, positions, token_mask, segment_ids, decode=decode, deterministic=deterministic
     )
-    wte = trunk.variables["params"]["wte"]
-    wte = wte.value if isinstance(wte, nn.Partitioned) else wte
-    logits = einsum("btd,vd->btv", x, wte.astype(self.cfg.dtype), jnp.float32)
+    if cfg.tied_head:
+      wte = trunk.variables["params"]["wte"]
+      wte = wte.value if isinstance(wte, nn.Partitioned) else wte
+      logits = einsum("btd,vd->btv", x, wte.astype(cfg.dtype), jnp.float32)
+    else:
+      w_head = self.param(
+        "w_head", _init(0.02, ("embed", "vocab")), (cfg.d_model, cfg.vocab_size), cfg.param_dtype
+      )
+      logits = einsum("btd,dv->btv", x, w_head.astype(cfg.dtype), jnp.float32)
     return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
 
 
@@ -342,29 +612,47 @@ def build(config: ml_collections.ConfigDict) -> Transformer:
   return Transformer(TransformerConfig.from_config(config.model))
 
 
+# ----------------------------------------------------------------------------
+# Counting and caches
+
+_EMBEDDINGS = ("wte", "wpe", "w_head")
+
+
 def count_params(params, exclude_embeddings: bool = False) -> int:
-  """Number of parameters; optionally without token/position embeddings (Kaplan's N)."""
+  """Number of parameters; optionally without the embeddings (Kaplan's N).
+
+  The embeddings are the token and position tables and an untied head
+  (`w_head`, the output embedding): N is then the same for a tied and an
+  untied model of one shape.
+  """
   flat = jax.tree_util.tree_flatten_with_path(nn.meta.unbox(params))[0]
   return sum(
     x.size
     for path, x in flat
-    if not (exclude_embeddings and any(getattr(p, "key", None) in ("wte", "wpe") for p in path))
+    if not (exclude_embeddings and any(getattr(p, "key", None) in _EMBEDDINGS for p in path))
   )
 
 
 def matmul_params(params, tied_unembedding: bool = True) -> int:
-  """Parameters that take part in matmuls: all but the position embeddings.
+  """Parameters that take part in matmuls: all but the lookup-only tables.
 
-  The token embedding counts only when it is also the (tied) output
-  projection, as in the language model; a scalar-head model only looks it up.
+  Position embeddings (where present) are only looked up. The token
+  embedding counts only when it is also the (tied) output projection, as in
+  a tied language model; an untied model's output projection is `w_head`
+  (counted), and a scalar-head model only looks `wte` up.
   """
   trunk = params["trunk"]
-  n = count_params(params) - trunk["wpe"].size
-  return n if tied_unembedding else n - trunk["wte"].size
+  n = count_params(params) - (trunk["wpe"].size if "wpe" in trunk else 0)
+  tied = tied_unembedding and "w_head" not in params
+  return n if tied else n - trunk["wte"].size
 
 
 def flops_per_token(cfg: TransformerConfig, n_params: int, seq_len: int) -> float:
-  """Training FLOPs per token: 6N + 12 * n_layer * d_model * T (PaLM, appendix B)."""
+  """Training FLOPs per token: 6N + 12 * n_layer * d_model * T (PaLM, appendix B).
+
+  The attention term counts the query heads (H x K = d_model): grouped-query
+  attention shares keys and values, not the score or weighted-sum products.
+  """
   return 6 * n_params + 12 * cfg.n_layer * cfg.d_model * seq_len
 
 

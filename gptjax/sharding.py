@@ -34,6 +34,13 @@ RULES = (
   ("length", None),
   ("embed", "fsdp"),
   ("heads", "tensor"),
+  # Grouped-query attention's key/value heads (w_kv, b_kv) stay whole on every
+  # tensor shard. A rule cannot look at shapes, and G = n_kv_head is often not
+  # a multiple of the tensor axis (SmolLM2-135M: G = 3; Llama 3 70B: G = 8 on
+  # 16-way tensor parallelism), where a split would be uneven, which jit
+  # rejects. Replication is what Megatron does for G < tensor; w_kv is 2 G / H
+  # the size of w_q and is still split along `embed` over fsdp.
+  ("kv_heads", None),
   ("kv", None),
   ("mlp", "tensor"),
   ("vocab", "tensor"),

@@ -19,6 +19,11 @@ from conftest import run_entry_point
     ),
     ("experiments.pretrain", ["--config=configs/pretrain.py:tinyy"], ["Unknown preset 'tinyy'"]),
     (
+      "experiments.pretrain",
+      ["--config=configs/pretrain.py:tiny+lama"],
+      ["Unknown preset 'tiny+lama'", "+world and/or +llama"],
+    ),
+    (
       "experiments.rlhf",
       ["--config=configs/rlhf.py:tiny", "--config.ppo.betaa=0.1"],
       ["--config.ppo.betaa=0.1: unknown config field betaa", 'did you mean "beta"'],
@@ -145,3 +150,23 @@ def test_stop_signal_saves_a_checkpoint_and_exits_130(tmp_path, data_cache_dir, 
   assert "saving a checkpoint before exiting" in out, out[-2000:]
   steps = [int(p) for p in os.listdir(workdir / "checkpoints") if p.isdigit()]
   assert steps and min(steps) >= 5, steps
+
+
+def test_architecture_switches_pass_the_field_check():
+  """`+llama` (and a converted model's config) sets gptjax.model.ARCH_DEFAULTS
+  fields that the bare preset lacks: they are checked as fields of any model
+  section, while a misspelt one still fails."""
+  from configs import pretrain as pretrain_configs
+  from gptjax import cli, model as model_lib
+
+  config = pretrain_configs.get_config("tiny+world+llama")
+  assert cli.checked(config, pretrain_configs.get_config) is config
+  assert set(model_lib.ARCH_DEFAULTS) <= set(config.model)
+  assert model_lib.build(config).cfg.kv_heads == config.model.n_head // 2
+  config.model.norm = "batchnorm"
+  with pytest.raises(ValueError, match=r"config.model.norm='batchnorm'; allowed: \['layernorm'"):
+    model_lib.build(config)
+  with config.unlocked():
+    config.model.n_kv_heads = 1
+  with pytest.raises(ValueError, match="n_kv_heads"):
+    cli.checked(config, pretrain_configs.get_config)
