@@ -4,15 +4,17 @@ finished stage left.
 Every stage starts with `prepare_stage` (validate, join a multi-host job,
 resolve the config against its upstream runs, create and lock the workdir,
 refuse a changed config, save config.json, copy the tokenizer), reads its
-upstream through `load_run` (config.json, tokenizer.model, the latest
+upstream through `load_run` (config.json, the tokenizer's files, the latest
 checkpoint's params) and writes JSON results with `write_json` (atomic: a
-crash never leaves half a file).
+crash never leaves half a file). The tokenizer is gptjax's sentencepiece
+(tokenizer.model) or, for a model converted by `gptjax.hub`, a released
+model's BPE (tokenizer.json + tokenizer_config.json); `gptjax.tokenizer`
+reads and copies either.
 """
 
 import dataclasses
 import json
 import os
-import shutil
 import socket
 from typing import Any, Callable
 
@@ -20,10 +22,15 @@ import jax
 import ml_collections
 import numpy as np
 
-from gptjax import config as config_lib, model as model_lib, sharding, train
+from gptjax import (
+  config as config_lib,
+  model as model_lib,
+  sharding,
+  tokenizer as tokenizer_lib,
+  train,
+)
 from gptjax.data import sources
 from gptjax.tasks import world as world_lib
-from gptjax.tokenizer import Tokenizer
 
 
 def write_json(path: str, obj, **dump_kwargs) -> None:
@@ -141,7 +148,7 @@ def prepare_stage(
   e.g. SFT adds the pretrained run's model section) -> create the workdir and
   check it is writable -> lock it -> refuse a config that differs from the
   one saved by an earlier run in it (except config.SAFE_TO_CHANGE) -> save
-  config.json -> copy tokenizer.model from `tokenizer_from` (the upstream run).
+  config.json -> copy the tokenizer's files from `tokenizer_from` (the upstream run).
 
   Use as `with prepare_stage(...) as stage:` so the lock is released.
   """
@@ -158,9 +165,7 @@ def prepare_stage(
     config_lib.check_unchanged(config, workdir)
     config_lib.save(config, workdir)
     if tokenizer_from is not None:
-      shutil.copyfile(
-        os.path.join(tokenizer_from, "tokenizer.model"), os.path.join(workdir, "tokenizer.model")
-      )
+      tokenizer_lib.copy_files(tokenizer_from, workdir)
   except BaseException:
     lock.release()
     raise
@@ -172,29 +177,28 @@ class LoadedRun:
   config: ml_collections.ConfigDict  # the run's config.json
   model: object
   params: object
-  tokenizer: Tokenizer
+  tokenizer: tokenizer_lib.ChatTokenizer
   step: int
   workdir: str = ""
 
 
 def load_run(workdir: str, step: int | None = None) -> LoadedRun:
-  """Config, tokenizer and params of a pretrain or SFT workdir (latest checkpoint).
+  """Config, tokenizer and params of a pretrain, SFT or converted workdir (latest checkpoint).
 
   Raises:
     FileNotFoundError: naming what is missing (config, tokenizer, checkpoint).
   """
   workdir = os.path.abspath(workdir)
-  for name in ("config.json", "tokenizer.model"):
-    if not os.path.exists(os.path.join(workdir, name)):
-      raise FileNotFoundError(f"{workdir} has no {name}: is it a gptjax run's --workdir?")
+  if not os.path.exists(os.path.join(workdir, "config.json")):
+    raise FileNotFoundError(f"{workdir} has no config.json: is it a gptjax run's --workdir?")
+  if not tokenizer_lib.files_in(workdir):
+    tokenizer_lib.load_from(workdir)  # raises, naming both tokenizer files
   config = config_lib.load(os.path.join(workdir, "config.json"))
   model = model_lib.build(config)
   params, step = train.restore_params(
     workdir, config, model, {"tokens": np.zeros((1, config.model.max_len), np.int32)}, step
   )
-  return LoadedRun(
-    config, model, params, Tokenizer.load(os.path.join(workdir, "tokenizer.model")), step, workdir
-  )
+  return LoadedRun(config, model, params, tokenizer_lib.load_from(workdir), step, workdir)
 
 
 def world_of(config) -> world_lib.World:

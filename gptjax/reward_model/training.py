@@ -50,7 +50,7 @@ from gptjax import (
 )
 from gptjax.reward_model import comparisons as comp_lib
 from gptjax.tasks import instructions, labeler
-from gptjax.tokenizer import Tokenizer
+from gptjax.tokenizer import load_from as load_tokenizer
 
 NORMALIZATION_FILE = "reward_model.json"
 LABELS_FILE = "labels.npz"
@@ -322,7 +322,7 @@ def load_init(config, sft_dir: str):
   """(model, params) of the reward model before training: a trunk + a fresh head."""
   init_dir = config.rm.init_from or sft_dir
   init_run = runs.load_run(init_dir)
-  policy_tokenizer = Tokenizer.load(os.path.join(sft_dir, "tokenizer.model"))
+  policy_tokenizer = load_tokenizer(sft_dir)
   if init_run.tokenizer.fingerprint != policy_tokenizer.fingerprint:
     raise ValueError(
       f"rm.init_from={init_dir} uses a different tokenizer from the SFT "

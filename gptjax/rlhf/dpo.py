@@ -42,13 +42,23 @@ import dataclasses
 import functools
 import math
 import os
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gptjax import config as config_lib, evaluation, runs, sampling, sft as sft_lib, sharding, train
+from gptjax import (
+  config as config_lib,
+  evaluation,
+  runs,
+  sampling,
+  sft as sft_lib,
+  sharding,
+  tokenizer as tokenizer_lib,
+  train,
+)
 from gptjax.reward_model import comparisons as comp_lib, training as rm_training
 from gptjax.rlhf import stats
 from gptjax.tasks import labeler, oracle
@@ -60,19 +70,20 @@ REFERENCE_FILE = "reference_logprobs.npz"
 # Pure functions.
 
 
-def response_mask(tokens: np.ndarray, token_mask: np.ndarray, assistant_id: int) -> np.ndarray:
+def response_mask(
+  tokens: np.ndarray, token_mask: np.ndarray, assistant_header: int | Sequence[int]
+) -> np.ndarray:
   """[..., T] bool: the response tokens of chat rows (prompt + response, right-padded).
 
-  The response starts after the row's first <|assistant|>: the prompt ends
-  with it (the generation prompt) and user text never encodes to it, so
-  this holds also when the prompt was cut from the left to fit the context.
+  The response starts after the row's first assistant header (the
+  tokenizer's `assistant_header`: <|assistant|>, or ChatML's several tokens
+  <|im_start|> assistant \\n): the prompt ends with it (the generation
+  prompt) and user text never encodes to its control token, so this holds
+  also when the prompt was cut from the left to fit the context.
   """
   T = tokens.shape[-1]
-  is_tag = tokens == assistant_id
-  if not is_tag.any(-1).all():
-    raise ValueError("a comparison row has no <|assistant|> token: not a chat-template row")
-  first = np.argmax(is_tag, axis=-1)  # [...]
-  return (np.arange(T) > first[..., None]) & token_mask.astype(bool)
+  start = tokenizer_lib.response_starts(tokens, assistant_header)  # [...]
+  return (np.arange(T) >= start[..., None]) & token_mask.astype(bool)
 
 
 def ranks_of(ranking: np.ndarray) -> np.ndarray:
@@ -186,12 +197,14 @@ def logprobs_of(model, params, tokens, token_mask, resp_mask, batch: int = 64) -
   return out.reshape(shape)
 
 
-def dpo_arrays(comps: comp_lib.Comparisons, assistant_id: int) -> dict[str, np.ndarray]:
+def dpo_arrays(
+  comps: comp_lib.Comparisons, assistant_header: int | Sequence[int]
+) -> dict[str, np.ndarray]:
   """The per-prompt arrays a DPO batch is cut from (without 'ref_logp')."""
   return {
     "tokens": comps.tokens,
     "token_mask": comps.token_mask,
-    "response_mask": response_mask(comps.tokens, comps.token_mask, assistant_id),
+    "response_mask": response_mask(comps.tokens, comps.token_mask, assistant_header),
     "rank": comps.rank if getattr(comps, "rank", None) is not None else ranks_of(comps.ranking),
   }
 
@@ -304,8 +317,8 @@ def run(config, workdir: str, sft_dir: str | None = None, rm_dir: str | None = N
 
 def _optimise(config, workdir: str, sft: runs.LoadedRun, train_c, heldout, log) -> dict:
   """Reference log-probs -> DPO on the shared loop -> evaluation -> eval.json."""
-  aid = sft.tokenizer.assistant_id
-  arrays = {"train": dpo_arrays(train_c, aid), "heldout": dpo_arrays(heldout, aid)}
+  header = sft.tokenizer.assistant_header
+  arrays = {"train": dpo_arrays(train_c, header), "heldout": dpo_arrays(heldout, header)}
   ref = reference_logprobs(
     os.path.join(workdir, REFERENCE_FILE),
     {"sft": sft.workdir, "step": sft.step, **{k: a["tokens"].shape for k, a in arrays.items()}},
@@ -437,7 +450,7 @@ def sampled_kl_and_gold(sft: runs.LoadedRun, policy_params, world, examples, cfg
   tokens, mask = comp_lib.pack_sequences(
     prompt_ids, resp, sft.model.cfg.max_len, sft.tokenizer.pad_id
   )
-  rows = (tokens, mask, response_mask(tokens, mask, sft.tokenizer.assistant_id))
+  rows = (tokens, mask, response_mask(tokens, mask, sft.tokenizer.assistant_header))
   log_ratio = logprobs_of(sft.model, policy_params, *rows) - logprobs_of(
     sft.model, sft.params, *rows
   )  # [P, S]

@@ -4,7 +4,7 @@
 `gptjax.rlhf.ppo`; this module owns state, resume, metrics and evaluation.
 
 Workdir layout:
-  config.json, tokenizer.model
+  config.json, the tokenizer (tokenizer.model, or tokenizer.json for a converted model)
   checkpoints/        policy, critic (and reward model) TrainStates; meta has
                       the iteration and the KL controller's beta
   metrics.jsonl, tb/  one 'ppo' record per iteration
@@ -31,7 +31,6 @@ import functools
 import json
 import math
 import os
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -49,6 +48,7 @@ from gptjax import (
   model as model_lib,
   runs,
   sharding,
+  tokenizer as tokenizer_lib,
   train,
 )
 from gptjax.data.packing import Pipeline
@@ -56,7 +56,6 @@ from gptjax.reward_model import training as rm_training
 from gptjax.rlhf import dpo, ppo, ppo_math, stats
 from gptjax.tasks import oracle
 from gptjax.tasks.world import World
-from gptjax.tokenizer import Tokenizer
 
 
 def validate(config) -> None:
@@ -110,7 +109,7 @@ class Models:
   policy: model_lib.Transformer
   value: heads.ScalarHeadModel
   reward: heads.ScalarHeadModel
-  tokenizer: Tokenizer
+  tokenizer: tokenizer_lib.ChatTokenizer
   world: World
   sft_config: ml_collections.ConfigDict
   rm_config: ml_collections.ConfigDict
@@ -483,12 +482,12 @@ def retrain_reward_model(
 
 def export_policy(workdir: str, sft_config, params, iteration: int) -> str:
   """Writes the final policy as a standard LM run in workdir/policy/ (config.json,
-  tokenizer.model, checkpoints/), so `runs.load_run`, chat and later stages load it
+  the tokenizer's files, checkpoints/), so `runs.load_run`, chat and later stages load it
   like any SFT run. The optimizer state in it is fresh (only params matter)."""
   pdir = os.path.join(workdir, "policy")
   os.makedirs(pdir, exist_ok=True)
   config_lib.save(sft_config, pdir)
-  shutil.copyfile(os.path.join(workdir, "tokenizer.model"), os.path.join(pdir, "tokenizer.model"))
+  tokenizer_lib.copy_files(workdir, pdir)
   tx = train.make_optimizer(sft_config.train)
   state = train.TrainState(
     step=jnp.array(iteration, jnp.int32),
