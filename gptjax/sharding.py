@@ -378,3 +378,18 @@ def check_divisible(global_batch: int, mesh: Mesh, what: str = "config.train.bat
   n = mesh.shape["data"] * mesh.shape["fsdp"]
   if global_batch % n:
     raise ValueError(f"{what}={global_batch} must be divisible by data x fsdp = {n} devices")
+
+
+def replicated_global(x, mesh: Mesh):
+  """`x` as a global array replicated over `mesh` (`device_put` for arrays on a mesh).
+
+  A multi-host checkpoint holds only global arrays, but values made outside
+  any jitted step (a fresh step counter, a PRNG key, an optimizer's count)
+  live on one local device. Every process holds the same value, so each
+  places its copy on its own devices.
+  """
+  replicated = NamedSharding(mesh, P())
+  if isinstance(getattr(x, "sharding", None), NamedSharding):
+    return jax.device_put(x, replicated)
+  value = np.asarray(jax.device_get(x))
+  return jax.make_array_from_callback(value.shape, replicated, lambda index: value[index])

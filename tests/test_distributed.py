@@ -613,3 +613,62 @@ def test_other_processes_are_quiet_unless_asked(monkeypatch):
   stdout = sys.stdout
   assert sharding.quiet_other_processes({})
   assert sys.stdout is not stdout and sys.stdout.name == os.devnull
+
+
+# ----------------------------------------------------------------------------
+# The reward-model and RLHF stages as two processes
+
+
+def two_processes(args: list[str], timeout: int = 900) -> list[str]:
+  """`python <args>` as processes 0 and 1 of a localhost job (1 CPU device each);
+  asserts both succeed and returns their stdouts."""
+  port = free_port()
+  procs = [
+    subprocess.Popen(
+      [sys.executable, *args, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+       f"--process_id={i}"],
+      cwd=REPO, env=cpu_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    for i in range(2)
+  ]  # fmt: skip
+  outs = [p.communicate(timeout=timeout) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  return [out for out, _ in outs]
+
+
+@pytest.mark.slow
+def test_reward_model_and_rlhf_stages_run_as_two_processes(sft_run, tmp_path):
+  """experiments.reward_model and experiments.rlhf, unchanged, as two processes
+  (the flags of the README's recipe): each finishes, records are written once
+  (by process 0), and PPO's records match one process x 2 devices up to
+  float32 rounding (the same rollouts, updates summed in another order)."""
+  sft, rm = str(sft_run["sft"]), str(tmp_path / "rm")
+  two_processes(
+    ["-m", "experiments.reward_model", "--config=configs/reward_model.py:tiny", f"--sft={sft}",
+     f"--workdir={rm}", "--config.comparisons.n_prompts=32", "--config.comparisons.n_heldout=16",
+     "--config.rm.epochs=1", "--config.eval.data_fractions=()"]
+  )  # fmt: skip
+  steps = [r["step"] for r in metrics.read_metrics(rm, "train")]
+  assert steps == sorted(set(steps)) and steps, steps  # one writer
+  assert os.path.exists(os.path.join(rm, "eval.json"))
+
+  rlhf = lambda workdir: [
+    "-m", "experiments.rlhf", "--config=configs/rlhf.py:tiny", f"--sft={sft}",
+    f"--reward_model={rm}", f"--workdir={workdir}", "--config.ppo.iterations=2",
+    "--config.ppo.rollout_batch=8", "--config.ppo.minibatches=2", "--config.eval.n_per_family=1",
+    "--config.eval.ptx_eval_batches=1",
+  ]  # fmt: skip
+  two, one = str(tmp_path / "rlhf_two"), str(tmp_path / "rlhf_one")
+  two_processes(rlhf(two))
+  proc = subprocess.run(
+    [sys.executable, *rlhf(one)], cwd=REPO, env=cpu_env(2), capture_output=True, text=True,
+    timeout=900,
+  )  # fmt: skip
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  a, b = metrics.read_metrics(one, "ppo"), metrics.read_metrics(two, "ppo")
+  assert [r["step"] for r in b] == [1, 2]
+  for ra, rb in zip(a, b):
+    assert ra["kl"] == pytest.approx(rb["kl"], abs=1e-4)
+    assert ra["policy_loss"] == pytest.approx(rb["policy_loss"], abs=1e-4)
+  assert os.path.exists(os.path.join(two, "eval.json"))

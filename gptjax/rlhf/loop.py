@@ -257,7 +257,9 @@ def train_ppo(config, models: Models, rm_params, workdir: str, log) -> tuple[dic
         f"(beta {kl_ctl.beta:.4g})"
       )
     else:
-      box, start = {"state": make(), "stopped_at": None}, 0
+      # on the mesh, replicated: a multi-host checkpoint holds only global arrays
+      state = jax.tree_util.tree_map(lambda x: sharding.replicated_global(x, mesh), make())
+      box, start = {"state": state, "stopped_at": None}, 0
       log(f"[rlhf] new run from SFT {config.sft} and reward model {config.reward_model}")
     body = _ppo_body(config, models, box, kl_ctl, tx_p, tx_v, loop, start, workdir, log)
     snapshot = lambda it: (
@@ -495,6 +497,9 @@ def export_policy(workdir: str, sft_config, params, iteration: int) -> str:
     opt_state=tx.init(params),
     rng=jax.random.PRNGKey(0),
   )
+  on = jax.tree_util.tree_leaves(params)[0].sharding
+  if isinstance(on, NamedSharding):  # a multi-host save takes global arrays only
+    state = jax.tree_util.tree_map(lambda x: sharding.replicated_global(x, on.mesh), state)
   checkpointer = ckpt_lib.Checkpointer(os.path.join(pdir, "checkpoints"), keep=1)
   if checkpointer.latest_step() != iteration:
     checkpointer.save(iteration, state, {"exported_from": workdir})
