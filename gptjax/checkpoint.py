@@ -20,11 +20,25 @@ A non-finite state is never saved (it would be "the last good checkpoint").
 
 Retention. `keep` counts the periodic checkpoints (every `every` steps and
 the last); a checkpoint taken off that schedule (a graceful stop) does not
-push one out, and is deleted once a later periodic one exists.
+push one out, and is deleted once a later periodic one exists. Old ones are
+deleted only once a newer one is complete on disk, so a save that fails (a
+full disk, a crash) always leaves the previous checkpoint to resume from; a
+save needs room for one checkpoint more than `keep`.
+
+A full disk while saving is one DiskFullError (an OSError, ENOSPC) naming the
+checkpoint that could not be written and the one a rerun resumes from. What
+Orbax and TensorStore would print about it besides (a traceback per writer
+thread, and per late write callback) is dropped: the error says it once.
 """
 
+import contextlib
+import errno
+import logging
 import os
 import shutil
+import sys
+import threading
+import time
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +54,49 @@ class CheckpointError(RuntimeError):
 
 class NonFiniteStateError(FloatingPointError):
   """The state to save holds NaN or Inf."""
+
+
+class DiskFullError(OSError):
+  """A checkpoint could not be written for lack of space (errno ENOSPC or
+  EDQUOT, filename the checkpoint's directory); strerror says which checkpoint
+  a rerun resumes from."""
+
+  def __str__(self) -> str:
+    where = f"could not write {self.filename} ({self.strerror})"
+    return f"The disk is full: {where}. Free space and rerun."
+
+
+_NO_SPACE = {errno.ENOSPC: os.strerror(errno.ENOSPC), errno.EDQUOT: os.strerror(errno.EDQUOT)}
+
+
+def disk_full(e: BaseException | None) -> int | None:
+  """ENOSPC or EDQUOT if `e`, or an exception it was raised from, says the disk
+  (or quota) is full; else None. (TensorStore reports it in a ValueError's text.)"""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno in _NO_SPACE:
+      return e.errno
+    for code, text in _NO_SPACE.items():
+      if text in str(e):
+        return code
+    e = e.__cause__ or e.__context__
+  return None
+
+
+class _DropOrbaxDiskFull(logging.Filter):
+  """Orbax logs a failed save once per background thread, each with a
+  traceback; for a full disk, DiskFullError says it once."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if "orbax" not in record.pathname:
+      return True
+    error = record.exc_info[1] if record.exc_info else None
+    said = record.getMessage()
+    return disk_full(error) is None and not any(t in said for t in _NO_SPACE.values())
+
+
+logging.getLogger("absl").addFilter(_DropOrbaxDiskFull())
 
 
 def _as_uint32(x) -> jax.Array:
@@ -77,7 +134,10 @@ class Checkpointer:
 
   def __init__(self, directory: str, keep: int = 3, async_save: bool = True, every: int = 1):
     self.directory = os.path.abspath(directory)
-    self.keep, self.every = keep, every
+    self.keep, self.every, self.async_save = keep, every, async_save
+    self._periodic: set[int] = set()  # steps saved on schedule by this object
+    self._saving: int | None = None  # the step of the save in flight
+    self._last: int | None = None  # the step of the latest save
     self._manager = ocp.CheckpointManager(
       self.directory,
       options=ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=async_save),
@@ -91,26 +151,61 @@ class Checkpointer:
     """Starts saving `state` at `step` (asynchronous; `wait()` to block).
 
     periodic: False for a checkpoint off the `every` schedule (a graceful stop).
-    Raises NonFiniteStateError (saving nothing) if an array holds NaN or Inf.
+    Raises NonFiniteStateError (saving nothing) if an array holds NaN or Inf,
+    DiskFullError if this save (or the one before, still in flight) ran out of space.
     """
     sums, bad = summarize(state)
     if bad:
       raise NonFiniteStateError(f"non-finite values in {', '.join(bad[:4])}")
-    self._prune(int(step), periodic)
-    self._manager.save(
-      int(step),
-      args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        meta=ocp.args.JsonSave(dict(meta or {}, step=int(step), checksums=sums)),
-      ),
-    )
+    self.wait()  # the previous save is complete: now older ones may go
+    self._prune()
+    _drop_late_write_callbacks()
+    if periodic:
+      self._periodic.add(int(step))
+    with self._failing_for_space(int(step)):
+      self._saving = self._last = int(step)
+      self._manager.save(
+        int(step),
+        args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          meta=ocp.args.JsonSave(dict(meta or {}, step=int(step), checksums=sums)),
+        ),
+      )
+    if not self.async_save:
+      self.wait()
 
-  def _prune(self, new: int, periodic: bool) -> None:
-    """Keeps the newest `keep` periodic checkpoints (counting `new`) and any
-    off-schedule one newer than the newest periodic one."""
-    self._manager.wait_until_finished()
-    steps = [s for s in self._manager.all_steps() if s != new]
-    regular = sorted([s for s in steps if s % self.every == 0] + ([new] if periodic else []))
+  @contextlib.contextmanager
+  def _failing_for_space(self, step: int | None):
+    """Turns a full disk while writing checkpoint `step` into one DiskFullError."""
+    error = None
+    try:
+      yield
+    except Exception as e:
+      code = disk_full(e)
+      if code is None:
+        raise
+      path = self.directory if step is None else os.path.join(self.directory, str(step))
+      error = DiskFullError(code, self._space_message(code), path)
+    if error is not None:
+      self._saving = None
+      raise error from None
+
+  def _space_message(self, code: int) -> str:
+    names = os.listdir(self.directory) if os.path.isdir(self.directory) else []
+    done = [int(d) for d in names if d.isdigit()]  # complete on disk (Orbax renames when done)
+    last = max(done, default=None)
+    kept = (
+      f"checkpoint step {last} in {self.directory} is intact and a rerun resumes from it"
+      if last is not None
+      else f"there is no earlier checkpoint in {self.directory}"
+    )
+    return f"{_NO_SPACE[code]}; {kept}"
+
+  def _prune(self) -> None:
+    """Keeps the newest `keep` periodic checkpoints and any off-schedule one
+    newer than the newest periodic one. Called with no save in flight."""
+    steps = self._manager.all_steps()
+    regular = sorted(s for s in steps if s % self.every == 0 or s in self._periodic)
     keep = set(regular[-self.keep :]) | {s for s in steps if s > max(regular, default=-1)}
     for s in steps:
       if s not in keep:
@@ -176,15 +271,60 @@ class Checkpointer:
     return restored.state, meta
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    """Waits for the save in flight (DiskFullError if it ran out of space), then
+    deletes the checkpoints it makes redundant."""
+    if self._saving is None:
+      return
+    with self._failing_for_space(self._saving):
+      self._manager.wait_until_finished()
+    self._saving = None
+    self._prune()
 
   def close(self) -> None:
     """Waits for saves in flight and releases the manager; safe to call twice."""
     if self._manager is None:
       return
-    self._manager.wait_until_finished()
-    self._manager.close()
-    self._manager = None
+    try:
+      self.wait()
+      with self._failing_for_space(self._last):
+        self._manager.close()  # Orbax may report a failed write only here
+    except Exception:  # (not a second Ctrl-C: that aborts at once)
+      with contextlib.suppress(Exception):  # the failure just raised, again
+        self._manager.close()
+      _join_orbax_threads()
+      raise
+    finally:
+      self._manager = None
+
+
+def _drop_late_write_callbacks() -> None:
+  """When a save fails, TensorStore finishes the save's other writes and calls
+  back into their asyncio loop, which Orbax closed on the failure: each call is
+  an unraisable 'Event loop is closed' RuntimeError, printed with a traceback
+  around the one-line error. Once a process saves, those (and only those) are
+  dropped. (Installed before the first save: the failure can come at any time.)"""
+  previous = sys.unraisablehook
+  if getattr(previous, "drops_late_write_callbacks", False):
+    return
+
+  def hook(unraisable):
+    e = unraisable.exc_value
+    if not (isinstance(e, RuntimeError) and str(e) == "Event loop is closed"):
+      previous(unraisable)
+
+  hook.drops_late_write_callbacks = True
+  sys.unraisablehook = hook
+
+
+def _join_orbax_threads(timeout: float = 120.0) -> None:
+  """Waits for the writer threads of a failed save: Orbax reports the first
+  error while the others run on, and a thread still running at interpreter
+  shutdown fails again there, with a traceback after the one-line error."""
+  deadline = time.monotonic() + timeout
+  for thread in threading.enumerate():
+    if thread is not threading.current_thread() and type(thread).__module__.startswith("orbax"):
+      with contextlib.suppress(Exception):  # Orbax's join re-raises the thread's error
+        thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def _check_same_structure(expected, got, path: str) -> None:

@@ -1,15 +1,19 @@
 """Reliability (issue 16): graceful stops that always save, checkpoints that cannot
 lie, resumed metrics equal to an uninterrupted run's, locked workdirs, refused
-config changes, and one clear line for bad input.
+config changes, a full disk that loses nothing, and one clear line for bad input.
 
 The fast tests drive `train.run` in-process on test_train's tiny config; the
-slow ones stop real runs with signals at random moments (start-up included),
-in subprocesses on one CPU device, and the RLHF loop mid-iteration.
+slow ones stop real runs (a tiny pretraining run, a tiny RLHF stage) with
+signals at random moments, start-up included, in subprocesses on one CPU
+device. Bad corpora, killed data builds and pipeline config changes are in
+test_reliability_inputs.py.
 """
 
+import errno
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -21,6 +25,7 @@ import jax
 import numpy as np
 import pytest
 from conftest import REPO, run_entry_point
+from etils import epath
 from test_train import (
   STEPS,
   assert_trees_equal,
@@ -31,7 +36,7 @@ from test_train import (
   tiny_config,
 )
 
-from gptjax import checkpoint as ckpt_lib, config as config_lib, metrics, runs, train
+from gptjax import checkpoint as ckpt_lib, cli, config as config_lib, metrics, runs, train
 
 pytestmark = pytest.mark.usefixtures("jax_compilation_cache")
 
@@ -158,12 +163,18 @@ def flip_bits(step_dir, n=3):
     open(path, "wb").write(bytes(data))
 
 
-def test_bit_flipped_checkpoint_is_refused_naming_it(reference, tmp_path):
+def delete_metadata(step_dir):
+  """Deletes Orbax's _METADATA of the checkpoint's state (the tree it restores by)."""
+  os.remove(step_dir / "state" / "_METADATA")
+
+
+@pytest.mark.parametrize("damage", [flip_bits, delete_metadata], ids=["bits", "metadata"])
+def test_damaged_checkpoint_is_refused_naming_it(reference, tmp_path, damage):
   ref_dir, _, _ = reference
   workdir = tmp_path / "w"
   shutil.copytree(ref_dir, workdir)
   step_dir = workdir / "checkpoints" / str(STEPS)
-  flip_bits(step_dir)
+  damage(step_dir)
   with pytest.raises(ckpt_lib.CheckpointError) as e:
     run(tiny_config(steps=2 * STEPS), workdir)
   message = str(e.value)
@@ -212,6 +223,51 @@ def test_checksums_do_not_depend_on_the_layout():
   flipped = np.array(x["w"])
   flipped.view(np.uint32)[3, 5] ^= 1 << 20
   assert ckpt_lib.summarize(dict(x, w=flipped))[0] != ckpt_lib.summarize(x)[0]
+
+
+# ---------------------------------------------------------------- 8: a full disk
+
+
+def test_full_disk_while_saving_is_one_line_and_keeps_the_last_checkpoint(
+  reference, tmp_path, monkeypatch, caplog, capsys
+):
+  """With keep_checkpoints=1 too: the previous checkpoint is deleted only once
+  the new one is complete, so the failed save leaves it to resume from."""
+  _, ref_params, ref_records = reference
+  config = tiny_config(ckpt_every=4, keep_checkpoints=1)
+  run(tiny_config(steps=4, ckpt_every=4, keep_checkpoints=1), tmp_path)
+
+  def full(path, *args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+  monkeypatch.setattr(epath.Path, "write_text", full)  # Orbax's metadata files
+  with pytest.raises(ckpt_lib.DiskFullError) as e:
+    run(config, tmp_path)
+  monkeypatch.undo()
+  message, directory = str(e.value), tmp_path / "checkpoints"
+  assert message.startswith("The disk is full") and "\n" not in message
+  assert f"{directory / str(STEPS)} " in message and f"checkpoint step 4 in {directory}" in message
+  orbax_errors = [r for r in caplog.records if "orbax" in r.pathname and r.levelno >= 40]
+  assert not orbax_errors, orbax_errors[0].getMessage()  # one traceback per thread, unfiltered
+  with pytest.raises(SystemExit):
+    cli._fatal(e.value)  # what a command prints
+  fatal = capsys.readouterr().err.splitlines()[0]
+  assert fatal.startswith("FATAL OSError: the disk is full writing") and "step 4" in fatal
+  state, _, lines = run(config, tmp_path)
+  assert any("at step 4" in line for line in lines), lines
+  assert records(tmp_path) == ref_records
+  assert_trees_equal(host(state.params), ref_params)
+
+
+def test_a_full_disk_is_recognised_however_it_is_reported():
+  """TensorStore (the array data) says it in a ValueError's text; Orbax wraps
+  errors of its threads; a quota is as full as a disk."""
+  tensorstore = ValueError("DATA_LOSS: writing d/1: No space left on device")
+  assert ckpt_lib.disk_full(tensorstore) == errno.ENOSPC
+  wrapped = RuntimeError("save failed")
+  assert ckpt_lib.disk_full(wrapped) is None
+  wrapped.__cause__ = OSError(errno.EDQUOT, os.strerror(errno.EDQUOT), "x")
+  assert ckpt_lib.disk_full(wrapped) == errno.EDQUOT
 
 
 # ---------------------------------------------------------------- 6: NaN never saved
@@ -346,29 +402,14 @@ def test_bad_input_is_one_fatal_line(tmp_path, data_cache_dir, why, args, expect
 
 # ---------------------------------------------------------------- signals in real processes
 
-TINY = [
-  "--config=configs/pretrain.py:tiny",
-  "--config.train.steps=120",
-  "--config.train.log_every=4",
-  "--config.train.eval_every=60",
-  "--config.train.ckpt_every=1000",
-  "--config.train.measure_peak=False",
-]
 
-
-def start(workdir, cache_dir, log_path):
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+def start(module, args, workdir, log_path, env=None):
+  """`python -m module args --workdir=workdir` on one CPU device, output to log_path."""
+  env = {k: v for k, v in dict(os.environ, **(env or {})).items() if k != "XLA_FLAGS"}
   env.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
   log = open(log_path, "w")
   proc = subprocess.Popen(
-    [
-      sys.executable,
-      "-m",
-      "experiments.pretrain",
-      *TINY,
-      f"--workdir={workdir}",
-      f"--cache_dir={cache_dir}",
-    ],
+    [sys.executable, "-m", module, *args, f"--workdir={workdir}"],
     cwd=REPO,
     env=env,
     stdout=log,
@@ -379,43 +420,155 @@ def start(workdir, cache_dir, log_path):
   return proc, log
 
 
+def finish(module, args, workdir, log_path, env=None):
+  """Runs the command to the end; asserts it succeeds."""
+  proc, log = start(module, args, workdir, log_path, env)
+  code = proc.wait(timeout=900)
+  log.close()
+  assert code == 0, log_path.read_text()[-3000:]
+
+
+def stop_at_random_moments(module, args, workdir, tmp_path, moments, signals, seed, env=None):
+  """Runs the command in `workdir` once per moment, each stopped by a signal
+  (drawn from `signals`) a random delay after the moment's marker, then once to
+  the end. A moment is (ready(log text) -> bool, max delay in s); ready must
+  only hold once the signal handlers are installed. Each stop must exit 130
+  without a traceback, saying which checkpoint a rerun resumes from (none
+  before the first step), and that checkpoint must exist. Returns the exit
+  codes (a stop that comes too late finishes the run: 0, and no more tries)."""
+  rng = random.Random(seed)
+  outcomes = []
+  for i, (ready, spread) in enumerate(moments):
+    log_path = tmp_path / f"{workdir.name}-{i}.txt"
+    proc, log = start(module, args, workdir, log_path, env)
+    text = log_path.read_text
+    while not ready(text()) and proc.poll() is None:
+      time.sleep(0.05)
+    time.sleep(rng.uniform(0.0, spread))
+    proc.send_signal(rng.choice(signals))
+    code = proc.wait(timeout=900)
+    log.close()
+    out = text()
+    assert code in (0, 130) and "Traceback" not in out, (code, out[-3000:])
+    outcomes.append(code)
+    if code == 0:
+      return outcomes
+    assert "interrupted: " in out, out[-2000:]
+    resume = r"(resume from checkpoint step (\d+)|there is no checkpoint)"
+    said = re.search(rf": stopped [^;]*; {resume}", out)
+    assert said, out[-2000:]
+    if said.group(2) is not None:  # the checkpoint it names is there, and the newest
+      assert int(said.group(2)) == latest(workdir), out[-2000:]
+    else:
+      assert latest(workdir) is None, out[-2000:]
+  finish(module, args, workdir, tmp_path / f"{workdir.name}-last.txt", env)
+  return outcomes
+
+
+TINY = [
+  "--config=configs/pretrain.py:tiny",
+  "--config.train.steps=120",
+  "--config.train.log_every=4",
+  "--config.train.eval_every=60",
+  "--config.train.ckpt_every=1000",
+  "--config.train.measure_peak=False",
+]
+
+
 @pytest.mark.slow
 def test_signals_at_random_moments_always_save_and_resume_bit_identically(tmp_path, data_cache_dir):
   """SIGTERM/SIGINT at random moments of a tiny pretraining run (start-up and
   compilation included): every stop exits 130 without a traceback, and the run
   finished by reruns equals an uninterrupted one, parameters and records."""
   ref_dir, work = tmp_path / "ref", tmp_path / "stopped"
-  proc, log = start(ref_dir, data_cache_dir, tmp_path / "ref.txt")
-  assert proc.wait(timeout=600) == 0, (tmp_path / "ref.txt").read_text()[-2000:]
-  log.close()
-  rng = random.Random(16)
-  outcomes = []
-  for i in range(4):
-    proc, log = start(work, data_cache_dir, tmp_path / f"run{i}.txt")
-    text = lambda: (tmp_path / f"run{i}.txt").read_text()
-    # Odd tries: during start-up (compilation); even ones: once training is under way.
-    marker = "[data]" if i % 2 else "[pretrain] step"
-    while marker not in text() and proc.poll() is None:  # (its handlers are installed)
-      time.sleep(0.1)
-    time.sleep(rng.uniform(0.0, 3.0))
-    proc.send_signal(rng.choice([signal.SIGTERM, signal.SIGINT]))
-    code = proc.wait(timeout=600)
-    log.close()
-    assert code in (0, 130) and "Traceback" not in text(), (code, text()[-3000:])
-    outcomes.append(code)
-    if code == 0:
-      break
-    assert "interrupted: " in text(), text()[-2000:]
-    assert "checkpoint step" in text() or "no checkpoint yet" in text(), text()[-2000:]
-  if outcomes[-1] == 130:
-    proc, log = start(work, data_cache_dir, tmp_path / "last.txt")
-    assert proc.wait(timeout=600) == 0
-    log.close()
+  args = [*TINY, f"--cache_dir={data_cache_dir}"]
+  finish("experiments.pretrain", args, ref_dir, tmp_path / "ref.txt")
+  # Odd tries: during start-up (data, compilation); even ones: once training is under way.
+  moments = [(lambda t, m=m: m in t, 3.0) for m in ["[pretrain] step", "[data]"] * 2]
+  outcomes = stop_at_random_moments(
+    "experiments.pretrain", args, work, tmp_path, moments, (signal.SIGTERM, signal.SIGINT), 16
+  )
   assert outcomes.count(130) >= 3, outcomes
   assert records(work) == records(ref_dir)
   a, b = runs.load_run(str(ref_dir)), runs.load_run(str(work))
   assert a.step == b.step == 120
   assert_trees_equal(host(b.params), host(a.params))
+
+
+@pytest.fixture(scope="module")
+def reward_model_run(sft_run, tmp_path_factory):
+  """A small reward model on the session's tiny SFT run (its quality does not matter here)."""
+  rm = tmp_path_factory.mktemp("reward_model")
+  proc = run_entry_point(
+    "experiments.reward_model",
+    "--config=configs/reward_model.py:tiny",
+    f"--sft={sft_run['sft']}",
+    f"--workdir={rm}",
+    "--config.comparisons.n_prompts=32",
+    "--config.comparisons.n_heldout=16",
+    "--config.rm.epochs=1",
+    "--config.eval.data_fractions=()",
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return rm
+
+
+def rlhf_outputs(workdir) -> tuple:
+  """What an RLHF run leaves: records, eval.json, the exported policy and the
+  final checkpoint's checksums (exact sums of the bits of every array of the
+  state: policy, critic, reward model, optimizer states)."""
+  step = latest(workdir)
+  meta = json.loads((workdir / "checkpoints" / str(step) / "meta" / "metadata").read_text())
+  evaluation = json.dumps(json.loads((workdir / "eval.json").read_text()), sort_keys=True)
+  policy = host(runs.load_run(str(workdir / "policy")).params)
+  return records(workdir), evaluation, meta, policy
+
+
+@pytest.mark.slow
+def test_rlhf_stopped_at_random_moments_resumes_bit_identically(
+  sft_run, reward_model_run, tmp_path, data_cache_dir
+):
+  """SIGTERM at random moments of a tiny RLHF stage, during start-up (restoring,
+  building the state, compiling) and mid-run: each stop exits 130 at an
+  iteration boundary with its checkpoint, and the run finished by reruns leaves
+  exactly an uninterrupted run's state, records, exported policy and eval.json."""
+  args = [
+    "--config=configs/rlhf.py:tiny",
+    f"--sft={sft_run['sft']}",
+    f"--reward_model={reward_model_run}",
+    "--config.ppo.iterations=6",
+    "--config.ppo.rollout_batch=8",
+    "--config.ppo.minibatches=2",
+    "--config.ppo.epochs=2",
+    "--config.train.log_every=1",
+    "--config.eval.n_per_family=1",
+    "--config.eval.kl_samples=0",
+    "--config.eval.n_boot=100",
+    "--config.eval.ptx_eval_batches=1",
+  ]
+  # One compilation for all runs; the alignment tax's pretraining data in the test cache.
+  env = {
+    "GPTJAX_CACHE": str(data_cache_dir),
+    "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax_cache"),
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+  }
+  ref_dir, work = tmp_path / "ref", tmp_path / "stopped"
+  finish("experiments.rlhf", args, ref_dir, tmp_path / "ref.txt", env)
+  # Start-up: the workdir is locked once the SFT and reward models are loaded
+  # (the handlers are installed before); mid-run: after an iteration's line.
+  started = lambda t: os.path.exists(work / runs.LOCK_FILE)
+  mid_run = lambda t: "[rlhf] iter" in t
+  moments = [(started, 2.0), (mid_run, 1.0), (started, 4.0), (mid_run, 1.0)]
+  outcomes = stop_at_random_moments(
+    "experiments.rlhf", args, work, tmp_path, moments, (signal.SIGTERM,), 16, env
+  )
+  assert outcomes.count(130) >= 3, outcomes
+  got, want = rlhf_outputs(work), rlhf_outputs(ref_dir)
+  assert got[0] == want[0]  # records
+  assert got[1] == want[1]  # eval.json
+  assert got[2] == want[2]  # the checkpoint: iteration, beta, checksums
+  assert_trees_equal(got[3], want[3])
 
 
 def test_non_utf8_files_in_a_corpus_directory_are_counted(tmp_path, capsys):

@@ -4,8 +4,12 @@ Each stage runs in its own subfolder of the pipeline workdir and records
 `stage.json`: a fingerprint of its config and of the stages it depends on,
 whether it finished, and its wall time. A finished stage whose fingerprint is
 unchanged is skipped; an unfinished one resumes (every stage checkpoints); a
-stage whose config (or an upstream stage) changed is cleared and rerun, and
-so are the stages after it.
+stage whose config (or an upstream stage) changed is rerun from scratch, and
+so are the stages after it. The rerun is deliberate (change a config, rerun
+the command), but nothing is deleted: the previous folder of such a stage is
+moved to `replaced/<stage>-<its fingerprint>/` in the workdir, with a line
+saying so. Delete it to free the space, or move it back to `<stage>/` (with
+the config it was run with) to use it again.
 
 `only` (the command line's --stages) runs a subset whose upstream stages are
 done: rlhf and rlhf_ptx depend only on sft and reward_model, so two
@@ -92,6 +96,22 @@ def _running_elsewhere(record: dict | None) -> str | None:
   return f"pid {pid}"
 
 
+REPLACED = "replaced"  # the workdir's folder of stage runs a config change replaced
+
+
+def set_aside(stage_dir: str, fp: str) -> str:
+  """Moves a stage's folder to <workdir>/replaced/<stage>-<fp>[.N]; returns where."""
+  parent, name = os.path.split(os.path.normpath(stage_dir))
+  base = os.path.join(parent, REPLACED, f"{name}-{fp}")
+  aside, n = base, 1
+  while os.path.exists(aside):  # the same config replaced twice: keep both
+    n += 1
+    aside = f"{base}.{n}"
+  os.makedirs(os.path.dirname(aside), exist_ok=True)
+  shutil.move(stage_dir, aside)
+  return aside
+
+
 def run_stage(stage: Stage, workdir: str, upstream: list[str], log=print) -> dict:
   """Runs, resumes or skips one stage. Returns its stage.json record."""
   d = os.path.join(workdir, stage.name)
@@ -108,8 +128,11 @@ def run_stage(stage: Stage, workdir: str, upstream: list[str], log=print) -> dic
       "any more, delete the \"pid\" field from that file"
     )
   if record and record["fingerprint"] != fp:
-    log(f"[pipeline] {stage.name}: its config or an earlier stage changed: rerunning from scratch")
-    shutil.rmtree(d)
+    aside = set_aside(d, record["fingerprint"])
+    log(
+      f"[pipeline] {stage.name}: its config or an earlier stage changed: rerunning from "
+      f"scratch; the previous run is kept in {aside} (delete it to free the space)"
+    )
   elif record is None and os.path.exists(d) and os.listdir(d):
     raise FileExistsError(
       f"{d} exists but is not a pipeline stage (no {STAGE_FILE}); "
