@@ -1,11 +1,13 @@
 """gptjax: the ChatGPT recipe end to end in JAX/Flax.
 
 The core (one file each, read top to bottom):
-  model.py        the decoder Transformer (linen), KV cache, parameter/FLOP counts
+  model.py        the decoder Transformer (linen): GPT-2 or Llama family by config
+                  switches, KV cache, parameter/FLOP counts
   heads.py        scalar heads on the trunk: reward model and value model
   sampling.py     the one jitted KV-cache decode loop (eval, chat, rollouts)
   losses.py       LM loss and ranking loss, as totals
-  tokenizer.py    sentencepiece BPE with byte fallback and the chat template
+  tokenizer.py    the ChatTokenizer interface: sentencepiece BPE (models trained here)
+                  and Hugging Face BPE with a model's own chat template (imported ones)
   train.py        the one train loop: Task = model + loss + data; optimizer; steps
   checkpoint.py   Orbax checkpoints: atomic, keep-last-N, exact resume
   metrics.py      JSONL + TensorBoard writer, progress, MFU
@@ -25,6 +27,7 @@ Subpackages, one per stage of the recipe or shared service:
   rlhf/          PPO mathematics, the PPO update, the RLHF loop, DPO, best-of-n, statistics
   scaling/       scaling laws and fits, emergence probes, the sweep grid, sweep, code ablation
   pipeline/      the whole recipe as resumable stages, and its report
+  hub/           real checkpoints: GGUF / Hugging Face in, Hugging Face out
 
 Imports point one way: experiments/ -> gptjax; configs/ are data handed in,
 never imported by the library.
