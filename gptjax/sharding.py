@@ -349,12 +349,19 @@ def to_host(tree):
   `jax.device_get` in one process; with several, arrays that span other
   processes' devices (a sharded output, e.g. generated tokens on a
   batch-split mesh) are gathered first, which `device_get` refuses to do.
+  Arrays this process holds whole (numpy, or already a `local_copy`) are
+  read as they are: gathering those would concatenate every process's copy.
   """
   if jax.process_count() == 1:
     return jax.device_get(tree)
   from jax.experimental import multihost_utils
 
-  return multihost_utils.process_allgather(tree, tiled=True)
+  def one(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return multihost_utils.process_allgather(x, tiled=True)  # the global value
+    return jax.device_get(x)
+
+  return jax.tree_util.tree_map(one, tree)
 
 
 def local_copy(tree):

@@ -355,6 +355,8 @@ copy = sharding.local_copy(own)  # the whole array on this process's first devic
 with sharding.local_mesh():
   local_sum = int(jax.jit(lambda a: a.sum())(copy))
 assert copy.devices() == {jax.local_devices()[0]}
+again = sharding.local_copy(copy)  # a copy of a copy is the same array, not two stacked
+assert again.shape == copy.shape and (np.asarray(again) == np.asarray(copy)).all()
 print("RESULT", jax.process_index(), rows.tolist(), *(t.tolist() for t in jax.device_get(total)),
       int(doubled.sum()), local_sum, own.shape, flush=True)
 """
@@ -637,38 +639,50 @@ def two_processes(args: list[str], timeout: int = 900) -> list[str]:
   return [out for out, _ in outs]
 
 
-@pytest.mark.slow
-def test_reward_model_and_rlhf_stages_run_as_two_processes(sft_run, tmp_path):
-  """experiments.reward_model and experiments.rlhf, unchanged, as two processes
-  (the flags of the README's recipe): each finishes, records are written once
-  (by process 0), and PPO's records match one process x 2 devices up to
-  float32 rounding (the same rollouts, updates summed in another order)."""
-  sft, rm = str(sft_run["sft"]), str(tmp_path / "rm")
-  two_processes(
-    ["-m", "experiments.reward_model", "--config=configs/reward_model.py:tiny", f"--sft={sft}",
-     f"--workdir={rm}", "--config.comparisons.n_prompts=32", "--config.comparisons.n_heldout=16",
-     "--config.rm.epochs=1", "--config.eval.data_fractions=()"]
-  )  # fmt: skip
-  steps = [r["step"] for r in metrics.read_metrics(rm, "train")]
-  assert steps == sorted(set(steps)) and steps, steps  # one writer
-  assert os.path.exists(os.path.join(rm, "eval.json"))
-
-  rlhf = lambda workdir: [
-    "-m", "experiments.rlhf", "--config=configs/rlhf.py:tiny", f"--sft={sft}",
-    f"--reward_model={rm}", f"--workdir={workdir}", "--config.ppo.iterations=2",
-    "--config.ppo.rollout_batch=8", "--config.ppo.minibatches=2", "--config.eval.n_per_family=1",
-    "--config.eval.ptx_eval_batches=1",
-  ]  # fmt: skip
-  two, one = str(tmp_path / "rlhf_two"), str(tmp_path / "rlhf_one")
-  two_processes(rlhf(two))
+def two_and_one(args: list[str], two: str, one: str, split: str, keys: tuple[str, ...]) -> None:
+  """Runs a stage as two processes (workdir `two`) and as one process x 2
+  devices (`one`); the `split` records are written once and agree on `keys`
+  up to float32 rounding (the same data, sums in another order)."""
+  two_processes([*args, f"--workdir={two}"])
   proc = subprocess.run(
-    [sys.executable, *rlhf(one)], cwd=REPO, env=cpu_env(2), capture_output=True, text=True,
-    timeout=900,
+    [sys.executable, *args, f"--workdir={one}"], cwd=REPO, env=cpu_env(2), capture_output=True,
+    text=True, timeout=900,
   )  # fmt: skip
   assert proc.returncode == 0, proc.stderr[-3000:]
-  a, b = metrics.read_metrics(one, "ppo"), metrics.read_metrics(two, "ppo")
-  assert [r["step"] for r in b] == [1, 2]
+  a, b = metrics.read_metrics(one, split), metrics.read_metrics(two, split)
+  assert [r["step"] for r in b] == [r["step"] for r in a] and b  # one writer, every step
   for ra, rb in zip(a, b):
-    assert ra["kl"] == pytest.approx(rb["kl"], abs=1e-4)
-    assert ra["policy_loss"] == pytest.approx(rb["policy_loss"], abs=1e-4)
-  assert os.path.exists(os.path.join(two, "eval.json"))
+    for key in keys:
+      assert ra[key] == pytest.approx(rb[key], abs=1e-4), (split, ra["step"], key)
+
+
+@pytest.mark.slow
+def test_sft_reward_model_and_rlhf_stages_run_as_two_processes(sft_run, tmp_path):
+  """experiments.sft, .reward_model and .rlhf, unchanged, as two processes with
+  the flags of the README's recipe, against one process x 2 devices: records
+  written once (by process 0), losses equal up to float32 rounding. SFT
+  samples during its evaluation off the mesh (it once failed on any
+  multi-device mesh); the RM and the PPO state are saved as global arrays."""
+  sft, rm = str(sft_run["sft"]), str(tmp_path / "rm")
+  two_and_one(
+    ["-m", "experiments.sft", "--config=configs/sft.py:tiny", f"--pretrained={sft_run['pretrain']}",
+     "--config.sft.n_demos=300", "--config.train.steps=4", "--config.train.eval_every=4",
+     "--config.train.ckpt_every=4", "--config.train.log_every=1", "--config.eval.n_per_family=1",
+     "--config.eval.n_degeneration=2"],
+    str(tmp_path / "sft_two"), str(tmp_path / "sft_one"), "train", ("loss",),
+  )  # fmt: skip
+  two_and_one(
+    ["-m", "experiments.reward_model", "--config=configs/reward_model.py:tiny", f"--sft={sft}",
+     "--config.comparisons.n_prompts=32", "--config.comparisons.n_heldout=16",
+     "--config.rm.epochs=1", "--config.eval.data_fractions=()", "--config.train.log_every=1"],
+    rm, str(tmp_path / "rm_one"), "train", ("loss",),
+  )  # fmt: skip
+  assert os.path.exists(os.path.join(rm, "eval.json"))
+  two_and_one(
+    ["-m", "experiments.rlhf", "--config=configs/rlhf.py:tiny", f"--sft={sft}",
+     f"--reward_model={rm}", "--config.ppo.iterations=2", "--config.ppo.rollout_batch=8",
+     "--config.ppo.minibatches=2", "--config.eval.n_per_family=1",
+     "--config.eval.ptx_eval_batches=1"],
+    str(tmp_path / "rlhf_two"), str(tmp_path / "rlhf_one"), "ppo", ("kl", "policy_loss"),
+  )  # fmt: skip
+  assert os.path.exists(os.path.join(tmp_path, "rlhf_two", "eval.json"))
