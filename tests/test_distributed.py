@@ -660,24 +660,28 @@ def two_and_one(args: list[str], two: str, one: str, split: str, keys: tuple[str
 @pytest.mark.slow
 def test_sft_reward_model_and_rlhf_stages_run_as_two_processes(sft_run, tmp_path):
   """experiments.sft, .reward_model and .rlhf, unchanged, as two processes with
-  the flags of the README's recipe, against one process x 2 devices: records
-  written once (by process 0), losses equal up to float32 rounding. SFT
-  samples during its evaluation off the mesh (it once failed on any
-  multi-device mesh); the RM and the PPO state are saved as global arrays."""
+  the flags of the README's recipe: records written once (by process 0), and
+  PPO's equal to one process x 2 devices up to float32 rounding (pretraining's
+  test above compares losses the same way). SFT samples during its evaluation
+  off the mesh (it once failed in any two-process run); the RM and the PPO
+  state are saved as global arrays."""
   sft, rm = str(sft_run["sft"]), str(tmp_path / "rm")
-  two_and_one(
+  sft_two = str(tmp_path / "sft_two")
+  two_processes(
     ["-m", "experiments.sft", "--config=configs/sft.py:tiny", f"--pretrained={sft_run['pretrain']}",
-     "--config.sft.n_demos=300", "--config.train.steps=4", "--config.train.eval_every=4",
-     "--config.train.ckpt_every=4", "--config.train.log_every=1", "--config.eval.n_per_family=1",
-     "--config.eval.n_degeneration=2"],
-    str(tmp_path / "sft_two"), str(tmp_path / "sft_one"), "train", ("loss",),
+     f"--workdir={sft_two}", "--config.sft.n_demos=300", "--config.train.steps=4",
+     "--config.train.eval_every=4", "--config.train.ckpt_every=4", "--config.train.log_every=1",
+     "--config.eval.n_per_family=1", "--config.eval.n_degeneration=2"],
   )  # fmt: skip
-  two_and_one(
+  steps = [r["step"] for r in metrics.read_metrics(sft_two, "train")]
+  assert steps == sorted(set(steps)) and steps[-1] == 4, steps  # one writer, to the end
+  two_processes(
     ["-m", "experiments.reward_model", "--config=configs/reward_model.py:tiny", f"--sft={sft}",
-     "--config.comparisons.n_prompts=32", "--config.comparisons.n_heldout=16",
+     f"--workdir={rm}", "--config.comparisons.n_prompts=32", "--config.comparisons.n_heldout=16",
      "--config.rm.epochs=1", "--config.eval.data_fractions=()", "--config.train.log_every=1"],
-    rm, str(tmp_path / "rm_one"), "train", ("loss",),
   )  # fmt: skip
+  steps = [r["step"] for r in metrics.read_metrics(rm, "train")]
+  assert steps == list(range(1, len(steps) + 1)) and steps, steps  # one writer
   assert os.path.exists(os.path.join(rm, "eval.json"))
   two_and_one(
     ["-m", "experiments.rlhf", "--config=configs/rlhf.py:tiny", f"--sft={sft}",
