@@ -154,5 +154,12 @@ def run(main) -> None:
       ):
         raise
       _fatal(e)
+    finally:
+      # What there was to save is saved. A stop signal arriving while the
+      # interpreter shuts down (XLA's and Orbax's threads take a moment) would
+      # otherwise meet Python's restored default handler and kill the process
+      # (exit -2 / -15), which a scheduler reads as a crash.
+      for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
 
   app.run(wrapped, flags_parser=parse_flags)
