@@ -85,6 +85,7 @@ def test_peer_is_causal():
   assert (a[:, 6:] - b[:, 6:]).abs().max() > 1e-4
 
 
+@pytest.mark.slow  # ~20 s: keeps the fast subset under its 5 minutes
 def test_benchmark_writes_the_fields_the_readme_quotes(tmp_path):
   out = tmp_path / "bench.json"
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}

@@ -10,6 +10,7 @@ from test_hub_convert import LLAMA, random_model
 from gptjax.hub import families, workdir
 
 
+@pytest.mark.slow
 def test_hf_decode_benchmark_json_on_a_tiny_random_model(tmp_path):
   pytest.importorskip("transformers")
   from experiments import benchmark
