@@ -559,7 +559,7 @@ def test_rlhf_stopped_at_random_moments_resumes_bit_identically(
   # (the handlers are installed before); mid-run: after an iteration's line.
   started = lambda t: os.path.exists(work / runs.LOCK_FILE)
   mid_run = lambda t: "[rlhf] iter" in t
-  moments = [(started, 2.0), (mid_run, 1.0)]  # (CI time: pretraining's loop tries more)
+  moments = [(started, 2.0), (mid_run, 1.0), (started, 4.0), (mid_run, 1.0)]
   outcomes = stop_at_random_moments(
     "experiments.rlhf", args, work, tmp_path, moments, (signal.SIGTERM,), 16, env
   )
