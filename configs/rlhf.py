@@ -92,6 +92,7 @@ def train_config(preset: str) -> ml_collections.ConfigDict:
 
 def eval_config(preset: str) -> ml_collections.ConfigDict:
   e = sft_configs.eval_config(preset)
+  del e.pretrained_modes  # SFT's question to its base model
   e.n_per_family = {"tiny": 50, "small": 50, "base": 200}[preset]  # >= 50: issue 15
   e.ptx_eval_batches = {"tiny": 4, "small": 8, "base": 16}[preset]  # pretraining val loss
   e.n_boot = 10_000  # paired bootstrap resamples over prompts

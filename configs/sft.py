@@ -35,6 +35,11 @@ def sft_config(preset: str) -> ml_collections.ConfigDict:
   # Who wrote the demonstrations: 'pool' = the writers' mixture (WRITER_SHARES);
   # 'curated' = the concise-correct reference only (what curation buys).
   s.writers = "pool"
+  # Task families of the demonstrations, and of every later stage's
+  # comparisons, rollouts and evaluations (they read the SFT run's config);
+  # () = all. A released model that does not know the synthetic world takes
+  # those that need no knowledge of it (configs/pipeline.py:smollm2).
+  s.families = ()
   s.n_heldout = {"tiny": 256, "small": 512, "base": 2048}[preset]  # held-out SFT loss
   return s
 
@@ -63,6 +68,9 @@ def eval_config(preset: str) -> ml_collections.ConfigDict:
   e.n_per_family = {"tiny": 16, "small": 50, "base": 200}[preset]
   e.seed = 1  # which held-out prompts
   e.few_shot_k = {"tiny": 1, "small": 3, "base": 5}[preset]
+  # How the pretrained model is asked before SFT (the first also gives its
+  # degeneration); an imported instruct model: ("chat",).
+  e.pretrained_modes = ("zero_shot", "few_shot", "chat")
   e.max_new_tokens = MAX_NEW_TOKENS[preset]
   e.batch_size = {"tiny": 32, "small": 32, "base": 64}[preset]
   # Degeneration (Holtzman et al. 2020): greedy vs nucleus on the same prompts.

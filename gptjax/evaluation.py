@@ -39,6 +39,9 @@ from gptjax.tasks.world import World
 from gptjax.tokenizer import Tokenizer
 
 MODES = ("chat", "zero_shot", "few_shot")
+# A pretrained model is asked in all three, plain text first (it never saw
+# the chat template); an imported instruct model in chat alone.
+MODES_PRETRAINED = ("zero_shot", "few_shot", "chat")
 BENIGN = tuple(f for f in instructions.FAMILIES if f not in ("decline", "qa_unknown"))
 
 
@@ -154,7 +157,7 @@ def summarize(judgements: Sequence[dict]) -> dict:
 
 
 class Evaluator:
-  """Asks a model the held-out questions of every family and scores the answers.
+  """Asks a model the held-out questions of its task families and scores the answers.
 
   Args:
     model: the Transformer (its cfg.max_len bounds prompt + answer).
@@ -162,18 +165,28 @@ class Evaluator:
     cfg: config.eval (n_per_family, seed, few_shot_k, max_new_tokens,
       batch_size, n_degeneration, degeneration_tokens, top_p).
     system: system message for chat prompts ('' = none).
+    families: the task families asked (default all; a run's own:
+      `runs.families_of(config)`).
   """
 
-  def __init__(self, model, tokenizer: Tokenizer, world: World, cfg, system: str = ""):
+  def __init__(
+    self,
+    model,
+    tokenizer: Tokenizer,
+    world: World,
+    cfg,
+    system: str = "",
+    families: Sequence[str] = instructions.FAMILIES,
+  ):
     self.model, self.tokenizer, self.world, self.cfg = model, tokenizer, world, cfg
-    self.system = system
+    self.system, self.families = system, tuple(families)
 
   @functools.cached_property
   def examples(self) -> list[instructions.Example]:
-    """n_per_family held-out examples of each family, family by family."""
+    """n_per_family held-out examples of each of `families`, family by family."""
     return [
       e
-      for f in instructions.FAMILIES
+      for f in self.families
       for e in instructions.make_examples(
         self.world, f, self.cfg.n_per_family, self.cfg.seed, "heldout"
       )
@@ -195,7 +208,7 @@ class Evaluator:
       return [self.plain_ids(probes.zero_shot_prompt(e)) for e in self.examples]
     if mode == "few_shot":
       texts = []
-      for f in instructions.FAMILIES:
+      for f in self.families:
         pairs = probes.few_shot_probes(
           self.world, f, self.cfg.n_per_family, self.cfg.few_shot_k, self.cfg.seed
         )
@@ -284,7 +297,7 @@ class Evaluator:
 
   def degeneration(self, params, mode: str) -> dict:
     """Greedy vs nucleus continuations of the same prompts (open-ended)."""
-    n_fam = len(instructions.FAMILIES)
+    n_fam = len(self.families)
     per = -(-self.cfg.n_degeneration // n_fam)
     order = [
       i * self.cfg.n_per_family + j
@@ -375,7 +388,8 @@ def format_table(results: dict[str, dict]) -> str:
     for mode, r in res.items()
     if mode in MODES
   ]
-  families = list(instructions.FAMILIES)
+  present = {f for _, r in columns for f in r["families"]}
+  families = [f for f in instructions.FAMILIES if f in present]
   score = lambda r, f: r["families"].get(f, {}).get("score", float("nan"))
   lines = [f"{'family':<20}" + "".join(f"{c:>22}" for c, _ in columns)]
   for f in families:

@@ -30,7 +30,7 @@ from gptjax import (
   train,
 )
 from gptjax.data import sources
-from gptjax.tasks import world as world_lib
+from gptjax.tasks import instructions, world as world_lib
 
 
 def write_json(path: str, obj, **dump_kwargs) -> None:
@@ -199,6 +199,30 @@ def load_run(workdir: str, step: int | None = None) -> LoadedRun:
     workdir, config, model, {"tokens": np.zeros((1, config.model.max_len), np.int32)}, step
   )
   return LoadedRun(config, model, params, tokenizer_lib.load_from(workdir), step, workdir)
+
+
+def families_of(config) -> tuple[str, ...]:
+  """The task families a run's demonstrations, comparisons, rollouts and
+  evaluations use: config.sft.families of an SFT run (and of every stage
+  after it, whose config is the SFT run's), or every family when absent or
+  empty (a pretraining run, or an SFT run that names none).
+
+  Raises:
+    ValueError: naming an unknown family and the known ones.
+  """
+  sft_section = config.get("sft")
+  names = (
+    tuple(sft_section.get("families", ()))
+    if isinstance(sft_section, ml_collections.ConfigDict)
+    else ()
+  )
+  unknown = [f for f in names if f not in instructions.FAMILIES]
+  if unknown:
+    raise ValueError(
+      f"sft.families: unknown task famil{'ies' if len(unknown) > 1 else 'y'} {unknown}; "
+      f"the families are {', '.join(instructions.FAMILIES)}"
+    )
+  return names or instructions.FAMILIES
 
 
 def world_of(config) -> world_lib.World:

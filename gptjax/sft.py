@@ -162,6 +162,14 @@ def batch_rows(step: int, batch_size: int, n_rows: int, seed: int) -> np.ndarray
 
 def validate(config) -> None:
   config_lib.validate_train(config.train)
+  runs.families_of(config)  # raises for an unknown family
+  modes = tuple(config.eval.get("pretrained_modes", evaluation.MODES_PRETRAINED))
+  config_lib.require(
+    bool(modes) and set(modes) <= set(evaluation.MODES),
+    "eval.pretrained_modes",
+    modes,
+    f"a non-empty subset of {evaluation.MODES}",
+  )
   config_lib.require(config.sft.n_demos > 0, "sft.n_demos", config.sft.n_demos, "> 0")
   config_lib.require(
     config.eval.n_per_family > 0, "eval.n_per_family", config.eval.n_per_family, "> 0"
@@ -247,12 +255,12 @@ def _fine_tune(config, workdir: str, base: runs.LoadedRun, log):
   """Demonstrations -> eval of the pretrained model -> SFT -> eval -> eval.json."""
   tokenizer, world, seq_len = base.tokenizer, runs.world_of(config), config.model.max_len
   s = config.sft
-  writers = demo_writers(s.get("writers", "pool"))
+  writers, families = demo_writers(s.get("writers", "pool")), runs.families_of(config)
   train_examples = instructions.make_mixture(
-    world, s.n_demos, s.demo_seed, "train", writers=writers
+    world, s.n_demos, s.demo_seed, "train", families, writers=writers
   )
   heldout_examples = instructions.make_mixture(
-    world, s.n_heldout, s.demo_seed, "heldout", writers=writers
+    world, s.n_heldout, s.demo_seed, "heldout", families, writers=writers
   )
   rows = demonstration_rows(train_examples, tokenizer, seq_len, s.system_prompt)
   heldout = demonstration_rows(heldout_examples, tokenizer, seq_len, s.system_prompt)
@@ -264,7 +272,7 @@ def _fine_tune(config, workdir: str, base: runs.LoadedRun, log):
     f"longer than the context dropped{' ' + str(lost) if lost else ''}"
   )
   evaluator = evaluation.Evaluator(
-    base.model, tokenizer, world, config.eval, system=s.system_prompt
+    base.model, tokenizer, world, config.eval, system=s.system_prompt, families=families
   )
   before = _evaluate_pretrained(evaluator, base.params, workdir, log)
   train.check_stop("sft", "after evaluating the pretrained model", workdir)
@@ -314,9 +322,9 @@ def _evaluate_pretrained(evaluator, params, workdir: str, log) -> dict:
       before = json.load(f)
   else:
     log("[sft] evaluating the pretrained model ...")
-    before = evaluator.evaluate(
-      params, modes=("zero_shot", "few_shot", "chat"), degeneration_mode="zero_shot"
-    )
+    modes = tuple(evaluator.cfg.get("pretrained_modes", evaluation.MODES_PRETRAINED))
+    # degeneration (open-ended continuations) in the first mode: a base model's own
+    before = evaluator.evaluate(params, modes=modes, degeneration_mode=modes[0])
     writer = metrics_lib.MetricsWriter(workdir, tensorboard=False)
     writer.drop_split("gold_pretrained")  # a run killed before it wrote the file below
     writer.write(0, "gold_pretrained", **evaluation.flat_scores(before))

@@ -10,7 +10,7 @@ import pytest
 from gptjax import evaluation, train
 from gptjax.reward_model import training as rm_training
 from gptjax.rlhf import loop as rlhf_loop, ppo_math
-from gptjax.tasks import labeler, world as world_lib
+from gptjax.tasks import instructions, labeler, world as world_lib
 
 # ---------------------------------------------------------------- the labeler
 
@@ -54,10 +54,12 @@ def test_rm_and_ppo_prompts_are_disjoint():
   rl = {e.prompt for e in rm_training.examples_for(world, 300, 5, "train", "rl")}
   assert rm and rl and not rm & rl
   assert all(rm_training.prompt_part(p) == "rm" for p in rm)
-  models = types.SimpleNamespace(world=world, tokenizer=_FakeTokenizer())
+  families = ("sort", "decline")  # the SFT run's families: PPO asks only those
+  models = types.SimpleNamespace(world=world, tokenizer=_FakeTokenizer(), families=families)
   config = types.SimpleNamespace(ppo=types.SimpleNamespace(rollout_batch=32, seed=0))
   _, prompts = rlhf_loop.prompts_for(config, models, iteration=3)
   assert len(prompts) == 32 and all(rm_training.prompt_part(p) == "rl" for p in prompts)
+  assert {instructions.parse_prompt(p, world).family for p in prompts} == set(families)
 
 
 class _FakeTokenizer:

@@ -25,8 +25,18 @@ from gptjax.rlhf import stats as rlhf_stats
 from gptjax.tasks import instructions  # noqa: E402
 
 # Which evaluation mode suits each stage: a pretrained model never saw the chat
-# template, so it answers plain-text 'Q: ... A:' prompts.
+# template, so it answers plain-text 'Q: ... A:' prompts; an imported instruct
+# model (`converted`) has its own template and answers in chat.
 STAGE_MODES = {"pretrained": "zero_shot", "sft": "chat", "rlhf": "chat", "rlhf_ptx": "chat"}
+
+
+def converted(config) -> bool:
+  """Whether a run is a released model converted by gptjax.hub (no pretraining here)."""
+  return "converted_from" in config
+
+
+def stage_mode(name: str, run) -> str:
+  return "chat" if name == "pretrained" and converted(run.config) else STAGE_MODES[name]
 
 
 def _load_json(path: str):
@@ -50,7 +60,10 @@ def stage_runs(workdir: str) -> dict[str, str]:
 # Plots
 
 
-def plot_pretraining(workdir: str, out: str) -> str:
+def plot_pretraining(workdir: str, out: str) -> str | None:
+  """The pretraining loss curves (None for a converted base model: none here)."""
+  if not os.path.exists(os.path.join(workdir, "pretrain", "metrics.jsonl")):
+    return None
   recs = metrics_lib.read_metrics(os.path.join(workdir, "pretrain"))
   train = [r for r in recs if r["split"] == "train"]
   evals = [r for r in recs if r["split"] == "eval"]
@@ -111,9 +124,12 @@ def compare_stages(workdir: str, config, log=print) -> tuple[dict, dict, object]
   cfg.n_per_family = config.report.n_per_family
   out = {}
   for name, run in loaded.items():
-    ev = evaluation.Evaluator(run.model, run.tokenizer, world, cfg)
-    judgements, texts = ev.judgements(run.params, STAGE_MODES[name])
+    ev = evaluation.Evaluator(
+      run.model, run.tokenizer, world, cfg, families=runs_lib.families_of(loaded["sft"].config)
+    )
+    judgements, texts = ev.judgements(run.params, stage_mode(name, run))
     out[name] = {
+      "mode": stage_mode(name, run),
       "summary": evaluation.summarize(judgements),
       "scores": [j["score"] for j in judgements],
       "families": [j["family"] for j in judgements],
@@ -219,6 +235,7 @@ def _compare_and_plot(workdir: str, config, sft_eval: dict, log) -> tuple[dict, 
         for n, c in compared.items()
       }
       for f in instructions.FAMILIES
+      if any(f in c["families"] for c in compared.values())
     },
     os.path.join(workdir, "stages_gold.png"),
     "Gold score per family at each stage",
@@ -245,7 +262,26 @@ def _stages_section(stages: dict) -> list[str]:
 
 
 def _pretraining_section(workdir: str) -> list[str]:
-  """The loss curves and the last validation loss per source."""
+  """The loss curves and the last validation loss per source (for a converted
+  base model: what it was converted from)."""
+  base = config_lib.load(os.path.join(workdir, "pretrain", "config.json"))
+  if converted(base):
+    info = base.converted_from.to_dict()
+    return [
+      "",
+      "## Base model (converted, not pretrained here)",
+      "",
+      f"{info.get('name', 'a released model')} from {info.get('format', '?')} "
+      f"`{os.path.basename(str(info.get('source', '')))}`"
+      + (
+        " (tensors: " + ", ".join(f"{n} {k}" for k, n in info["quantization"].items()) + ")"
+        if isinstance(info.get("quantization"), dict)
+        else ""
+      )
+      + f": {base.model.n_layer} layers, d_model {base.model.d_model}, vocabulary "
+      f"{base.model.vocab_size:,}, context {base.model.max_len} here. It answers in its own chat "
+      "template (the 'pretrained' rows below).",
+    ]
   L = []
   L += ["", "## Pretraining", "", "![pretraining loss](pretrain_loss.png)", ""]
   last = [r for r in metrics_lib.read_metrics(os.path.join(workdir, "pretrain"), "eval")][-1]
@@ -450,7 +486,7 @@ def _honesty_section(compared: dict) -> list[str]:
   for n, c in compared.items():
     s = c["summary"]
     L.append(
-      f"| {n} | {STAGE_MODES[n]} | {_fmt(s['mean_score'])} | {_fmt(s['hallucination_rate'])} | "
+      f"| {n} | {c['mode']} | {_fmt(s['mean_score'])} | {_fmt(s['hallucination_rate'])} | "
       f"{_fmt(s['honest_idk_rate'])} | {_fmt(s['decline_rate'])} | "
       f"{_fmt(s['over_refusal_rate'])} |"
     )
@@ -464,6 +500,14 @@ def _honesty_section(compared: dict) -> list[str]:
 
 def _alignment_tax_section(rl_eval: dict, ptx_eval: dict | None) -> list[str]:
   """Pretraining loss and few-shot score after SFT, PPO and PPO-ptx."""
+  if not rl_eval["alignment_tax"]["pretraining_loss"]["sft"]:
+    return [
+      "### Alignment tax",
+      "",
+      "Few-shot mean gold (no pretraining data here to measure its loss on): SFT "
+      f"{_fmt(rl_eval['alignment_tax']['few_shot_mean_score']['sft'])}, RLHF (PPO) "
+      f"{_fmt(rl_eval['alignment_tax']['few_shot_mean_score']['rlhf'])}.",
+    ]
   L = [
     "### Alignment tax",
     "",

@@ -167,10 +167,14 @@ def run_stage(stage: Stage, workdir: str, upstream: list[str], log=print) -> dic
 def stages(config, workdir: str, cache_dir: str | None, log=print) -> list[Stage]:
   """The recipe. Stage configs are the stages' own (configs/<stage>.py)."""
   path = lambda name: os.path.join(workdir, name)
-  out = [
-    Stage(
+  if "convert" in config:  # a released model instead of pretraining (configs/pipeline.py:smollm2)
+    base = Stage("pretrain", config.convert, lambda d: convert_into(config.convert, d, log))
+  else:
+    base = Stage(
       "pretrain", config.pretrain, lambda d: pretraining.run(config.pretrain, d, cache_dir, log=log)
-    ),
+    )
+  out = [
+    base,
     Stage(
       "sft",
       config.sft,
@@ -267,6 +271,25 @@ def _curated_sft(config, d: str, pretrain_dir: str, sft_dir: str, log) -> None:
   curated = runs.load_run(d)
   result = dpo.evaluate(ev_config, runs.load_run(sft_dir), curated.params, log, "sft_curated")
   runs.write_json(os.path.join(d, "versus_sft.json"), result)
+
+
+def convert_into(c, stage_dir: str, log=print) -> None:
+  """The base model of a pipeline without pretraining: `c.src` (a GGUF file, a
+  Hugging Face directory, a gptjax run or 'smollm2') converted into a gptjax
+  run in `stage_dir`, with context `c.max_len`. The conversion writes a
+  sibling folder and moves its files in; a rerun after a crash starts over."""
+  from gptjax.hub import convert
+
+  for name in os.listdir(stage_dir):  # what an interrupted conversion left
+    if name != STAGE_FILE:
+      p = os.path.join(stage_dir, name)
+      shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
+  tmp = f"{os.path.normpath(stage_dir)}.converted"
+  shutil.rmtree(tmp, ignore_errors=True)
+  convert.convert(c.src, tmp, to="gptjax", max_len=c.get("max_len") or None, log=log)
+  for name in os.listdir(tmp):
+    os.rename(os.path.join(tmp, name), os.path.join(stage_dir, name))
+  os.rmdir(tmp)
 
 
 def _without_ptx(c):

@@ -68,17 +68,20 @@ def prompt_part(prompt: str) -> str:
   return PARTS[h & 1]
 
 
-def examples_for(world, n: int, seed: int, split: str, part: str | None = None) -> list:
-  """`n` examples of the instruction mixture (reference demonstrations are
-  irrelevant here: only the prompts are used). part 'rm' / 'rl' keeps the
-  train-split prompts of that half (`prompt_part`); None keeps all."""
+def examples_for(
+  world, n: int, seed: int, split: str, part: str | None = None, families=None
+) -> list:
+  """`n` examples of the instruction mixture of `families` (default all;
+  reference demonstrations are irrelevant here: only the prompts are used).
+  part 'rm' / 'rl' keeps the train-split prompts of that half
+  (`prompt_part`); None keeps all."""
   if part is None:
-    return instructions.make_mixture(world, n, seed, split)
+    return instructions.make_mixture(world, n, seed, split, families)
   if part not in PARTS:
     raise ValueError(f"part must be one of {PARTS} or None, got {part!r}")
   out, draw = [], 2 * n + 16
   for attempt in range(6):
-    pool = instructions.make_mixture(world, draw, seed + 7_919 * attempt, split)
+    pool = instructions.make_mixture(world, draw, seed + 7_919 * attempt, split, families)
     out += [e for e in pool if prompt_part(e.prompt) == part]
     if len(out) >= n:
       return out[:n]
@@ -281,7 +284,9 @@ def _comparisons(
   report_path = os.path.join(directory, "report.json")
   c = config.comparisons
   part = "rm" if split == "train" else None  # PPO draws from the other half
+  families = runs.families_of(policy.config)
   recipe = {
+    "families": list(families),
     "policy": policy.workdir,
     "policy_step": policy.step,
     "split": split,
@@ -301,7 +306,7 @@ def _comparisons(
       log(f"[reward_model] reusing comparisons in {directory}")
       return with_ranks(comp_lib.Comparisons.load(directory), directory).trimmed(), report
     log(f"[reward_model] settings changed since {directory} was written: sampling anew")
-  examples = examples_for(world, n, seed, split, part)
+  examples = examples_for(world, n, seed, split, part, families)
   comps, report = comp_lib.make_comparisons(
     policy, world, examples, comp_lib.ComparisonSettings.from_config(c, noise), seed=seed, log=log
   )

@@ -164,7 +164,9 @@ def run(config, workdir: str, sft_dir: str | None = None, rm_dir: str | None = N
   sft = runs.load_run(os.path.abspath(sft_dir))
   rm = rm_training.load_reward_model(os.path.abspath(rm_dir))
   world = runs.world_of(sft.config)
-  ev = evaluation.Evaluator(sft.model, sft.tokenizer, world, config.eval)
+  ev = evaluation.Evaluator(
+    sft.model, sft.tokenizer, world, config.eval, families=runs.families_of(sft.config)
+  )
   greedy, _ = ev.judgements(sft.params, "chat")
   ns = sorted(set(config.best_of_n.ns))
   N = ns[-1]

@@ -469,7 +469,9 @@ def evaluate(config, sft: runs.LoadedRun, params, log=print, name: str = "dpo") 
   oracle (the primary metric), plus KL to SFT and gold of T = 1 samples
   (secondary). config: needs eval (with n_boot, kl_samples) and seed."""
   world = runs.world_of(sft.config)
-  ev = evaluation.Evaluator(sft.model, sft.tokenizer, world, config.eval)
+  ev = evaluation.Evaluator(
+    sft.model, sft.tokenizer, world, config.eval, families=runs.families_of(sft.config)
+  )
   params = sharding.local_copy(params)  # off the mesh
   j_sft, _ = ev.judgements(sft.params, "chat")
   j_dpo, texts = ev.judgements(params, "chat")

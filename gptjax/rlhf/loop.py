@@ -54,7 +54,7 @@ from gptjax import (
 from gptjax.data.packing import Pipeline
 from gptjax.reward_model import training as rm_training
 from gptjax.rlhf import dpo, ppo, ppo_math, stats
-from gptjax.tasks import oracle
+from gptjax.tasks import instructions, oracle
 from gptjax.tasks.world import World
 
 
@@ -116,6 +116,7 @@ class Models:
   rm_dir: str
   ref_params: object = None  # the frozen SFT policy (the KL reference)
   cache_dir: str | None = None  # prepared pretraining data (PPO-ptx, alignment tax)
+  families: tuple[str, ...] = instructions.FAMILIES  # the SFT run's (`runs.families_of`)
 
 
 def fresh_state(config, sft_params, value_params, rm_params, tx_p, tx_v) -> dict:
@@ -160,6 +161,7 @@ def prompts_for(config, models: Models, iteration: int) -> tuple[list, list[str]
     seed=config.ppo.seed * 100_003 + iteration,
     split="train",
     part="rl",
+    families=models.families,
   )
   prompts = [e.prompt for e in examples]
   return [evaluation.chat_prompt_ids(models.tokenizer, p) for p in prompts], prompts
@@ -219,6 +221,7 @@ def load_models(config, sft_dir: str, rm_dir: str, cache_dir: str | None):
     rm_dir,
     ref_params=sft.params,
     cache_dir=cache_dir,
+    families=runs.families_of(sft.config),
   )
   return models, rm_params
 
@@ -534,7 +537,13 @@ def evaluate(config, models: Models, sft_params, rlhf_params, workdir: str, log)
   per-family answer rate, accuracy when answering, strict correct and
   hallucination rates), KL to SFT and gold of T = 1 samples (secondary),
   honesty and refusals, the alignment tax and the over-optimisation curve."""
-  ev = evaluation.Evaluator(models.policy, models.tokenizer, models.world, config.eval)
+  ev = evaluation.Evaluator(
+    models.policy,
+    models.tokenizer,
+    models.world,
+    config.eval,
+    families=models.families,
+  )
   local = sharding.local_copy  # off the mesh
   params = {"sft": local(sft_params), "rlhf": local(rlhf_params)}
   judged = {name: ev.judgements(p, "chat") for name, p in params.items()}
@@ -549,7 +558,10 @@ def evaluate(config, models: Models, sft_params, rlhf_params, workdir: str, log)
     result["sampled"] = dpo.sampled_kl_and_gold(
       sft_run, params["rlhf"], models.world, ev.examples, e, config.seed
     )
-  tax = {name: pretraining_loss(models, p, e.ptx_eval_batches) for name, p in params.items()}
+  tax = {  # none without pretraining data (a converted model's run)
+    name: pretraining_loss(models, p, e.ptx_eval_batches) if e.ptx_eval_batches > 0 else {}
+    for name, p in params.items()
+  }
   result["alignment_tax"] = {
     "pretraining_loss": tax,
     "few_shot_mean_score": {
@@ -593,7 +605,7 @@ def log_result(result: dict, log) -> None:
     f"gold {result['gold_mean']['sft']:.3f} -> {result['gold_mean']['rlhf']:.3f}; "
     f"hallucination {result['sft']['hallucination_rate']:.2f} -> "
     f"{result['rlhf']['hallucination_rate']:.2f}; pretraining loss "
-    + ", ".join(f"{s} {tax['sft'][s]:.3f}->{tax['rlhf'][s]:.3f}" for s in tax["sft"])
+    + (", ".join(f"{s} {tax['sft'][s]:.3f}->{tax['rlhf'][s]:.3f}" for s in tax["sft"]) or "n/a")
   )
   if "overoptimization" in result:
     o = result["overoptimization"]
