@@ -12,9 +12,11 @@ model's BPE (tokenizer.json + tokenizer_config.json); `gptjax.tokenizer`
 reads and copies either.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import socket
 from typing import Any, Callable
 
@@ -39,6 +41,34 @@ def write_json(path: str, obj, **dump_kwargs) -> None:
   with open(tmp, "w") as f:
     json.dump(obj, f, **{"indent": 2, "sort_keys": True, **dump_kwargs})
   os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def new_directory(directory: str):
+  """Yields a temporary sibling of `directory` (which must be new or empty) to
+  write into; renames it to `directory` when the block completes, and deletes
+  it if the block raises, so an interrupted writer leaves nothing that looks
+  complete.
+
+  Raises:
+    FileExistsError: if `directory` exists and is not an empty directory.
+  """
+  directory = os.path.abspath(directory)
+  if os.path.exists(directory) and (not os.path.isdir(directory) or os.listdir(directory)):
+    raise FileExistsError(
+      f"{directory} exists and is not empty: choose a new destination or delete it"
+    )
+  tmp = f"{directory}.converting-{os.getpid()}"
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  try:
+    yield tmp
+    if os.path.isdir(directory):
+      os.rmdir(directory)  # empty (checked above)
+    os.rename(tmp, directory)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
 
 
 # ----------------------------------------------------------------------------

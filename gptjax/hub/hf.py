@@ -29,14 +29,13 @@ dimension other than d_model / n_head are a ValueError naming the file.
 
 import json
 import os
-import shutil
 
 import ml_dtypes
 import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from gptjax import tokenizer as tokenizer_lib
+from gptjax import runs, tokenizer as tokenizer_lib
 from gptjax.hub import families
 
 MODEL_TYPES = ("gpt2", "llama")
@@ -112,41 +111,17 @@ def write(m: families.Model, directory: str) -> list[str]:
   """Writes `m` as a Hugging Face directory (see the module docstring); returns
   the files written. `directory` must be new or empty; the files are written
   into a temporary sibling, renamed when complete."""
-  _check_empty(directory)
   config = hf_config(m.model, m.tokenizer)  # raises for a mixture, before any file
-  tmp = f"{os.path.abspath(directory)}.converting-{os.getpid()}"
-  shutil.rmtree(tmp, ignore_errors=True)
-  os.makedirs(tmp)
-  try:
-    _write_json(os.path.join(tmp, "config.json"), config)
+  with runs.new_directory(directory) as tmp:
+    runs.write_json(os.path.join(tmp, "config.json"), config)
     tok = m.tokenizer
     stop = sorted({tok.eos_id, tok.end_turn_id})
     generation = {"bos_token_id": tok.bos_id, "pad_token_id": tok.pad_id}
     generation["eos_token_id"] = stop if len(stop) > 1 else stop[0]
-    _write_json(os.path.join(tmp, "generation_config.json"), generation)
+    runs.write_json(os.path.join(tmp, "generation_config.json"), generation)
     save_file(families.to_hf(m.params, m.model), os.path.join(tmp, WEIGHTS), {"format": "pt"})
     tok.save_to(tmp)
-    if os.path.isdir(directory):
-      os.rmdir(directory)  # empty (checked above)
-    os.rename(tmp, directory)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   return sorted(os.listdir(directory))
-
-
-def _check_empty(directory: str) -> None:
-  if os.path.exists(directory) and (not os.path.isdir(directory) or os.listdir(directory)):
-    raise FileExistsError(
-      f"{directory} exists and is not empty: choose a new destination or delete it"
-    )
-
-
-def _write_json(path: str, obj) -> None:
-  tmp = f"{path}.{os.getpid()}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------

@@ -21,7 +21,6 @@ so an interrupted conversion leaves nothing that looks like a run.
 """
 
 import os
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +32,7 @@ from gptjax import (
   checkpoint as ckpt_lib,
   config as config_lib,
   model as model_lib,
+  runs,
   train,
 )
 from gptjax.hub import families
@@ -92,23 +92,11 @@ def run_config(m: families.Model) -> ml_collections.ConfigDict:
 
 def write(m: families.Model, workdir: str) -> list[str]:
   """Writes `m` as a gptjax run in `workdir` (new or empty); returns its files."""
-  workdir = os.path.abspath(workdir)
-  if os.path.exists(workdir) and (not os.path.isdir(workdir) or os.listdir(workdir)):
-    raise FileExistsError(f"{workdir} exists and is not empty: choose a new --dst or delete it")
-  tmp = f"{workdir}.converting-{os.getpid()}"
-  shutil.rmtree(tmp, ignore_errors=True)
-  os.makedirs(tmp)
-  try:
+  with runs.new_directory(workdir) as tmp:
     config = run_config(m)
     config_lib.save(config, tmp)
     m.tokenizer.save_to(tmp)
     _save_checkpoint(config, m.params, os.path.join(tmp, "checkpoints"), m.info)
-    if os.path.isdir(workdir):
-      os.rmdir(workdir)  # empty (checked above)
-    os.rename(tmp, workdir)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   return sorted(os.listdir(workdir))
 
 
