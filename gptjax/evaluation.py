@@ -28,7 +28,7 @@ demonstrations, the reward model's comparisons and PPO's rollouts all use it.
 """
 
 import functools
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import numpy as np
@@ -167,6 +167,9 @@ class Evaluator:
     system: system message for chat prompts ('' = none).
     families: the task families asked (default all; a run's own:
       `runs.families_of(config)`).
+    stop_check: called after every generated batch; a stage passes one that
+      raises on a stop request (`train.check_stop`), so a stop signal during a
+      long evaluation takes effect within a batch, not after it.
   """
 
   def __init__(
@@ -177,9 +180,10 @@ class Evaluator:
     cfg,
     system: str = "",
     families: Sequence[str] = instructions.FAMILIES,
+    stop_check: Callable[[], None] | None = None,
   ):
     self.model, self.tokenizer, self.world, self.cfg = model, tokenizer, world, cfg
-    self.system, self.families = system, tuple(families)
+    self.system, self.families, self.stop_check = system, tuple(families), stop_check
 
   @functools.cached_property
   def examples(self) -> list[instructions.Example]:
@@ -246,9 +250,12 @@ class Evaluator:
     max_new_tokens: int,
     params_sampling=sampling.GREEDY,
     seed: int = 0,
+    interruptible: bool = True,
   ) -> tuple[list[str], list[bool]]:
     """`generate`'s texts and, per prompt, whether the answer was cut at
-    max_new_tokens (it never emitted the stop token)."""
+    max_new_tokens (it never emitted the stop token). `stop_check` runs after
+    each batch unless interruptible is False."""
+    check = self.stop_check if interruptible else None
     gen = sampling.generate_batched(
       self.model,
       params,
@@ -260,6 +267,7 @@ class Evaluator:
       pad_id=self.tokenizer.pad_id,
       sampling=params_sampling,
       truncate="left",
+      progress=(lambda _: check()) if check else None,
     )
     stopped = ((gen.tokens == stop_id) & gen.mask).any(-1)
     truncated = [bool(x) for x in ~stopped & (gen.mask.sum(-1) >= max_new_tokens)]
@@ -328,13 +336,15 @@ class Evaluator:
     return out
 
   def chat_samples(self, params, prompts: Sequence[str]) -> list[str]:
-    """'prompt -> greedy chat answer' lines, for logs during training."""
+    """'prompt -> greedy chat answer' lines, for logs during training (never
+    interrupted by `stop_check`: the training loop saves, then stops)."""
     params = sharding.local_copy(params)  # off the mesh
-    texts = self.generate(
+    texts, _ = self.generate_flagged(
       params,
       [self.chat_ids(p) for p in prompts],
       self.tokenizer.end_turn_id,
       self.cfg.max_new_tokens,
+      interruptible=False,
     )
     return [f"{p!r} -> {t.strip()!r}" for p, t in zip(prompts, texts)]
 

@@ -272,7 +272,13 @@ def _fine_tune(config, workdir: str, base: runs.LoadedRun, log):
     f"longer than the context dropped{' ' + str(lost) if lost else ''}"
   )
   evaluator = evaluation.Evaluator(
-    base.model, tokenizer, world, config.eval, system=s.system_prompt, families=families
+    base.model,
+    tokenizer,
+    world,
+    config.eval,
+    system=s.system_prompt,
+    families=families,
+    stop_check=lambda: train.check_stop("sft", "during an evaluation", workdir),
   )
   before = _evaluate_pretrained(evaluator, base.params, workdir, log)
   train.check_stop("sft", "after evaluating the pretrained model", workdir)

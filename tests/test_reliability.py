@@ -581,3 +581,37 @@ def test_non_utf8_files_in_a_corpus_directory_are_counted(tmp_path, capsys):
   assert [d[0] for d in docs] == ["a.txt"]
   out = capsys.readouterr().out
   assert "skipped 2 of 3 files that are not UTF-8" in out and "b.txt" in out
+
+
+def test_a_stop_during_an_evaluation_takes_effect_within_a_batch(tiny_tokenizer, tmp_path):
+  """An evaluator with a stop check raises GracefulStop after the batch in
+  progress (not after the whole evaluation); training-time samples are never
+  interrupted (their loop saves first, then stops)."""
+  from configs import sft as sft_configs
+  from gptjax import evaluation, model as model_lib
+  from gptjax.tasks import world as world_lib
+
+  config = config_lib.copy(tiny_config())
+  config.model.vocab_size = tiny_tokenizer.vocab_size
+  config.model.max_len = 128
+  model = model_lib.build(config)
+  params = model.init(jax.random.PRNGKey(0), np.zeros((1, 8), np.int32))["params"]
+  cfg = sft_configs.get_config("tiny").eval
+  cfg.n_per_family, cfg.batch_size, cfg.max_new_tokens = 2, 2, 4
+  batches = []
+
+  def stop_check():
+    batches.append(len(batches))
+    if len(batches) == 2:
+      train.request_stop("SIGTERM")
+    train.check_stop("rlhf", "during the final evaluation", str(tmp_path))
+
+  world = world_lib.make_world(0)
+  families = ("count", "sort", "reverse", "brackets", "format")
+  ev = evaluation.Evaluator(
+    model, tiny_tokenizer, world, cfg, families=families, stop_check=stop_check
+  )
+  with pytest.raises(train.GracefulStop, match=r"SIGTERM: stopped during the final evaluation"):
+    ev.judgements(params, "chat")  # 2 prompts a batch: stops after the second of 10
+  assert len(batches) == 2
+  assert len(ev.chat_samples(params, ["What is 2 plus 2?"] * 4)) == 4  # not interrupted

@@ -543,6 +543,7 @@ def evaluate(config, models: Models, sft_params, rlhf_params, workdir: str, log)
     models.world,
     config.eval,
     families=models.families,
+    stop_check=lambda: train.check_stop("rlhf", "during the final evaluation", workdir),
   )
   local = sharding.local_copy  # off the mesh
   params = {"sft": local(sft_params), "rlhf": local(rlhf_params)}
