@@ -105,24 +105,24 @@ def smollm2(c: ml_collections.ConfigDict) -> None:
   s.eval.max_new_tokens = 48
   r = c.reward_model
   r.comparisons.k = 4
-  r.comparisons.n_prompts = 192
-  r.comparisons.n_heldout = 48
+  r.comparisons.n_prompts = 96
+  r.comparisons.n_heldout = 32
   r.comparisons.max_new_tokens = 48
   r.comparisons.sample_batch = 64
-  r.rm.epochs = 2.0
-  r.rm.eval_every = 5
+  r.rm.epochs = 1.0
+  r.rm.eval_every = 4
   r.train.batch_size = 4  # prompts x K = 16 sequences
   r.train.lr = 2e-5
   r.train.warmup_steps = 4
   r.train.log_every = 5
   r.eval.data_fractions = ()
   p = c.rlhf.ppo
-  p.iterations = 16
+  p.iterations = 12
   p.rollout_batch = 16
-  p.minibatches = 4
-  p.epochs = 2
+  p.minibatches = 2
+  p.epochs = 1
   p.max_new_tokens = 48
-  p.policy_lr = 1e-5
+  p.policy_lr = 3e-5
   p.value_lr = 5e-5
   p.rm_steps_per_round = 8
   c.rlhf.train.log_every = 1
@@ -134,8 +134,8 @@ def smollm2(c: ml_collections.ConfigDict) -> None:
   c.dpo.train.log_every = 5
   for stage in (c.rlhf, c.dpo):
     e = stage.eval
-    e.n_per_family = 30
-    e.batch_size = 42
+    e.n_per_family = 20
+    e.batch_size = 35
     e.max_new_tokens = 48
     e.n_degeneration = 7
     e.degeneration_tokens = 32
