@@ -115,7 +115,16 @@ def _parse(path: str) -> list[dict]:
 
 # Keys that measure time rather than the computation: the only ones in which a
 # resumed run's records may differ from an uninterrupted run's.
-TIMING_KEYS = ("tokens_per_s", "steps_per_s", "eta_s", "mfu", "rollout_tokens_per_s", "rollout_s")
+TIMING_KEYS = (
+  "tokens_per_s",
+  "steps_per_s",
+  "eta_s",
+  "mfu",
+  "rollout_tokens_per_s",
+  "rollout_s",
+  "generate_s",
+  "update_s",
+)
 
 
 def without_timing(record: dict) -> dict:

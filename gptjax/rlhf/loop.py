@@ -31,6 +31,7 @@ import functools
 import json
 import math
 import os
+import time
 
 import jax
 import jax.numpy as jnp
@@ -322,7 +323,9 @@ def _ppo_body(config, models: Models, box: dict, kl_ctl, tx_p, tx_v, loop, start
         f"{stats['gold_score']:.3f}  kl {stats['kl']:.3f}  beta {stats['beta']:.4f}  "
         f"ent {stats['entropy']:.2f}  clip {stats['clip_frac']:.3f}  "
         f"ev {stats['explained_variance']:+.2f}  len {stats['response_length']:.1f}  "
-        f"{stats['rollout_tokens_per_s']:,.0f} rollout tok/s"
+        f"{stats['rollout_tokens_per_s']:,.0f} rollout tok/s  time: sampling "
+        f"{stats['generate_s']:.1f}s scoring {stats['rollout_s'] - stats['generate_s']:.1f}s "
+        f"updates {stats['update_s']:.1f}s"
       )
 
   return body
@@ -363,7 +366,7 @@ def iteration(
     state["within"] = jax.tree_util.tree_map(jnp.copy, state["policy"].params)
   rng = np.random.default_rng((p.seed, it))
   sums: dict[str, float] = {}
-  n = 0
+  n, t_update = 0, time.perf_counter()
   for epoch in range(p.epochs):
     for k, mb in enumerate(ppo.minibatches(rollout, rng, p.minibatches)):
       ptx_batch = None
@@ -377,6 +380,9 @@ def iteration(
       for key, v in {**jax.device_get(s_p), **jax.device_get(s_v)}.items():
         sums[key] = sums.get(key, 0.0) + float(v)
       n += 1
+  timing["update_s"] = (
+    time.perf_counter() - t_update
+  )  # synchronous: each minibatch's stats are read
   texts = rollout.texts(models.tokenizer, models.tokenizer.end_turn_id)
   gold = [oracle.gold_score(pr, t, models.world) for pr, t in zip(prompts, texts)]
   out = {k: v / n for k, v in sums.items()}

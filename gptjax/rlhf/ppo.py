@@ -288,8 +288,9 @@ def collect(
     sampler_logp=gen.logprobs,
   )
   n_tokens = int(gen.mask.sum())
-  return rollout, {
+  return rollout, {  # where a rollout's time goes: sampling, then scoring (rollout_s - generate_s)
     "rollout_tokens_per_s": n_tokens / max(t_gen, 1e-9),
+    "generate_s": t_gen,
     "rollout_s": time.perf_counter() - t0,
   }
 
