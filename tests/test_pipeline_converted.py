@@ -45,7 +45,7 @@ def test_evaluator_asks_only_its_families():
 
 def test_smollm2_preset_converts_and_restricts_families():
   c = pipeline_configs.get_config("smollm2")
-  assert "pretrain" not in c and "sft_curated" not in c and "best_of_n" not in c
+  assert "pretrain" not in c and "sft_curated" not in c
   assert c.ptx_coef == 0 and c.convert.src == "smollm2"
   assert c.sft.sft.families == pipeline_configs.WORLD_FREE_FAMILIES
   assert "qa_known" not in c.sft.sft.families and "qa_unknown" not in c.sft.sft.families
@@ -54,7 +54,7 @@ def test_smollm2_preset_converts_and_restricts_families():
   assert c.sft.seed == 3000 + sft_configs.get_config("tiny").seed
   assert c.rlhf.eval.seed == c.dpo.eval.seed == c.sft.eval.seed
   names = [s.name for s in pipeline_lib.stages(c, "/unused", None)]
-  assert names == ["pretrain", "sft", "reward_model", "rlhf", "dpo", "report"]
+  assert names == ["pretrain", "sft", "reward_model", "rlhf", "dpo", "best_of_n", "report"]
 
 
 def converted_test_config(src: str) -> ml_collections.ConfigDict:
@@ -64,10 +64,11 @@ def converted_test_config(src: str) -> ml_collections.ConfigDict:
   c.sft.sft.families = FAMILIES
   c.sft.sft.n_demos, c.sft.sft.n_heldout = 48, 8
   c.sft.train.steps, c.sft.train.eval_every, c.sft.train.ckpt_every = 4, 4, 4
-  for e in (c.sft.eval, c.rlhf.eval, c.dpo.eval):
+  for e in (c.sft.eval, c.rlhf.eval, c.dpo.eval, c.best_of_n.eval):
     e.n_per_family, e.batch_size, e.max_new_tokens, e.n_degeneration = 2, 8, 8, 3
-  for e in (c.rlhf.eval, c.dpo.eval):
+  for e in (c.rlhf.eval, c.dpo.eval, c.best_of_n.eval):
     e.n_boot, e.kl_samples = 100, 1
+  c.best_of_n.best_of_n.ns = (1, 2)
   r = c.reward_model
   r.comparisons.n_prompts, r.comparisons.n_heldout, r.comparisons.max_new_tokens = 16, 8, 8
   r.rm.skip_tied_prompts = False  # a random model's answers all score 0: every pair ties
@@ -86,7 +87,7 @@ def test_pipeline_on_a_converted_model(tmp_path):
   workdir = str(tmp_path / "pipeline")
   config = converted_test_config(str(tmp_path / "tiny.gguf"))
   records = pipeline_lib.run(config, workdir, log=lambda _: None)
-  assert list(records) == ["pretrain", "sft", "reward_model", "rlhf", "dpo", "report"]
+  assert list(records) == ["pretrain", "sft", "reward_model", "rlhf", "dpo", "best_of_n", "report"]
   assert all(r["done"] for r in records.values())
   base = runs.load_run(os.path.join(workdir, "pretrain"))
   assert base.config.converted_from.format == "gguf" and base.config.model.max_len == 192

@@ -184,10 +184,24 @@ def _logprobs_jit(model, params, tokens, token_mask, resp_mask):
   return sequence_logprobs(logits, tokens, resp_mask.astype(jnp.float32))
 
 
-def logprobs_of(model, params, tokens, token_mask, resp_mask, batch: int = 64) -> np.ndarray:
+LOGITS_BUDGET = 256 * 2**20  # bytes of float32 logits [rows, T, V] per batch of `logprobs_of`
+
+
+def logprobs_batch(seq_len: int, vocab_size: int, most: int = 64) -> int:
+  """Rows per batch whose logits fit LOGITS_BUDGET (at least 1, at most `most`):
+  64 for gptjax's presets, 5 for SmolLM2's 49,152-token vocabulary at T = 256
+  (64 rows there are 3.2 GB of logits, and as much again for their softmax)."""
+  return int(max(1, min(most, LOGITS_BUDGET // (seq_len * vocab_size * 4))))
+
+
+def logprobs_of(
+  model, params, tokens, token_mask, resp_mask, batch: int | None = None
+) -> np.ndarray:
   """Summed response log-probs of every row: [..., T] arrays -> [...] float32, in
-  batches padded to one shape (`sampling.padded_batches`): one compilation."""
+  batches padded to one shape (`sampling.padded_batches`): one compilation.
+  batch: rows per batch (default `logprobs_batch`)."""
   shape, T = tokens.shape[:-1], tokens.shape[-1]
+  batch = batch or logprobs_batch(T, model.cfg.vocab_size)
   flat = [x.reshape(-1, T) for x in (tokens, token_mask, resp_mask)]
   n = len(flat[0])
   out = np.zeros(n, np.float32)
