@@ -268,4 +268,5 @@ def test_logprobs_batches_keep_the_logits_within_their_budget():
   assert dpo.logprobs_batch(160, 512) == 64  # tiny: the cap
   assert dpo.logprobs_batch(100_000, 200_000) == 1
   for T, V in ((256, 49_152), (256, 8192), (64, 32_768)):
-    assert dpo.logprobs_batch(T, V) * T * V * 4 <= dpo.LOGITS_BUDGET or dpo.logprobs_batch(T, V) == 1
+    rows = dpo.logprobs_batch(T, V)
+    assert rows * T * V * 4 <= dpo.LOGITS_BUDGET < (rows + 1) * T * V * 4 or rows == 64

@@ -588,14 +588,10 @@ def test_a_stop_during_an_evaluation_takes_effect_within_a_batch(tiny_tokenizer,
   progress (not after the whole evaluation); training-time samples are never
   interrupted (their loop saves first, then stops)."""
   from configs import sft as sft_configs
-  from gptjax import evaluation, model as model_lib
+  from gptjax import evaluation
   from gptjax.tasks import world as world_lib
 
-  config = config_lib.copy(tiny_config())
-  config.model.vocab_size = tiny_tokenizer.vocab_size
-  config.model.max_len = 128
-  model = model_lib.build(config)
-  params = model.init(jax.random.PRNGKey(0), np.zeros((1, 8), np.int32))["params"]
+  model, params = _random_chat_model(tiny_tokenizer)
   cfg = sft_configs.get_config("tiny").eval
   cfg.n_per_family, cfg.batch_size, cfg.max_new_tokens = 2, 2, 4
   batches = []
@@ -615,3 +611,42 @@ def test_a_stop_during_an_evaluation_takes_effect_within_a_batch(tiny_tokenizer,
     ev.judgements(params, "chat")  # 2 prompts a batch: stops after the second of 10
   assert len(batches) == 2
   assert len(ev.chat_samples(params, ["What is 2 plus 2?"] * 4)) == 4  # not interrupted
+
+
+def _random_chat_model(tokenizer):
+  from gptjax import model as model_lib
+
+  config = config_lib.copy(tiny_config())
+  config.model.vocab_size = tokenizer.vocab_size
+  config.model.max_len = 128
+  model = model_lib.build(config)
+  return model, model.init(jax.random.PRNGKey(0), np.zeros((1, 8), np.int32))["params"]
+
+
+def test_a_stop_while_sampling_comparisons_takes_effect_within_a_batch(tiny_tokenizer, tmp_path):
+  """The reward model's and best-of-n's sampling phases (minutes, nothing to
+  save) end on a stop request after the batch in progress."""
+  from gptjax.reward_model import comparisons as comp_lib
+
+  model, params = _random_chat_model(tiny_tokenizer)
+  policy = runs.LoadedRun(None, model, params, tiny_tokenizer, 0, str(tmp_path))
+  settings = comp_lib.ComparisonSettings(
+    k=2, max_new_tokens=4, labeler_noise=None, target_agreement=0.7, batch_size=2
+  )
+  calls = []
+
+  def stop_check():
+    calls.append(1)
+    train.request_stop("SIGINT")
+    train.check_stop("best_of_n", "while sampling", str(tmp_path))
+
+  with pytest.raises(train.GracefulStop, match="SIGINT: stopped while sampling"):
+    comp_lib.sample_responses(
+      policy, ["a", "b", "c"], settings, rng=jax.random.PRNGKey(0), stop_check=stop_check
+    )
+  assert calls == [1]  # after the first of three batches
+  train.clear_stop()
+  _, responses, _ = comp_lib.sample_responses(
+    policy, ["a", "b", "c"], settings, rng=jax.random.PRNGKey(0)
+  )
+  assert len(responses) == 3 and all(len(r) == 2 for r in responses)

@@ -137,13 +137,20 @@ class Comparisons:
 
 
 def sample_responses(
-  policy: runs.LoadedRun, prompts: list[str], settings: ComparisonSettings, *, rng, log=None
+  policy: runs.LoadedRun,
+  prompts: list[str],
+  settings: ComparisonSettings,
+  *,
+  rng,
+  log=None,
+  stop_check=None,
 ):
   """K samples per prompt from `policy` (its model, params and tokenizer).
 
   Returns (prompt_ids [P] lists, responses [P][K] token lists incl. the stop
   token if emitted, texts [P][K] without it). `log` gets a progress line about
-  every 10%.
+  every 10%; `stop_check` (e.g. `train.check_stop`) runs after every batch, so
+  a stop signal ends a long sampling phase within a batch.
   """
   tok, k = policy.tokenizer, settings.k
   prompt_ids = [chat_prompt_ids(tok, p, settings.system) for p in prompts]
@@ -160,7 +167,7 @@ def sample_responses(
     pad_id=tok.pad_id,
     sampling=settings.sampling_params,
     truncate="left",
-    progress=progress.update,
+    progress=lambda done: (progress.update(done), stop_check and stop_check()),
   )
   group = lambda xs: [xs[i * k : (i + 1) * k] for i in range(len(prompts))]
   return prompt_ids, group(gen.response_ids()), group(gen.texts(tok))
@@ -188,6 +195,7 @@ def make_comparisons(
   *,
   seed: int,
   log=print,
+  stop_check=None,
 ) -> tuple[Comparisons, dict]:
   """Samples, scores and ranks. `settings.labeler_noise=None` calibrates it on these samples.
 
@@ -196,7 +204,7 @@ def make_comparisons(
   """
   prompts, k = [e.prompt for e in examples], settings.k
   prompt_ids, resp_ids, texts = sample_responses(
-    policy, prompts, settings, rng=jax.random.PRNGKey(seed), log=log
+    policy, prompts, settings, rng=jax.random.PRNGKey(seed), log=log, stop_check=stop_check
   )
   gold = np.array(
     [[oracle.gold_score(p, t, world) for t in ts] for p, ts in zip(prompts, texts)], np.float32

@@ -277,7 +277,16 @@ def evaluate_rm(model, params, heldout: comp_lib.Comparisons) -> dict:
 
 
 def _comparisons(
-  config, policy, world, split: str, n: int, seed: int, directory: str, noise: float | None, log
+  config,
+  policy,
+  world,
+  split: str,
+  n: int,
+  seed: int,
+  directory: str,
+  noise: float | None,
+  log,
+  stop_check=None,
 ) -> tuple[comp_lib.Comparisons, dict]:
   """The split's comparisons (reused when stored with the same recipe, else
   sampled and stored), cut to the samples' own length for training and scoring."""
@@ -308,7 +317,13 @@ def _comparisons(
     log(f"[reward_model] settings changed since {directory} was written: sampling anew")
   examples = examples_for(world, n, seed, split, part, families)
   comps, report = comp_lib.make_comparisons(
-    policy, world, examples, comp_lib.ComparisonSettings.from_config(c, noise), seed=seed, log=log
+    policy,
+    world,
+    examples,
+    comp_lib.ComparisonSettings.from_config(c, noise),
+    seed=seed,
+    log=log,
+    stop_check=stop_check,
   )
   comps = relabel(comps, report, c, noise, seed)
   log(
@@ -539,8 +554,9 @@ def sample_comparisons(config, policy: runs.LoadedRun, workdir: str, log):
   world = runs.world_of(policy.config)
   noise = None if c.labeler_noise < 0 else c.labeler_noise
   directory = lambda split: os.path.join(workdir, "comparisons", split)
+  stop_check = lambda: train.check_stop("reward_model", "while sampling comparisons", workdir)
   train_comps, train_report = _comparisons(
-    config, policy, world, "train", c.n_prompts, c.seed, directory("train"), noise, log
+    config, policy, world, "train", c.n_prompts, c.seed, directory("train"), noise, log, stop_check
   )
   heldout, heldout_report = _comparisons(
     config,
@@ -552,6 +568,7 @@ def sample_comparisons(config, policy: runs.LoadedRun, workdir: str, log):
     directory("heldout"),
     train_report["labeler_noise"],
     log,
+    stop_check,
   )
   log(
     f"[reward_model] sequences cut to {train_comps.tokens.shape[-1]} (train) and "

@@ -106,14 +106,16 @@ def _judge(prompt: str, text: str, world) -> dict:
   return {**j, "answered_correct": bool(j["answered"] and j["content_correct"])}
 
 
-def sample_and_score(sft: runs.LoadedRun, rm, world, examples, cfg, n: int, seed: int):
+def sample_and_score(
+  sft: runs.LoadedRun, rm, world, examples, cfg, n: int, seed: int, stop_check=None
+):
   """n samples per prompt at T = 1 with oracle judgements and reward-model scores.
 
   rm: (model, params, config) as `load_reward_model` returns it. Returns
   (judgements [P][n] dicts, RM scores [P, n], texts [P][n]).
   """
   prompts = [e.prompt for e in examples]
-  prompt_ids, resp, texts = dpo.sample(sft, prompts, n, cfg, seed)
+  prompt_ids, resp, texts = dpo.sample(sft, prompts, n, cfg, seed, stop_check)
   judgements = [[_judge(p, t, world) for t in ts] for p, ts in zip(prompts, texts)]
   rm_model, rm_params, _ = rm
   tokens, mask = comp_lib.pack_sequences(
@@ -164,15 +166,22 @@ def run(config, workdir: str, sft_dir: str | None = None, rm_dir: str | None = N
   sft = runs.load_run(os.path.abspath(sft_dir))
   rm = rm_training.load_reward_model(os.path.abspath(rm_dir))
   world = runs.world_of(sft.config)
+  # The stage has nothing to save: a stop signal ends it within a batch (exit 130, rerun anew).
+  stop_check = lambda: train.check_stop("best_of_n", "while sampling", workdir)
   ev = evaluation.Evaluator(
-    sft.model, sft.tokenizer, world, config.eval, families=runs.families_of(sft.config)
+    sft.model,
+    sft.tokenizer,
+    world,
+    config.eval,
+    families=runs.families_of(sft.config),
+    stop_check=stop_check,
   )
   greedy, _ = ev.judgements(sft.params, "chat")
   ns = sorted(set(config.best_of_n.ns))
   N = ns[-1]
   log(f"[best_of_n] sampling {N} answers to each of {len(ev.examples)} held-out prompts ...")
   judgements, rm, texts = sample_and_score(
-    sft, rm, world, ev.examples, config.eval, N, config.best_of_n.seed
+    sft, rm, world, ev.examples, config.eval, N, config.best_of_n.seed, stop_check
   )
   gold = np.array([[j["score"] for j in js] for js in judgements])  # [P, N]
   result = {"ns": ns, "n_samples": N, "sft_dir": sft.workdir, "reward_model_dir": rm_dir}

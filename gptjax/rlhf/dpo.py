@@ -440,7 +440,7 @@ def versus_sft(name: str, sft_judgements, judgements, n_boot: int, seed=0, outco
   }
 
 
-def sample(policy: runs.LoadedRun, prompts: list[str], n: int, cfg, seed: int):
+def sample(policy: runs.LoadedRun, prompts: list[str], n: int, cfg, seed: int, stop_check=None):
   """n answers per prompt at temperature 1 (the pure distribution), at most
   cfg.max_new_tokens each, in batches of cfg.batch_size rows. Returns
   `comparisons.sample_responses`'s (prompt ids, response ids, texts)."""
@@ -451,7 +451,9 @@ def sample(policy: runs.LoadedRun, prompts: list[str], n: int, cfg, seed: int):
     target_agreement=labeler.TARGET_AGREEMENT,
     batch_size=cfg.batch_size,
   )
-  return comp_lib.sample_responses(policy, prompts, settings, rng=jax.random.PRNGKey(seed))
+  return comp_lib.sample_responses(
+    policy, prompts, settings, rng=jax.random.PRNGKey(seed), stop_check=stop_check
+  )
 
 
 def sampled_kl_and_gold(sft: runs.LoadedRun, policy_params, world, examples, cfg, seed) -> dict:
