@@ -108,6 +108,7 @@ def test_hard_kl_stop_ends_iterating(monkeypatch, tmp_path):
     state["within"] = state["policy"].params  # as `iteration` keeps it, then updates
     state["policy"] = dataclasses.replace(state["policy"], params=f"after {it + 1} updates")
     keys = ("rm_score", "gold_score", "entropy", "clip_frac", "explained_variance")
+    keys += ("generate_s", "rollout_s", "update_s")
     return {"kl": kl, "beta": beta, "response_length": 1.0, "rollout_tokens_per_s": 1.0} | {
       k: 0.0 for k in keys
     }
