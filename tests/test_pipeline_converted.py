@@ -110,3 +110,14 @@ def test_pipeline_on_a_converted_model(tmp_path):
   assert "## Base model (converted, not pretrained here)" in text
   assert "| pretrained | chat |" in text and "rlhf vs pretrained" in text
   assert "## Pretraining" not in text
+
+
+def test_report_puts_the_largest_sampled_n_and_its_ceiling_beside_ppo(tmp_path):
+  from gptjax.pipeline import report
+
+  picks = {str(n): {"n": n} for n in (1, 4, 8)}
+  (tmp_path / "best_of_n").mkdir()
+  with open(tmp_path / "best_of_n" / "eval.json", "w") as f:
+    json.dump({"n_samples": 8, "reward_model": picks, "oracle": picks}, f)
+  labels = [label for label, _ in report.method_records(str(tmp_path))]
+  assert labels == ["best-of-4 (RM)", "best-of-8 (RM)", "best-of-8 (oracle: ceiling)"]

@@ -342,9 +342,10 @@ def _reward_model_section(rm_eval: dict) -> list[str]:
 
 def method_records(workdir: str) -> list[tuple[str, dict]]:
   """(label, `dpo.versus_sft` record) of every method beside SFT that ran, in
-  the table's order: PPO, PPO-ptx, DPO, best-of-n (RM n = 4, 16; oracle 16),
-  curated SFT. Each record judges greedy answers (a best-of-n pick: its
-  expectation) on the same held-out prompts."""
+  the table's order: PPO, PPO-ptx, DPO, best-of-n (RM n = 4 and the largest
+  n sampled, e.g. 16; the oracle at the largest n: the ceiling), curated SFT.
+  Each record judges greedy answers (a best-of-n pick: its expectation) on the
+  same held-out prompts."""
   path = lambda *p: os.path.join(workdir, *p)
   out = []
   for label, p in (
@@ -356,7 +357,9 @@ def method_records(workdir: str) -> list[tuple[str, dict]]:
       out.append((label, _load_json(p)))
   if os.path.exists(path("best_of_n", "eval.json")):
     bon = _load_json(path("best_of_n", "eval.json"))
-    for picker, n in (("reward_model", 4), ("reward_model", 16), ("oracle", 16)):
+    top = bon.get("n_samples", 16)
+    picks = dict.fromkeys((("reward_model", 4), ("reward_model", top), ("oracle", top)))
+    for picker, n in picks:
       if str(n) in bon.get(picker, {}):
         label = f"best-of-{n} ({'RM' if picker == 'reward_model' else 'oracle: ceiling'})"
         out.append((label, bon[picker][str(n)]))
