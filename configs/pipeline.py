@@ -48,6 +48,9 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.preset = preset
   c.seed = 0  # every stage's seeds derive from it: --config.seed=N reruns the recipe anew
+  # Stages run side by side, each in its own process (same numbers; more memory):
+  # tiny's stages each keep about one of two cores busy.
+  c.jobs = 2 if preset == "tiny" else 1
   c.pretrain = pretrain.get_config(p + "+world")  # world knowledge comes from pretraining
   c.sft = sft.get_config(p)
   c.sft_curated = sft.get_config(p)  # the same SFT on the concise writer alone

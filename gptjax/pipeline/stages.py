@@ -318,15 +318,27 @@ def parse_stages(text: str | Sequence[str] | None) -> tuple[str, ...] | None:
 
 
 def run(
-  config, workdir: str, cache_dir: str | None = None, log=print, only: Sequence[str] | None = None
+  config,
+  workdir: str,
+  cache_dir: str | None = None,
+  log=print,
+  only: Sequence[str] | None = None,
+  jobs: int = 1,
+  command: Callable[[str], list[str]] | None = None,
 ) -> dict:
   """Runs every stage in order (or those in `only`, whose upstream stages
-  must be done); returns {stage: stage.json record}."""
+  must be done); returns {stage: stage.json record}. With jobs > 1, each
+  stage runs as `command(stage)` in a process of its own, up to `jobs` at
+  once (gptjax/pipeline/parallel.py)."""
   only = parse_stages(only)
   workdir = train.prepare_workdir(workdir)
-  with open(os.path.join(workdir, "pipeline_config.json"), "w") as f:
-    f.write(config.to_json(indent=2, sort_keys=True))
-  return run_stages(stages(config, workdir, cache_dir, log), workdir, log, only)
+  runs.write_json(os.path.join(workdir, "pipeline_config.json"), config.to_dict(), default=str)
+  stage_list = stages(config, workdir, cache_dir, log)
+  if jobs > 1:
+    from gptjax.pipeline import parallel
+
+    return parallel.run(stage_list, workdir, command, jobs, log, only)
+  return run_stages(stage_list, workdir, log, only)
 
 
 def run_stages(
