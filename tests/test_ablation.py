@@ -176,6 +176,22 @@ def test_mean_ci_and_difference_against_hand_values():
   assert mde == pytest.approx((2.776445 + 0.940965) * math.sqrt(2 / 3), rel=1e-4)
 
 
+def test_distance_slope_is_the_weighted_fit_on_log2_distance():
+  by = {  # log2 distances 1, 2, 3 with log-probs -3, -2, -2 and weights 1, 1, 2
+    "<=2": {"exact": 0.0, "logprob": -3.0, "n": 1},
+    "<=4": {"exact": 0.0, "logprob": -2.0, "n": 1},
+    "<=8": {"exact": 0.0, "logprob": -2.0, "n": 2},
+  }
+  # x mean 2.25, y mean -2.25: sum w dx dy = 0.9375 - 0.0625 + 0.375 = 1.25; sum w dx^2 = 2.75
+  assert ablation_report.distance_slope(by) == pytest.approx(1.25 / 2.75)
+  # numpy's weighted polyfit (weights multiply residuals: sqrt of ours) agrees
+  fit = np.polyfit([1, 2, 3], [-3, -2, -2], 1, w=np.sqrt([1, 1, 2]))
+  assert ablation_report.distance_slope(by) == pytest.approx(fit[0])
+  assert ablation_report.distance_slope({"2": {"logprob": -1.0, "n": 3}}) is None
+  row = {"final_eval": {}, "probes": {"nested": {"exact": 0.0, "logprob": -2.0, "by": by}}}
+  assert ablation_report.metrics_of(row)["nested/distance_slope"] == pytest.approx(1.25 / 2.75)
+
+
 # ----------------------------------------------------------------------------
 # The tiny preset end to end.
 
@@ -202,6 +218,6 @@ def test_tiny_ablation_end_to_end(tmp_path, data_cache_dir):
     assert math.isfinite(rec["final_eval"]["english/loss"])
     assert ("code/loss" in rec["final_eval"]) == (p.tags["code_fraction"] > 0)
   text = open(os.path.join(workdir, "report.md")).read()
-  assert "## Claims" in text and text.count("| long-range") == 3
+  assert "## Claims" in text and text.count("| long-range") == 6
   for img in ("probes_vs_code_fraction.png", "longrange_vs_distance.png"):
     assert os.path.exists(os.path.join(workdir, img))
