@@ -76,6 +76,8 @@ def main(argv):
     sharding.initialize_from_flags()  # before anything starts JAX's backend
     logging.set_verbosity(logging.WARNING)
     records = stages.run(config, _WORKDIR.value, _CACHE_DIR.value, only=only)
+  if parallel.CHILD_ENV in os.environ:
+    return  # one stage of a parallel run: the scheduler prints the table
   print("\nstage            status     wall time")
   for name, r in records.items():
     print(

@@ -66,11 +66,18 @@ def recipe(tmp_path):
   workdir.mkdir()
   lines = []
 
-  def run(behaviour, jobs=2, only=None):
+  def run(behaviour, jobs=2, only=None, first=()):
     (tmp_path / "behaviour.json").write_text(json.dumps(behaviour))
     command = lambda name: [sys.executable, str(tmp_path / "fake.py"), str(workdir), name]
     return parallel.run(
-      fake.stage_list(str(workdir)), str(workdir), command, jobs, lines.append, only, poll_s=0.05
+      fake.stage_list(str(workdir)),
+      str(workdir),
+      command,
+      jobs,
+      lines.append,
+      only,
+      first,
+      poll_s=0.05,
     )
 
   yield run, workdir, lines
@@ -111,11 +118,12 @@ def test_independent_stages_run_side_by_side_after_their_upstream(recipe):
 
 
 @pytest.mark.slow
-def test_one_process_at_a_time_with_one_job(recipe):
+def test_one_process_at_a_time_with_one_job_the_first_named_first(recipe):
   run, workdir, _ = recipe
-  run({"b": {"sleep": 0.5}, "c": {"sleep": 0.5}}, jobs=1)
+  run({"b": {"sleep": 0.5}, "c": {"sleep": 0.5}}, jobs=1, first=("c",))
   spans = sorted(_times(workdir, n) for n in "abcd")
   assert all(later[0] >= earlier[1] for earlier, later in zip(spans, spans[1:]))
+  assert _times(workdir, "c")[1] <= _times(workdir, "b")[0]  # c before its sibling b
 
 
 def test_a_failed_stage_lets_its_sibling_finish_and_starts_nothing_after(recipe):

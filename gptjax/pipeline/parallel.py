@@ -33,6 +33,7 @@ from typing import Callable, Sequence
 from gptjax import metrics as metrics_lib, train
 from gptjax.pipeline import stages as stages_lib
 
+CHILD_ENV = "GPTJAX_PIPELINE_STAGE"  # set in each stage's process: the stage it runs
 STOPPED = 130  # a child's exit status after a graceful stop (gptjax.cli)
 
 
@@ -81,13 +82,16 @@ def run(
   jobs: int,
   log=print,
   only: Sequence[str] | None = None,
+  first: Sequence[str] = (),
   poll_s: float = 0.2,
 ) -> dict:
   """Runs the stages not yet done, up to `jobs` processes at once; returns
   {stage: stage.json record} like `stages.run_stages`.
 
   command(name): the argv of a process that runs stage `name` alone (and
-  writes its stage.json). Raises KeyboardInterrupt after a stop signal (once
+  writes its stage.json). `first`: stages to start before the others when
+  several are ready (the longest, so that the short ones fill in beside them);
+  the rest in `stage_list` order. Raises KeyboardInterrupt after a stop signal (once
   every child has saved), StageFailed if a stage's process failed.
   """
   if jobs < 1:
@@ -120,6 +124,7 @@ def run(
         for proc in running.values():
           proc.send_signal(signal.SIGTERM)
       ready = [n for n in todo if all(a in done for a in after[n])]
+      ready.sort(key=lambda n: list(first).index(n) if n in first else len(first))
       while ready and len(running) < jobs and not failed and not signalled:
         name = ready.pop(0)
         todo.remove(name)
@@ -133,7 +138,7 @@ def run(
           bufsize=1,
           start_new_session=True,  # terminal signals reach the scheduler only
           preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-          env={**os.environ, "PYTHONUNBUFFERED": "1"},
+          env={**os.environ, "PYTHONUNBUFFERED": "1", CHILD_ENV: name},
         )
         running[name] = proc
         relays.append(threading.Thread(target=_relay, args=(proc, name, lock, log), daemon=True))

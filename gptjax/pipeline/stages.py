@@ -45,6 +45,10 @@ ORDER = (
   "best_of_n",
   "report",
 )
+# With --config.jobs > 1, among the stages ready at once, these start first:
+# the reward model before curated SFT (PPO, DPO and best-of-n wait for it), DPO
+# and PPO before PPO-ptx and best-of-n (tiny: 4m09s, 3m36s vs 1m24s, 0m53s).
+LONGEST_FIRST = ("reward_model", "dpo", "rlhf")
 OPTIONAL = ("sft_curated", "dpo", "best_of_n")  # absent from configs written before them
 
 
@@ -337,7 +341,7 @@ def run(
   if jobs > 1:
     from gptjax.pipeline import parallel
 
-    return parallel.run(stage_list, workdir, command, jobs, log, only)
+    return parallel.run(stage_list, workdir, command, jobs, log, only, first=LONGEST_FIRST)
   return run_stages(stage_list, workdir, log, only)
 
 
