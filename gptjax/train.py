@@ -241,16 +241,17 @@ def clear_stop() -> None:
   _STOP["reason"] = None
 
 
-def check_stop(name: str, where: str, workdir: str) -> None:
+def check_stop(name: str, where: str, workdir: str, unit: str = "step") -> None:
   """Raises GracefulStop if a stop was requested: for the points between a
   stage's phases (data preparation, evaluation) where there is nothing to save.
-  The message names the checkpoint in workdir/checkpoints a rerun resumes from."""
+  The message names the checkpoint in workdir/checkpoints a rerun resumes from
+  (`unit`: what a checkpoint counts, 'iteration' for RLHF)."""
   if not _STOP["reason"]:
     return
   directory = os.path.join(workdir, "checkpoints")
   steps = [int(d) for d in os.listdir(directory) if d.isdigit()] if os.path.isdir(directory) else []
   said = (
-    f"resume from checkpoint step {max(steps)} in {directory}"
+    f"resume from checkpoint {unit} {max(steps)} in {directory}"
     if steps
     else "there is no checkpoint yet"
   )
@@ -272,10 +273,13 @@ class Resumable:
   - A non-finite state is never saved (NonFiniteLossError naming the last good
     checkpoint). Used as a context manager: the checkpointer (saves in flight
     finish) and the metrics writer are closed in any case.
+  - `unit` names what the loop counts in its messages ('iteration' for RLHF).
   """
 
-  def __init__(self, name: str, workdir: str, *, keep: int, every: int, log, tensorboard=True):
-    self.name, self.every, self.log = name, every, log
+  def __init__(
+    self, name: str, workdir: str, *, keep: int, every: int, log, tensorboard=True, unit="step"
+  ):
+    self.name, self.every, self.log, self.unit = name, every, log, unit
     self.checkpointer = ckpt_lib.Checkpointer(
       os.path.join(workdir, "checkpoints"), keep=keep, every=every
     )
@@ -304,14 +308,14 @@ class Resumable:
     last = self.checkpointer.latest_step()
     if last is None:
       return f"there is no checkpoint yet in {self.checkpointer.directory}"
-    return f"the last good checkpoint is step {last} in {self.checkpointer.directory}"
+    return f"the last good checkpoint is {self.unit} {last} in {self.checkpointer.directory}"
 
   def save(self, step: int, state, meta: dict, periodic: bool = True) -> None:
     try:
       self.checkpointer.save(step, state, meta, periodic=periodic)
     except ckpt_lib.NonFiniteStateError as e:
       raise NonFiniteLossError(
-        f"The state after step {step} holds {e}: it was not saved and the run stopped; "
+        f"The state after {self.unit} {step} holds {e}: it was not saved and the run stopped; "
         f"{self.where()}. Lower config.train.lr or check the data."
       ) from None
 
@@ -333,7 +337,7 @@ class Resumable:
     except KeyboardInterrupt:
       if intact is not None and step != self.checkpointer.latest_step() and intact(step):
         self.log(
-          f"[{self.name}] interrupted at step {step}: saving a checkpoint before exiting ..."
+          f"[{self.name}] interrupted at {self.unit} {step}: saving a checkpoint before exiting ..."
         )
         self.save(step, *snapshot(step), periodic=False)
       self.log(f"[{self.name}] interrupted; {self.where()}. Rerun the same command to resume.")
@@ -345,12 +349,14 @@ class Resumable:
     if not reason:
       return
     if step != start and step != self.checkpointer.latest_step():
-      self.log(f"[{self.name}] {reason} at step {step}: saving a checkpoint before exiting ...")
+      self.log(
+        f"[{self.name}] {reason} at {self.unit} {step}: saving a checkpoint before exiting ..."
+      )
       self.save(step, *snapshot(step), periodic=False)
     self.checkpointer.wait()
     where = self.where().replace("the last good checkpoint is", "resume from checkpoint")
     raise GracefulStop(
-      f"[{self.name}] {reason}: stopped after step {step}; {where}. "
+      f"[{self.name}] {reason}: stopped after {self.unit} {step}; {where}. "
       "Rerun the same command to resume."
     )
 

@@ -116,6 +116,27 @@ def test_stop_right_after_resuming_names_the_checkpoint(reference, tmp_path):
   assert latest(tmp_path) == 3
 
 
+def test_a_loop_of_iterations_says_iteration(tmp_path):
+  """RLHF's loop counts iterations: its stop and error messages say so."""
+  import jax.numpy as jnp
+
+  def body(i):
+    if i == 1:
+      train.request_stop("SIGTERM")
+
+  snapshot = lambda i: ({"w": jnp.full((2,), float(i))}, {"iteration": i})
+  with train.Resumable(
+    "rlhf", str(tmp_path), keep=2, every=100, log=lambda _: None, unit="iteration"
+  ) as loop:
+    with pytest.raises(
+      train.GracefulStop, match="stopped after iteration 2; resume from checkpoint iteration 2"
+    ):
+      loop.run(0, 5, body, snapshot)
+  with pytest.raises(train.GracefulStop, match="resume from checkpoint iteration 2 in"):
+    train.check_stop("rlhf", "before the evaluation", str(tmp_path), unit="iteration")
+  train.clear_stop()
+
+
 def test_records_written_after_the_checkpoint_are_not_duplicated(reference, tmp_path):
   """Defect 4: a run killed after logging steps past its last checkpoint
   (here: its last checkpoint removed) resumes with exactly the reference's records."""
@@ -454,7 +475,7 @@ def stop_at_random_moments(module, args, workdir, tmp_path, moments, signals, se
     if code == 0:
       return outcomes
     assert "interrupted: " in out, out[-2000:]
-    resume = r"(resume from checkpoint step (\d+)|there is no checkpoint)"
+    resume = r"(resume from checkpoint (?:step|iteration) (\d+)|there is no checkpoint)"
     said = re.search(rf": stopped [^;]*; {resume}", out)
     assert said, out[-2000:]
     if said.group(2) is not None:  # the checkpoint it names is there, and the newest

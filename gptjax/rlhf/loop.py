@@ -197,7 +197,9 @@ def run(
   ) as stage:
     config, workdir, (models, rm_params) = stage.config, stage.workdir, stage.upstream
     state, it = train_ppo(config, models, rm_params, workdir, log)
-    train.check_stop("rlhf", f"after iteration {it}, before the evaluation", workdir)
+    train.check_stop(
+      "rlhf", f"after iteration {it}, before the evaluation", workdir, unit="iteration"
+    )
     export_policy(workdir, models.sft_config, state["policy"].params, it)
     result = evaluate(config, models, models.ref_params, state["policy"].params, workdir, log)
     plot(workdir)
@@ -247,7 +249,7 @@ def train_ppo(config, models: Models, rm_params, workdir: str, log) -> tuple[dic
   kl_ctl = ppo_math.kl_controller(p.kl_controller, p.beta, p.kl_target, p.kl_horizon)
   t = config.train
   with train.Resumable(
-    "rlhf", workdir, keep=t.keep_checkpoints, every=t.ckpt_every, log=log
+    "rlhf", workdir, keep=t.keep_checkpoints, every=t.ckpt_every, log=log, unit="iteration"
   ) as loop:
     abstract = jax.tree_util.tree_map(
       lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), jax.eval_shape(make)
@@ -549,7 +551,9 @@ def evaluate(config, models: Models, sft_params, rlhf_params, workdir: str, log)
     models.world,
     config.eval,
     families=models.families,
-    stop_check=lambda: train.check_stop("rlhf", "during the final evaluation", workdir),
+    stop_check=lambda: train.check_stop(
+      "rlhf", "during the final evaluation", workdir, unit="iteration"
+    ),
   )
   local = sharding.local_copy  # off the mesh
   params = {"sft": local(sft_params), "rlhf": local(rlhf_params)}
