@@ -150,7 +150,7 @@ def claims(table: dict, level: float = 0.95) -> list[dict]:
     b = [v for v in table[lo_arm].get(key, {}).get("values", []) if v is not None]
     row = {"claim": name, "metric": key, "what": what, "arms": [lo_arm, hi_arm]}
     if len(a) < 2 or len(b) < 2:
-      out.append(dict(row, verdict="not measured (metric missing in an arm)"))
+      out.append(dict(row, verdict="not measured (fewer than two runs with it in an arm)"))
       continue
     d = difference(a, b, level)
     out.append(dict(row, **d, verdict=verdict(d, sign), mde=min_detectable_effect(a, b)))
