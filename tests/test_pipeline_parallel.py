@@ -4,6 +4,7 @@ dependency order, concurrency, failure, graceful stop and resume."""
 
 import json
 import os
+import signal
 import sys
 import textwrap
 import threading
@@ -30,6 +31,8 @@ FAKE = textwrap.dedent(
         t0 = time.time()
         with open(os.path.join(d, "runs.txt"), "a") as f:
           f.write("run\\n")
+        with open(os.path.join(d, "pid"), "w") as f:
+          f.write(str(os.getpid()))
         print(f"[{name}] started", flush=True)
         if how.get("fail"):
           raise ValueError(f"{name} fails")
@@ -161,6 +164,37 @@ def test_a_stop_reaches_every_running_stage_and_the_rerun_resumes(recipe):
   records = run({})
   assert all(r["done"] for r in records.values())
   assert [_runs(workdir, n) for n in "abcd"] == [1, 2, 2, 1]
+
+
+def _signal_when_running(workdir, name, signum):
+  def send():
+    while not (workdir / name / "pid").exists():
+      time.sleep(0.05)
+    time.sleep(0.5)
+    os.kill(int((workdir / name / "pid").read_text()), signum)
+
+  threading.Thread(target=send, daemon=True).start()
+
+
+@pytest.mark.slow
+def test_a_killed_stage_is_named_and_nothing_after_it_starts(recipe):
+  run, workdir, _ = recipe
+  _signal_when_running(workdir, "b", signal.SIGKILL)
+  with pytest.raises(parallel.StageFailed, match=r"b \(killed by SIGKILL: out of memory\?\)"):
+    run({"b": {"until_stop": True}, "c": {"sleep": 1.0}})
+  assert (workdir / "c" / "times.json").exists() and not (workdir / "d").exists()
+
+
+@pytest.mark.slow
+def test_a_stage_stopped_on_its_own_stops_the_pipeline(recipe):
+  """SIGTERM sent to one stage's process (not the scheduler's): it saves and
+  exits 130, its sibling finishes, nothing after them starts, exit 130."""
+  run, workdir, _ = recipe
+  _signal_when_running(workdir, "b", signal.SIGTERM)
+  with pytest.raises(KeyboardInterrupt, match="every running stage saved"):
+    run({"b": {"until_stop": True}, "c": {"sleep": 1.0}})
+  assert (workdir / "c" / "times.json").exists() and not (workdir / "d").exists()
+  assert not pipeline_lib.read_stage(os.path.join(workdir, "b"))["done"]
 
 
 def test_upstream_not_done_and_bad_jobs_are_named(recipe):

@@ -115,6 +115,7 @@ def run(
   relays: list[threading.Thread] = []
   lock = threading.Lock()
   failed: list[str] = []
+  stopped: list[str] = []
   signalled = 0
   t0 = time.perf_counter()
   try:
@@ -125,7 +126,7 @@ def run(
           proc.send_signal(signal.SIGTERM)
       ready = [n for n in todo if all(a in done for a in after[n])]
       ready.sort(key=lambda n: list(first).index(n) if n in first else len(first))
-      while ready and len(running) < jobs and not failed and not signalled:
+      while ready and len(running) < jobs and not (failed or stopped or signalled):
         name = ready.pop(0)
         todo.remove(name)
         with lock:
@@ -154,7 +155,12 @@ def run(
           done.add(name)
         elif rc == 0:
           failed.append(f"{name} (exited without finishing)")
-        elif rc != STOPPED:
+        elif rc == STOPPED:  # a stop signal (ours, or sent to the stage's process)
+          stopped.append(name)
+        elif rc < 0:
+          hint = ": out of memory?" if rc == -signal.SIGKILL else ""  # the OOM killer's
+          failed.append(f"{name} (killed by {signal.Signals(-rc).name}{hint})")
+        else:
           failed.append(f"{name} (exit status {rc})")
       time.sleep(poll_s)
   except KeyboardInterrupt:  # a second signal: the children abort too
@@ -170,7 +176,7 @@ def run(
   log(f"[pipeline] {len(done)} of {len(after)} stages done; wall time {elapsed}")
   if failed:
     raise StageFailed(f"stage {', '.join(failed)} failed: its error is in the output above")
-  if signalled or train.stop_requested():
+  if signalled or stopped or train.stop_requested():
     raise KeyboardInterrupt("stopped: every running stage saved; rerun the command to resume")
   return {s.name: _record(workdir, s.name, fps[s.name]) for s in stage_list}
 
