@@ -61,13 +61,8 @@ def main(argv):
         "--config.jobs > 1 runs stages side by side on one host: use 1 with --num_processes > 1"
       )
     try:
-      records = stages.run(
-        config,
-        _WORKDIR.value,
-        _CACHE_DIR.value,
-        only=only,
-        jobs=config.jobs,
-        command=_stage_command,
+      records = parallel.run_pipeline(
+        config, _WORKDIR.value, _stage_command, config.jobs, _CACHE_DIR.value, only=only
       )
     except parallel.StageFailed as e:
       sys.stderr.write(f"FATAL {e}\n")

@@ -181,6 +181,20 @@ def run(
   return {s.name: _record(workdir, s.name, fps[s.name]) for s in stage_list}
 
 
+def run_pipeline(
+  config,
+  workdir: str,
+  command: Callable[[str], list[str]],
+  jobs: int,
+  cache_dir: str | None = None,
+  log=print,
+  only: Sequence[str] | None = None,
+) -> dict:
+  """`stages.run` with up to `jobs` stages at once, the longest first."""
+  workdir, stage_list = stages_lib.prepare(config, workdir, cache_dir, log)
+  return run(stage_list, workdir, command, jobs, log, only, first=stages_lib.LONGEST_FIRST)
+
+
 def _record(workdir: str, name: str, fp: str) -> dict:
   """The stage's stage.json if it holds this fingerprint, else a not-done record."""
   record = stages_lib.read_stage(os.path.join(workdir, name))

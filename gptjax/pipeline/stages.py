@@ -321,28 +321,22 @@ def parse_stages(text: str | Sequence[str] | None) -> tuple[str, ...] | None:
   return names or None
 
 
-def run(
-  config,
-  workdir: str,
-  cache_dir: str | None = None,
-  log=print,
-  only: Sequence[str] | None = None,
-  jobs: int = 1,
-  command: Callable[[str], list[str]] | None = None,
-) -> dict:
-  """Runs every stage in order (or those in `only`, whose upstream stages
-  must be done); returns {stage: stage.json record}. With jobs > 1, each
-  stage runs as `command(stage)` in a process of its own, up to `jobs` at
-  once (gptjax/pipeline/parallel.py)."""
-  only = parse_stages(only)
+def prepare(config, workdir: str, cache_dir: str | None = None, log=print):
+  """(absolute workdir, the recipe's stages), with the resolved config written
+  to workdir/pipeline_config.json."""
   workdir = train.prepare_workdir(workdir)
   runs.write_json(os.path.join(workdir, "pipeline_config.json"), config.to_dict(), default=str)
-  stage_list = stages(config, workdir, cache_dir, log)
-  if jobs > 1:
-    from gptjax.pipeline import parallel
+  return workdir, stages(config, workdir, cache_dir, log)
 
-    return parallel.run(stage_list, workdir, command, jobs, log, only, first=LONGEST_FIRST)
-  return run_stages(stage_list, workdir, log, only)
+
+def run(
+  config, workdir: str, cache_dir: str | None = None, log=print, only: Sequence[str] | None = None
+) -> dict:
+  """Runs every stage in order (or those in `only`, whose upstream stages
+  must be done); returns {stage: stage.json record}. Side by side, a process
+  each: gptjax/pipeline/parallel.py."""
+  workdir, stage_list = prepare(config, workdir, cache_dir, log)
+  return run_stages(stage_list, workdir, log, parse_stages(only))
 
 
 def run_stages(
