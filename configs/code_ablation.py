@@ -12,9 +12,9 @@ Presets:
   tiny   L2-d32 (45k parameters), 61k tokens per run, 4 arms x 3 seeds: the
          end-to-end test's scale; it says nothing about code (minutes in all).
   small  L4-d128 (1.0M parameters with a 2048-piece vocabulary, T = 128),
-         3.1M tokens per run (~3 tokens per parameter), 4 arms x 3 seeds; sized from the
-         tiny preset's measured time per token so that the 12 runs, their SFT and
-         probes fit in about 4 hours on a 2-core CPU (see the README).
+         3.1M tokens per run (~3 tokens per parameter), 4 arms x 3 seeds: a run
+         (pretraining at ~10k tokens/s, SFT, probes) takes 9-12 minutes on a 2-core
+         CPU, the 12 runs about two hours (measured; see the README).
   base   GPT-2 small shape for accelerators.
 
 Every point is `configs/pretrain.py:<preset>+world` with `overrides`, the mixture

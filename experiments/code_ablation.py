@@ -1,6 +1,6 @@
 """Code-data ablation: pretrain at several code fractions x seeds, SFT each, probe, report.
 
-Run (tiny: minutes on a 2-core CPU; small: about four hours):
+Run (tiny: minutes on a 2-core CPU; small: about two hours, 9-12 minutes a run):
   python -m experiments.code_ablation --config=configs/code_ablation.py:tiny \
       --workdir=/tmp/ablation_tiny
   python -m experiments.code_ablation --config=configs/code_ablation.py:small \
