@@ -129,6 +129,7 @@ def test_one_process_at_a_time_with_one_job_the_first_named_first(recipe):
   assert _times(workdir, "c")[1] <= _times(workdir, "b")[0]  # c before its sibling b
 
 
+@pytest.mark.slow
 def test_a_failed_stage_lets_its_sibling_finish_and_starts_nothing_after(recipe):
   run, workdir, lines = recipe
   with pytest.raises(parallel.StageFailed, match=r"stage b \(exit status 1\) failed"):
@@ -195,6 +196,40 @@ def test_a_stage_stopped_on_its_own_stops_the_pipeline(recipe):
     run({"b": {"until_stop": True}, "c": {"sleep": 1.0}})
   assert (workdir / "c" / "times.json").exists() and not (workdir / "d").exists()
   assert not pipeline_lib.read_stage(os.path.join(workdir, "b"))["done"]
+
+
+@pytest.mark.slow
+def test_a_dead_scheduler_takes_its_stages_with_it(tmp_path):
+  """PR_SET_PDEATHSIG: a stage's process gets SIGTERM when its scheduler is
+  killed outright (kill -9), so nothing runs on unsaved."""
+  script = tmp_path / "scheduler.py"
+  script.write_text(
+    textwrap.dedent(
+      f"""
+      import sys, time
+      sys.path.insert(0, {str(tmp_path)!r})
+      from gptjax.pipeline import parallel
+      child = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: "
+      child += "(open({str(tmp_path / "got")!r}, 'w').write('SIGTERM'), sys.exit(0))); "
+      child += "open({str(tmp_path / "ready")!r}, 'w').write('1'); time.sleep(60)"
+      import subprocess
+      proc = subprocess.Popen([sys.executable, "-c", child], preexec_fn=parallel._die_with_parent())
+      time.sleep(60)
+      """
+    )
+  )
+  import subprocess
+
+  scheduler = subprocess.Popen([sys.executable, str(script)])
+  deadline = time.time() + 60
+  while not (tmp_path / "ready").exists() and time.time() < deadline:
+    time.sleep(0.05)
+  scheduler.kill()
+  scheduler.wait()
+  got = tmp_path / "got"
+  while not (got.exists() and got.read_text()) and time.time() < deadline:
+    time.sleep(0.05)
+  assert got.read_text() == "SIGTERM"
 
 
 def test_upstream_not_done_and_bad_jobs_are_named(recipe):

@@ -41,12 +41,18 @@ class StageFailed(RuntimeError):
   """A stage's process exited with an error (its output says which)."""
 
 
-def _die_with_parent() -> None:
-  """In the child, before exec: SIGTERM when the parent dies (Linux only)."""
+def _die_with_parent():
+  """A preexec_fn that asks Linux to SIGTERM the child when its parent dies
+  (PR_SET_PDEATHSIG), or None elsewhere. libc is loaded here, in the parent:
+  between fork and exec the child only calls the function (no dlopen, whose
+  locks another thread of this process may hold at the fork)."""
+  if sys.platform != "linux":
+    return None
   try:
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
   except OSError:
-    pass
+    return None
+  return lambda: prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 def _relay(proc: subprocess.Popen, name: str, lock: threading.Lock, log) -> None:
@@ -117,6 +123,7 @@ def run(
   failed: list[str] = []
   stopped: list[str] = []
   signalled = 0
+  die_with_parent = _die_with_parent()
   t0 = time.perf_counter()
   try:
     while todo or running:
@@ -138,7 +145,7 @@ def run(
           text=True,
           bufsize=1,
           start_new_session=True,  # terminal signals reach the scheduler only
-          preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+          preexec_fn=die_with_parent,
           env={**os.environ, "PYTHONUNBUFFERED": "1", CHILD_ENV: name},
         )
         running[name] = proc
