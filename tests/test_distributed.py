@@ -413,6 +413,7 @@ print("RESULT", json.dumps(seen[0]), len(seen), flush=True)
 """
 
 
+@pytest.mark.slow  # ~20 s: the fast subset stays under 5 minutes
 def test_train_loop_builds_only_each_process_rows(tmp_path):
   """train.run in two processes x 2 devices: each process asks the Task for its
   own 4 rows (never the global batch), and the run matches one process x 4 devices."""

@@ -57,6 +57,7 @@ def test_first_minibatch_ratio_is_one_and_sampler_logprobs_match(models):
   assert float(stats["clip_frac"]) == 0.0
 
 
+@pytest.mark.slow  # ~14 s: the fast subset stays under 5 minutes
 def test_ptx_term_adds_lm_loss(models):
   policy, critic, p_params, v_params = models
   tx = _optimizer(0.0)
