@@ -74,9 +74,7 @@ def plan(
   fps, todo = {}, []
   for stage in stage_list:
     fps[stage.name] = stages_lib.fingerprint(stage.config, [fps[a] for a in stage.after])
-    record = stages_lib.read_stage(os.path.join(workdir, stage.name))
-    done = bool(record and record["fingerprint"] == fps[stage.name] and record["done"])
-    if not done and (only is None or stage.name in only):
+    if not _done(workdir, stage.name, fps[stage.name]) and (only is None or stage.name in only):
       todo.append(stage.name)
   return fps, todo
 
