@@ -29,7 +29,13 @@ import sys
 
 from absl import app, flags
 
-from gptjax import checkpoint as ckpt_lib, config as config_lib, model as model_lib, train
+from gptjax import (
+  allocator,
+  checkpoint as ckpt_lib,
+  config as config_lib,
+  model as model_lib,
+  train,
+)
 
 
 def _field(arg: str) -> str:
@@ -139,7 +145,9 @@ def _fatal(e: BaseException) -> None:
 
 def run(main) -> None:
   """`app.run(main)` with one-line user errors and a graceful stop (SIGTERM,
-  Ctrl-C) that exits 130."""
+  Ctrl-C) that exits 130; malloc keeps the memory XLA frees (before JAX
+  starts: `gptjax.allocator`)."""
+  allocator.keep_freed_memory()
 
   def wrapped(argv):
     graceful_stop_signals()
