@@ -40,6 +40,7 @@ import copy
 import json
 import os
 import platform
+import resource
 import statistics
 import time
 from typing import Any
@@ -51,6 +52,7 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from gptjax import (
+  allocator,
   cli,
   losses,
   model as model_lib,
@@ -216,26 +218,34 @@ class TorchTrainer:
     return {"params": self.peer.count_params(self.model), "threads": self.torch.get_num_threads()}
 
 
-def interleaved(contestants: dict, rounds: int, steps: int, warmup: int = 2) -> dict:
-  """Per-step wall times of each contestant, run in turn: A x steps, B x steps, A, B, ...
+def _minor_faults() -> int:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def interleaved(contestants: dict, rounds: int, steps: int, warmup: int = 2) -> tuple[dict, dict]:
+  """Per-step wall times and page faults of each contestant, run in turn:
+  A x steps, B x steps, A, B, ...
 
   Interleaving exposes every contestant to the same background load; the
   medians over rounds (and the per-round ratios) are what the report uses.
+  Minor page faults are the process's during the step (`gptjax.allocator`).
   """
   for c in contestants.values():
     for _ in range(warmup):
       c.step()
   times = {name: [] for name in contestants}
+  faults = {name: [] for name in contestants}
   for _ in range(rounds):
     for name, c in contestants.items():
       for _ in range(steps):
-        t = time.perf_counter()
+        f, t = _minor_faults(), time.perf_counter()
         c.step()
         times[name].append(time.perf_counter() - t)
-  return times
+        faults[name].append(_minor_faults() - f)
+  return times, faults
 
 
-def summarize(step_times: list[float], tokens: int, steps: int) -> dict:
+def summarize(step_times: list[float], tokens: int, steps: int, faults: list[int]) -> dict:
   """Median and spread of step times; rounds are groups of `steps` consecutive steps."""
   per_round = [
     statistics.median(step_times[i : i + steps]) for i in range(0, len(step_times), steps)
@@ -248,6 +258,7 @@ def summarize(step_times: list[float], tokens: int, steps: int) -> dict:
     "tokens_per_s": tokens / med,
     "tokens_per_s_best": tokens / min(step_times),
     "spread": (max(per_round) - min(per_round)) / med,  # (max - min) / median over rounds
+    "page_faults_per_step": statistics.median(faults),
   }
 
 
@@ -297,9 +308,9 @@ def matmul_peaks(compare: bool, n: int = 2048, rounds: int = 3) -> dict:
 def bench_train(config, mesh) -> tuple[dict, Any]:
   """The config's own train step alone (no peer): tokens/s, eval tokens/s."""
   jt = JaxTrainer(config, mesh)
-  times = interleaved({"jax": jt}, rounds=1, steps=_STEPS.value)
-  s = summarize(times["jax"], jt.tokens, _STEPS.value)
-  out = {**jt.info(), "step_s": s["step_s"], "tokens_per_s": s["tokens_per_s"]}
+  times, faults = interleaved({"jax": jt}, rounds=1, steps=_STEPS.value)
+  s = summarize(times["jax"], jt.tokens, _STEPS.value, faults["jax"])
+  out = {**jt.info(), **{k: s[k] for k in ("step_s", "tokens_per_s", "page_faults_per_step")}}
   out.update(eval_tokens_per_s=jt.eval_tokens_per_s(), final_loss=jt.loss)
   return out, jt.state.params
 
@@ -315,8 +326,9 @@ def bench_compare(config, mesh, dtypes: list[str], peaks: dict) -> dict:
     c.model.dtype = dtype
     bf16 = dtype == "bfloat16"
     jt, tt = JaxTrainer(c, mesh), TorchTrainer(c, bf16=bf16)
-    times = interleaved({"gptjax": jt, "torch": tt}, rounds, steps)
-    j, t = summarize(times["gptjax"], jt.tokens, steps), summarize(times["torch"], tt.tokens, steps)
+    times, faults = interleaved({"gptjax": jt, "torch": tt}, rounds, steps)
+    j = summarize(times["gptjax"], jt.tokens, steps, faults["gptjax"])
+    t = summarize(times["torch"], tt.tokens, steps, faults["torch"])
     ratios = [b / a for a, b in zip(j["step_s_rounds"], t["step_s_rounds"])]
     peak_j = peaks["jax_bfloat16_f32_accumulate" if bf16 else "jax_float32"]
     peak_t = peaks["torch_bfloat16" if bf16 else "torch_float32"]
@@ -489,9 +501,9 @@ def bench_hf_decode(workdir: str, hf_dir: str, batches: list[int], n_new: int, r
       "gptjax": GptjaxDecoder(run, prompt, b, n_new),
       "transformers": HFDecoder(hf_dir, prompt, b, n_new),
     }
-    times = interleaved(contestants, rounds, steps=1, warmup=1)
-    j = summarize(times["gptjax"], b * n_new, 1)
-    t = summarize(times["transformers"], b * n_new, 1)
+    times, faults = interleaved(contestants, rounds, steps=1, warmup=1)
+    j = summarize(times["gptjax"], b * n_new, 1, faults["gptjax"])
+    t = summarize(times["transformers"], b * n_new, 1, faults["transformers"])
     ratios = [th / tj for tj, th in zip(times["gptjax"], times["transformers"])]
     out["batches"].append(
       {
@@ -542,6 +554,7 @@ def run(config) -> dict:
     "cpus": os.cpu_count(),
     "jax": jax.__version__,
     "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    "malloc_keeps_freed_memory": allocator.active(),  # for both contestants: one process
     "mesh": dict(mesh.shape),
     "matmul_peak_flops": peak,
     "matmul_peaks": peaks,
@@ -574,7 +587,8 @@ def report(result: dict) -> list[str]:
   lines.append(
     f"train ({result['dtype']}): {tr['tokens_per_s']:,.0f} tok/s, MFU {100 * result['mfu']:.1f}% "
     f"of a {result['matmul_peak_flops'] / g:.0f} GFLOP/s measured matmul peak; "
-    f"eval {tr['eval_tokens_per_s']:,.0f} tok/s"
+    f"eval {tr['eval_tokens_per_s']:,.0f} tok/s; {tr['page_faults_per_step']:,.0f} page faults "
+    f"per step (malloc keeps freed memory: {result['malloc_keeps_freed_memory']})"
   )
   for dtype, c in result.get("compare", {}).items():
     if not isinstance(c, dict):

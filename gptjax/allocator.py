@@ -26,11 +26,14 @@ it exits, which a training or sampling process reaches anyway.
 It must run before JAX starts its CPU backend (the first array or jit): a
 thread that has already allocated keeps the arena it has. Every entry point
 in experiments/ calls it through `gptjax.cli.run`; a notebook or script can
-call it first thing. Elsewhere than Linux with glibc it does nothing.
+call it first thing. Elsewhere than Linux with glibc it does nothing, and
+GPTJAX_KEEP_FREED_MEMORY=0 turns it off (glibc's defaults: freed memory goes
+back to the kernel, at the price above).
 """
 
 import ctypes
 import ctypes.util
+import os
 import platform
 import sys
 
@@ -42,6 +45,8 @@ _NEVER_TRIM = -1  # glibc stores it as a size_t: SIZE_MAX, i.e. never (2**31 - 1
 # largest positive int, would trim a free top above 2 GiB, as two models in one process reach)
 
 SETTINGS = ((M_MMAP_MAX, 0), (M_ARENA_MAX, 1), (M_TRIM_THRESHOLD, _NEVER_TRIM))
+ENV = "GPTJAX_KEEP_FREED_MEMORY"
+_active = False
 
 
 def is_glibc() -> bool:
@@ -49,10 +54,17 @@ def is_glibc() -> bool:
 
 
 def keep_freed_memory() -> bool:
-  """Sets SETTINGS with glibc's `mallopt`. Returns True if all were accepted,
-  False where there is no glibc (nothing is changed)."""
-  if not is_glibc():
+  """Sets SETTINGS with glibc's `mallopt`. Returns True if all were accepted;
+  False, changing nothing, without glibc or with GPTJAX_KEEP_FREED_MEMORY=0."""
+  global _active
+  if os.environ.get(ENV) == "0" or not is_glibc():
     return False
   libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
   # mallopt returns 1 on success, 0 on an invalid value.
-  return all(libc.mallopt(param, value) == 1 for param, value in SETTINGS)
+  _active = all(libc.mallopt(param, value) == 1 for param, value in SETTINGS)
+  return _active
+
+
+def active() -> bool:
+  """Whether this process's malloc keeps freed memory (`keep_freed_memory` succeeded)."""
+  return _active

@@ -45,6 +45,12 @@ def test_kept_memory_serves_the_next_call_without_page_faults():
   assert kept < pages // 20, (kept, pages)
 
 
+def test_does_nothing_when_turned_off(monkeypatch):
+  monkeypatch.setenv(allocator.ENV, "0")
+  monkeypatch.setattr(allocator.ctypes, "CDLL", lambda *a: pytest.fail("libc was loaded"))
+  assert allocator.keep_freed_memory() is False
+
+
 def test_does_nothing_without_glibc(monkeypatch):
   monkeypatch.setattr(allocator, "is_glibc", lambda: False)
   monkeypatch.setattr(allocator.ctypes, "CDLL", lambda *a: pytest.fail("libc was loaded"))
