@@ -13,6 +13,7 @@ The core (one file each, read top to bottom):
   metrics.py      JSONL + TensorBoard writer, progress, MFU
   sharding.py     device mesh, logical-axis rules, multi-host init, per-process rows
   memory.py       per-device memory plan of a config and mesh (--print_memory)
+  allocator.py    glibc's malloc told to keep the memory XLA frees (entry points)
   install.py      the pip command for a Colab runtime (standard library only)
   config.py       config checks (fields, values) and config.json I/O
   cli.py          what every absl entry point shares: one-line errors, exit 130
