@@ -151,6 +151,34 @@ def test_a_stage_running_in_another_process_is_not_entered(tmp_path):
   assert record["done"] and "pid" not in pipeline_lib.read_stage(tmp_path / "s")
 
 
+def test_stages_share_a_compilation_cache_in_the_workdir(tmp_path):
+  import jax
+  from jax.experimental.compilation_cache import compilation_cache as jax_cache
+
+  path, mine = str(tmp_path / "xla_cache"), str(tmp_path / "mine")
+  thresholds = (
+    "jax_persistent_cache_min_compile_time_secs",
+    "jax_persistent_cache_min_entry_size_bytes",
+  )
+  before = {name: getattr(jax.config, name) for name in thresholds}
+  for name in thresholds:  # cache even this tiny program
+    jax.config.update(name, 0)
+  try:
+    with pipeline_lib.compilation_cache(path):
+      assert jax.config.jax_compilation_cache_dir == path
+      jax.block_until_ready(jax.jit(lambda x: x * 3 + 1)(np.arange(7.0)))
+    assert os.listdir(path), "nothing was written to the cache"
+    assert jax.config.jax_compilation_cache_dir is None  # restored
+    jax.config.update("jax_compilation_cache_dir", mine)  # one the user chose stays
+    with pipeline_lib.compilation_cache(path):
+      assert jax.config.jax_compilation_cache_dir == mine
+  finally:
+    for name, value in before.items():
+      jax.config.update(name, value)
+    jax.config.update("jax_compilation_cache_dir", None)
+    jax_cache.reset_cache()
+
+
 def test_presets_are_valid():
   for preset in pipeline_configs.PRESETS:
     c = pipeline_configs.get_config(preset)
@@ -209,6 +237,8 @@ def test_pipeline_runs_every_stage_and_writes_the_report(pipeline_run):
     "Chat transcripts",
   ):
     assert heading in text
+  # the stages' compiled programs were cached in the workdir
+  assert os.listdir(os.path.join(workdir, pipeline_lib.XLA_CACHE))
   # pretraining loss fell
   train = metrics.read_metrics(os.path.join(workdir, "pretrain"), "train")
   assert train[-1]["loss"] < train[0]["loss"] - 0.5

@@ -16,8 +16,14 @@ done: rlhf and rlhf_ptx depend only on sft and reward_model, so two
 processes (or two machines sharing the workdir) can run them side by side.
 While a stage runs, its stage.json names the process; a second process that
 reaches the same stage stops with an error instead of writing beside it.
+
+The stages share JAX's persistent compilation cache in workdir/xla_cache
+(`compilation_cache`): a program one stage compiled is read back, not
+compiled again, by a later stage (or a resumed or side-by-side one) that
+needs it at the same shapes.
 """
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -27,13 +33,16 @@ import socket
 import time
 from typing import Callable, Sequence
 
+import jax
 import ml_collections
+from jax.experimental.compilation_cache import compilation_cache as jax_cache
 
 from gptjax import config as config_lib, metrics as metrics_lib, pretraining, runs, sft, train
 from gptjax.reward_model import training as rm_training
 from gptjax.rlhf import best_of_n, dpo, loop as rlhf_loop
 
 STAGE_FILE = "stage.json"
+XLA_CACHE = "xla_cache"  # in the workdir: compiled programs the stages share
 ORDER = (
   "pretrain",
   "sft",
@@ -336,7 +345,32 @@ def run(
   must be done); returns {stage: stage.json record}. Side by side, a process
   each: gptjax/pipeline/parallel.py."""
   workdir, stage_list = prepare(config, workdir, cache_dir, log)
-  return run_stages(stage_list, workdir, log, parse_stages(only))
+  with compilation_cache(os.path.join(workdir, XLA_CACHE)):
+    return run_stages(stage_list, workdir, log, parse_stages(only))
+
+
+@contextlib.contextmanager
+def compilation_cache(path: str):
+  """JAX's persistent compilation cache in `path` while the stages run.
+
+  Curated SFT repeats SFT's programs, and the sampling loop recurs at the
+  same shapes in several stages: a program that took over a second to
+  compile (JAX's threshold) is written once and read back by the next stage
+  or process that needs it (the tiny curated-SFT stage: 10 s of its 20 s of
+  compilation saved). Entries are keyed by the program, compile options and
+  jax version; a damaged one is recompiled with a warning. A cache the user
+  chose (JAX_COMPILATION_CACHE_DIR) is left as it is.
+  """
+  if jax.config.jax_compilation_cache_dir:
+    yield
+    return
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax_cache.reset_cache()  # JAX reads the setting once, at its first compilation
+  try:
+    yield
+  finally:
+    jax.config.update("jax_compilation_cache_dir", None)
+    jax_cache.reset_cache()
 
 
 def run_stages(
