@@ -16,7 +16,7 @@ from N (world, data, demonstrations, comparisons, rollouts, evaluation).
 
 Presets:
   test     seconds per stage: the test suite and the notebook test
-  tiny     ~7-8 minutes on a 2-core CPU (two stages at a time, `jobs`); every
+  tiny     ~8 minutes on a 2-core CPU (two stages at a time, `jobs`); every
            stage visibly works
   small    the real CPU result (hours)
   base     a TPU v2-8/v3-8 or one GPU
