@@ -19,7 +19,12 @@ def token_cross_entropy(logits, targets, mask):
   """
   mask = mask.astype(jnp.float32)
   nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)  # [B, T]
-  correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+  # A token is correct when its target's logit is the maximum: argmax, with an
+  # exact tie counted as correct. This max is the one inside the loss's
+  # logsumexp (XLA computes it once); a separate argmax over [B, T, V] cost
+  # ~75 ms of the small preset's 2.7 s CPU step.
+  target = jnp.take_along_axis(logits, targets[..., None], -1)[..., 0]  # [B, T]
+  correct = (target >= jnp.max(logits, -1)).astype(jnp.float32)
   return (nll * mask).sum(), mask.sum(), {"accuracy": (correct * mask).sum()}
 
 

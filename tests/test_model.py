@@ -22,8 +22,11 @@ from gptjax import model as model_lib
 # compile on a CPU; the same computation).
 jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
+# query_block=5: training attention runs in blocks of 5, 5 and 2 queries, so
+# the causality, cache and padding tests below check the block-causal path
+# against independent computations (the KV cache's decode path has no blocks).
 CFG = model_lib.TransformerConfig(
-  vocab_size=48, max_len=12, n_layer=2, n_head=2, d_model=16, d_ff=32
+  vocab_size=48, max_len=12, n_layer=2, n_head=2, d_model=16, d_ff=32, query_block=5
 )
 
 
@@ -152,6 +155,47 @@ def test_left_padded_rows_match_unpadded_rows(lm):
       padded[i, T - n :], alone[i, :n], atol=1e-5, rtol=0, err_msg=f"row {i} (length {n})"
     )
   assert np.isfinite(padded).all()
+
+
+def test_query_blocks_cover_the_rows_in_order():
+  assert model_lib.query_blocks(12, 5) == [(0, 5), (5, 10), (10, 12)]
+  assert model_lib.query_blocks(12, 0) == [(0, 12)] == model_lib.query_blocks(12, 12)
+  assert model_lib.query_blocks(12, 64) == [(0, 12)]
+  assert model_lib.query_blocks(1, 1) == [(0, 1)]
+
+
+@pytest.mark.parametrize("n_kv_head", [None, 1])
+def test_block_causal_attention_equals_one_block(n_kv_head):
+  """Blocked (3 query blocks) vs unblocked attention: the same logits on every
+  real token and the same gradients, for multi-head and grouped-query
+  attention, with left padding and packed segments."""
+  T = 12
+  one = dataclasses.replace(CFG, query_block=0, n_head=4, n_kv_head=n_kv_head)
+  blocked = dataclasses.replace(one, query_block=5)
+  tokens = random_tokens(7, (2, T))
+  mask = jnp.asarray(np.arange(T)[None] >= np.array([[0], [3]]))  # row 1 left-padded by 3
+  positions = jnp.maximum(jnp.cumsum(mask, -1) - 1, 0)
+  segments = jnp.asarray(np.repeat([[0, 1, 2], [0, 0, 1]], [4, 6, 2], axis=1))  # packed rows
+  params = nn.meta.unbox(
+    jit(model_lib.Transformer(one).init)(jax.random.PRNGKey(1), tokens)["params"]
+  )
+
+  def loss(cfg, p):
+    logits = model_lib.Transformer(cfg).apply({"params": p}, tokens, positions, mask, segments)
+    return jnp.sum(jnp.where(mask[..., None], jnp.sin(logits), 0.0)), logits
+
+  (l1, logits1), g1 = jit(jax.value_and_grad(functools.partial(loss, one), has_aux=True))(params)
+  (l2, logits2), g2 = jit(jax.value_and_grad(functools.partial(loss, blocked), has_aux=True))(
+    params
+  )
+  real = np.asarray(mask)
+  np.testing.assert_allclose(np.asarray(logits2)[real], np.asarray(logits1)[real], atol=1e-5)
+  np.testing.assert_allclose(float(l2), float(l1), rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(g2), jax.tree.leaves(g1)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+  # The segments matter: without them the blocked logits differ.
+  other = model_lib.Transformer(blocked).apply({"params": params}, tokens, positions, mask)
+  assert np.abs(np.asarray(other)[real] - np.asarray(logits2)[real]).max() > 1e-3
 
 
 # ----------------------------------------------------------------------------
@@ -457,6 +501,8 @@ def test_from_config_converts_dtypes():
     ({"n_layer": 0}, "config.model.n_layer"),
     ({"vocab_size": -5}, "config.model.vocab_size"),
     ({"dropout": 1.0}, "config.model.dropout"),
+    ({"query_block": -1}, "config.model.query_block"),
+    ({"query_block": 1.5}, "config.model.query_block"),
   ],
 )
 def test_from_config_rejects_bad_values_naming_the_field(overrides, field):
