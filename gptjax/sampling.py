@@ -175,7 +175,8 @@ class SamplingState(NamedTuple):
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens"))
 def _generate(model, params, tokens, mask, rng, sampling, eos_id, pad_id, max_new_tokens):
   B = tokens.shape[0]
-  logits, cache, pos = _prefill(model, params, tokens, mask, model_lib.init_cache(model, B))
+  cache = model_lib.init_cache(model, B, tokens.shape[1] + max_new_tokens)  # no unused slots
+  logits, cache, pos = _prefill(model, params, tokens, mask, cache)
 
   def cond(s: SamplingState):
     return (s.step < max_new_tokens) & ~s.done.all()
@@ -372,9 +373,8 @@ def stream(
   sampling.validate()
   tokens, mask = prepare_prompts([prompt], max_new_tokens, model.cfg.max_len, pad_id, truncate)
   s = (jnp.float32(sampling.temperature), jnp.int32(sampling.top_k), jnp.float32(sampling.top_p))
-  logits, cache, pos = _prefill_jit(
-    model, params, jnp.asarray(tokens), jnp.asarray(mask), model_lib.init_cache(model, 1)
-  )
+  cache = model_lib.init_cache(model, 1, tokens.shape[1] + max_new_tokens)
+  logits, cache, pos = _prefill_jit(model, params, jnp.asarray(tokens), jnp.asarray(mask), cache)
   for i in range(max_new_tokens):
     tok, _ = _sample_jit(jax.random.fold_in(rng, i), logits, s)
     t = int(tok[0])

@@ -130,8 +130,34 @@ def test_init_cache_is_empty(lm):
   flat = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(cache)[0]}
   assert flat and all(not np.asarray(v).any() for v in flat.values())
   shapes = {k.split("'")[-2]: v.shape for k, v in flat.items()}
-  assert shapes["k"] == shapes["v"] == (3, CFG.n_head, CFG.max_len, CFG.head_dim)  # [B, H, S, K]
+  assert shapes["k"] == (3, CFG.n_head, CFG.head_dim, CFG.max_len)  # [B, H, K, S]
+  assert shapes["v"] == (3, CFG.n_head, CFG.max_len, CFG.head_dim)  # [B, H, S, K]
   assert shapes["valid"] == (3, CFG.max_len) and shapes["index"] == ()
+
+
+def test_a_shorter_cache_decodes_the_same_logits(lm, decode_fns):
+  """`generate` sizes the cache to prompt + new tokens; decoding then reads
+  only those slots and must give the logits of a max_len cache."""
+  model, params, _ = lm
+  step = decode_fns
+  short = model_lib.init_cache(model, 2, 7)
+  assert short["trunk"]["block_0"]["attn"]["k"].shape == (2, CFG.n_head, CFG.head_dim, 7)
+  assert short["trunk"]["block_0"]["attn"]["valid"].shape == (2, 7)
+  tokens = random_tokens(5, (2, 7))
+  outs = []
+  pos, valid = jnp.arange(7)[None].repeat(2, 0), jnp.ones((2, 7), bool)
+  for cache in (short, model_lib.init_cache(model, 2)):
+    logits, cache = step(params, cache, tokens[:, :3], pos[:, :3], valid[:, :3])
+    per_step = [logits]
+    for i in range(3, 7):
+      sl = slice(i, i + 1)
+      logits, cache = step(params, cache, tokens[:, sl], pos[:, sl], valid[:, sl])
+      per_step.append(logits)
+    outs.append(np.concatenate(per_step, axis=1))
+  np.testing.assert_allclose(outs[0], outs[1], atol=1e-6)
+  for bad in (0, CFG.max_len + 1):
+    with pytest.raises(ValueError, match="KV cache length"):
+      model_lib.init_cache(model, 2, bad)
 
 
 def test_left_padded_rows_match_unpadded_rows(lm):

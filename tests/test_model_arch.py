@@ -238,7 +238,7 @@ def test_kv_cache_decoding_matches_full_forward(family):
 
   cache = model_lib.init_cache(model, 2)
   k_shapes = [v.shape for p, v in jax.tree_util.tree_leaves_with_path(cache) if p[-1].key == "k"]
-  assert k_shapes and all(s == (2, cfg.kv_heads, T, cfg.head_dim) for s in k_shapes)
+  assert k_shapes and all(s == (2, cfg.kv_heads, cfg.head_dim, T) for s in k_shapes)  # [B, G, K, S]
   logits, cache = step(params, cache, tokens[:, :P], positions[:, :P], mask[:, :P])
   steps = [np.asarray(logits)]
   for i in range(P, T):
