@@ -42,8 +42,10 @@ Every parameter carries logical axis names (`embed`, `heads`, `kv_heads`,
 activations are constrained with (`batch`, `length`, `embed`).
 
 Decoding: with `decode=True` the module keeps a KV cache in the `cache`
-collection. Tokens are written at slots [index, index + T) of the cache, so
-the same call handles a whole prompt (prefill) and then one token at a time.
+collection (`init_cache`: max_len slots, or fewer when the generation's
+length is known). Tokens are written at slots [index, index + T) of the
+cache, so the same call handles a whole prompt (prefill) and then one token
+at a time.
 Rows of a batch may be left-padded: `token_mask` marks real tokens and
 `positions` gives each token's position id (the learned embedding's index,
 or RoPE's angle), so a padded row computes exactly what it would alone.
@@ -258,6 +260,25 @@ def einsum(eq: str, a, b, out_dtype=None):
   return _low_precision_einsum(eq, a, b, jnp.dtype(out_dtype))
 
 
+def fused_projection(x, w, b, decode: bool) -> list:
+  """x [B, T, D] @ w [D, C, ...] (+ b [C, ...]): the C projections, each [B, T, ...].
+
+  For the fused weights (w_qkv, w_kv, w_gate_up). Training computes the
+  product as [C, B, T, ...], the form earlier versions trained with (its
+  rounding: an old run resumes bit-identically, test_compat). Decoding
+  computes [B, T, C, ...], the GEMM's own order: from the other form
+  XLA:CPU transposed w inside the decode loop at every step (12% of the
+  `small` decode step at batch 32, 15% of SmolLM2's).
+  """
+  tail = "xyz"[: w.ndim - 2]
+  out = f"btc{tail}" if decode else f"cbt{tail}"
+  y = einsum(f"btd,dc{tail}->{out}", x, w)
+  if b is not None:
+    b = b.astype(y.dtype)
+    y = y + (b if decode else b[:, None, None])
+  return [y[:, :, i] for i in range(w.shape[1])] if decode else list(y)
+
+
 def _init(std: float, names: tuple):
   return nn.with_logical_partitioning(nn.initializers.normal(std), names)
 
@@ -386,7 +407,7 @@ class CausalSelfAttention(nn.Module):
     D, H, G, K = cfg.d_model, cfg.n_head, cfg.kv_heads, cfg.head_dim
     B, T, _ = x.shape
     resid_std = 0.02 / math.sqrt(2 * cfg.n_layer)
-    q, k, v = self._project_qkv(x)  # [B, T, H, K]; k, v [B, T, G, K]
+    q, k, v = self._project_qkv(x, decode)  # [B, T, H, K]; k, v [B, T, G, K]
     w_out = self.param(
       "w_out", _init(resid_std, ("heads", "kv", "embed")), (H, K, D), cfg.param_dtype
     )
@@ -400,14 +421,15 @@ class CausalSelfAttention(nn.Module):
     if G < H:
       q = q.reshape(B, T, G, H // G, K)
     if decode:
-      # The cache is kept heads-first, [B, G, S, K]: each decode step then reads
-      # it without transposing it (a copy of the whole cache per step, 2.3x the
-      # step time at batch 32). Training keeps [B, S, G, K]: heads-first was
-      # no faster there (the train step's time to 0.2%).
-      # The queries go heads-first too, [B, H, T, K] or [B, G, R, T, K], so that
-      # each (b, g)'s R * T query rows are one matrix of the batched products
-      # (else XLA:CPU chose [K, S] x [S, R] products for grouped-query heads:
-      # a quarter of SmolLM2's decode step at batch 32).
+      # The cache is kept heads-first, keys [B, G, K, S] and values [B, G, S, K]
+      # (`_update_cache`): each decode step then reads it without transposing
+      # it (a copy of the whole cache per step, 2.3x the step time at batch
+      # 32). Training keeps [B, S, G, K]: heads-first was no faster there (the
+      # train step's time to 0.2%). The queries go heads-first too, [B, H, T,
+      # K] or [B, G, R, T, K], so that each (b, g)'s R * T query rows are one
+      # matrix of the batched products (else XLA:CPU chose [K, S] x [S, R]
+      # products for grouped-query heads: a quarter of SmolLM2's decode step
+      # at batch 32).
       k, v, k_valid, q_slot, k_slot = self._update_cache(k, v, token_mask)
       q = jnp.moveaxis(q, 1, -2)
       qs, kv, kk = f"b{qh}tk", f"b{kvh}sk", f"b{kvh}ks"
@@ -447,7 +469,7 @@ class CausalSelfAttention(nn.Module):
     out = einsum("bthk,hkd->btd", out, w_out.astype(cfg.dtype))
     return out if b_out is None else out + b_out.astype(cfg.dtype)  # [B, T, D]
 
-  def _project_qkv(self, x):
+  def _project_qkv(self, x, decode: bool):
     """x [B, T, D] -> q [B, T, H, K], k and v [B, T, G, K].
 
     G == H: one fused w_qkv [D, 3, H, K] (GPT-2's layout). G < H: w_q
@@ -459,21 +481,19 @@ class CausalSelfAttention(nn.Module):
     dt, pdt = cfg.dtype, cfg.param_dtype
     if G == H:
       w_qkv = self.param("w_qkv", _init(0.02, ("embed", None, "heads", "kv")), (D, 3, H, K), pdt)
-      qkv = einsum("btd,dchk->btchk", x, w_qkv.astype(dt))  # [B, T, 3, H, K]
-      if cfg.use_bias:
-        b_qkv = self.param("b_qkv", _zeros((None, "heads", "kv")), (3, H, K), pdt)
-        qkv = qkv + b_qkv.astype(dt)
-      return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+      b_qkv = (
+        self.param("b_qkv", _zeros((None, "heads", "kv")), (3, H, K), pdt) if cfg.use_bias else None
+      )
+      return fused_projection(x, w_qkv.astype(dt), b_qkv, decode)
     w_q = self.param("w_q", _init(0.02, ("embed", "heads", "kv")), (D, H, K), pdt)
     w_kv = self.param("w_kv", _init(0.02, ("embed", None, "kv_heads", "kv")), (D, 2, G, K), pdt)
     q = einsum("btd,dhk->bthk", x, w_q.astype(dt))  # [B, T, H, K]
-    kv = einsum("btd,dcgk->btcgk", x, w_kv.astype(dt))  # [B, T, 2, G, K]
+    b_kv = None
     if cfg.use_bias:
-      b_q = self.param("b_q", _zeros(("heads", "kv")), (H, K), pdt)
+      q = q + self.param("b_q", _zeros(("heads", "kv")), (H, K), pdt).astype(dt)
       b_kv = self.param("b_kv", _zeros((None, "kv_heads", "kv")), (2, G, K), pdt)
-      q = q + b_q.astype(dt)
-      kv = kv + b_kv.astype(dt)
-    return q, kv[:, :, 0], kv[:, :, 1]
+    k, v = fused_projection(x, w_kv.astype(dt), b_kv, decode)
+    return q, k, v
 
   def _update_cache(self, k, v, token_mask):
     """Writes k, v [B, T, G, K] at the cache's current index. Returns the full
@@ -511,12 +531,12 @@ class MLP(nn.Module):
   cfg: TransformerConfig
 
   @nn.compact
-  def __call__(self, x, *, deterministic: bool):
+  def __call__(self, x, *, decode: bool = False, deterministic: bool):
     cfg = self.cfg
     D, F = cfg.d_model, cfg.d_ff
     dt, pdt = cfg.dtype, cfg.param_dtype
     resid_std = 0.02 / math.sqrt(2 * cfg.n_layer)
-    h = self._swiglu(x) if cfg.mlp == "swiglu" else self._gelu(x)  # [B, T, F]
+    h = self._swiglu(x, decode) if cfg.mlp == "swiglu" else self._gelu(x)  # [B, T, F]
     w_proj = self.param("w_proj", _init(resid_std, ("mlp", "embed")), (F, D), pdt)
     out = einsum("btf,fd->btd", h, w_proj.astype(dt))
     if cfg.use_bias:
@@ -533,15 +553,15 @@ class MLP(nn.Module):
     h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
     return jax.nn.gelu(h, approximate=True)  # [B, T, F]
 
-  def _swiglu(self, x):
+  def _swiglu(self, x, decode: bool):
     cfg = self.cfg
     D, F = cfg.d_model, cfg.d_ff
     w = self.param("w_gate_up", _init(0.02, ("embed", None, "mlp")), (D, 2, F), cfg.param_dtype)
-    gate_up = einsum("btd,dcf->btcf", x, w.astype(cfg.dtype))  # [B, T, 2, F]
+    b = None
     if cfg.use_bias:
       b = self.param("b_gate_up", _zeros((None, "mlp")), (2, F), cfg.param_dtype)
-      gate_up = gate_up + b.astype(cfg.dtype)
-    h = jax.nn.silu(gate_up[:, :, 0]) * gate_up[:, :, 1]
+    gate, up = fused_projection(x, w.astype(cfg.dtype), b, decode)  # [B, T, F] each
+    h = jax.nn.silu(gate) * up
     return nn.with_logical_constraint(h, ("batch", "length", "mlp"))  # [B, T, F]
 
 
@@ -563,7 +583,8 @@ class Block(nn.Module):
       deterministic=deterministic,
     )
     x = x + nn.Dropout(self.cfg.dropout)(h, deterministic=deterministic)
-    x = x + MLP(self.cfg, name="mlp")(_norm(self.cfg, "ln_2")(x), deterministic=deterministic)
+    mlp = MLP(self.cfg, name="mlp")
+    x = x + mlp(_norm(self.cfg, "ln_2")(x), decode=decode, deterministic=deterministic)
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
