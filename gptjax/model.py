@@ -6,7 +6,9 @@ MLP -> block -> Transformer.
 One module expresses both families. Switches in `config.model` choose each
 part; every switch is optional and its absence means GPT-2, so a config
 written before they existed builds exactly its old parameter tree and
-computes exactly its old outputs (its checkpoints restore bit-identically):
+computes its old outputs (its checkpoints restore bit-identically; the
+outputs are bit-identical up to 128 tokens, and equal up to float rounding
+beyond, where training attention now runs block-causal, `query_block`):
 
   switch      GPT-2 (default)              Llama
   position    "learned": a wpe table       "rope": rotary q and k (rope_theta)
