@@ -20,9 +20,9 @@ def token_cross_entropy(logits, targets, mask):
   mask = mask.astype(jnp.float32)
   nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)  # [B, T]
   # A token is correct when its target's logit is the maximum: argmax, with an
-  # exact tie counted as correct. This max is the one inside the loss's
-  # logsumexp (XLA computes it once); a separate argmax over [B, T, V] cost
-  # ~75 ms of the small preset's 2.7 s CPU step.
+  # exact tie counted as correct. A max is a plain vectorised reduction; the
+  # argmax over [B, T, V] it replaces cost ~75 ms of the small preset's 2.7 s
+  # CPU step (cross-entropy forward and backward alone: 94 -> 25 ms).
   target = jnp.take_along_axis(logits, targets[..., None], -1)[..., 0]  # [B, T]
   correct = (target >= jnp.max(logits, -1)).astype(jnp.float32)
   return (nll * mask).sum(), mask.sum(), {"accuracy": (correct * mask).sum()}
