@@ -11,6 +11,8 @@ from typing import Any
 
 import ml_collections
 
+from gptjax import files
+
 
 def unknown_fields(
   config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict, prefix: str = "config"
@@ -88,10 +90,7 @@ def copy(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def save(config: ml_collections.ConfigDict, workdir: str, name: str = "config.json") -> str:
   """Writes the resolved config as JSON into the workdir (atomically); returns the path."""
   path = os.path.join(workdir, name)
-  tmp = f"{path}.{os.getpid()}.tmp"
-  with open(tmp, "w") as f:
-    f.write(config.to_json(indent=2, sort_keys=True))
-  os.replace(tmp, path)
+  files.write_text(path, config.to_json(indent=2, sort_keys=True))
   return path
 
 

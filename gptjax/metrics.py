@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gptjax import files
+
 
 class MetricsWriter:
   """Appends records to workdir/metrics.jsonl (and TensorBoard, if available)."""
@@ -63,10 +65,7 @@ class MetricsWriter:
     kept = [r for r in records if keep(r)]
     if len(kept) == len(records):
       return
-    tmp = f"{self.path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-      f.writelines(json.dumps(r) + "\n" for r in kept)
-    os.replace(tmp, self.path)
+    files.write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
   def flush(self) -> None:
     if self._tb is not None:

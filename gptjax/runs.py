@@ -26,6 +26,7 @@ import numpy as np
 
 from gptjax import (
   config as config_lib,
+  files,
   model as model_lib,
   sharding,
   tokenizer as tokenizer_lib,
@@ -37,10 +38,7 @@ from gptjax.tasks import instructions, world as world_lib
 
 def write_json(path: str, obj, **dump_kwargs) -> None:
   """Writes `obj` as JSON to `path` atomically (a temporary file, then a rename)."""
-  tmp = f"{path}.{os.getpid()}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, **{"indent": 2, "sort_keys": True, **dump_kwargs})
-  os.replace(tmp, path)
+  files.write_text(path, json.dumps(obj, **{"indent": 2, "sort_keys": True, **dump_kwargs}))
 
 
 @contextlib.contextmanager

@@ -66,6 +66,8 @@ import numpy as np
 import sentencepiece as spm
 import tokenizers
 
+from gptjax import files
+
 ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end_turn|>")
 ROLES = ("system", "user", "assistant")
 MAX_LINE_CHARS = 2048  # Longer lines are cut before training.
@@ -622,9 +624,7 @@ def _spelling(token) -> str | None:
 def _write_atomic(path: Path, data: bytes) -> None:
   """Writes `data` to `path` atomically (no half-written file on a crash)."""
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-  tmp.write_bytes(data)
-  os.replace(tmp, path)
+  files.write_bytes(path, data)
 
 
 # tokenizer.json first: a Hugging Face directory may also hold a (non-gptjax)
@@ -663,7 +663,6 @@ def copy_files(src: str | os.PathLike, dst: str | os.PathLike) -> tuple[str, ...
   if not names:
     load_from(src)  # raises, naming what is missing
   for name in names:
-    tmp = Path(dst) / f".{name}.{os.getpid()}.tmp"
-    shutil.copyfile(Path(src) / name, tmp)
-    os.replace(tmp, Path(dst) / name)
+    with files.atomic_path(Path(dst) / name) as tmp:
+      shutil.copyfile(Path(src) / name, tmp)
   return names

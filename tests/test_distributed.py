@@ -636,8 +636,13 @@ def two_processes(args: list[str], timeout: int = 900) -> list[str]:
     for i in range(2)
   ]  # fmt: skip
   outs = [p.communicate(timeout=timeout) for p in procs]
-  for p, (_, err) in zip(procs, outs):
-    assert p.returncode == 0, err[-3000:]
+  failed = [
+    (i, p.returncode, err) for i, (p, (_, err)) in enumerate(zip(procs, outs)) if p.returncode
+  ]
+  # both stderrs: the process that aborts first is often only the victim of the other's error
+  assert not failed, "\n".join(
+    f"--- process {i} exited {rc}:\n{err[-2500:]}" for i, rc, err in failed
+  )
   return [out for out, _ in outs]
 
 

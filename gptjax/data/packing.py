@@ -24,7 +24,7 @@ from typing import Iterator
 
 import numpy as np
 
-from gptjax import sharding
+from gptjax import files, sharding
 from gptjax.data import builder, sources
 from gptjax.tokenizer import Tokenizer
 
@@ -87,9 +87,8 @@ def load_or_build_stream(path: Path, docs, tokenizer: Tokenizer) -> np.ndarray:
   if not path.exists():
     stream = tokenize_documents(docs, tokenizer)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
-    np.save(tmp, stream)
-    os.replace(tmp, path)  # atomic: no torn caches
+    with files.atomic_path(path) as tmp:  # no torn caches
+      np.save(tmp, stream)
   return np.load(path, mmap_mode="r")
 
 

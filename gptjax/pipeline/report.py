@@ -18,6 +18,7 @@ from gptjax import (  # noqa: E402
   chat as chat_lib,  # noqa: E402
   config as config_lib,
   evaluation,
+  files,
   metrics as metrics_lib,
   runs as runs_lib,
 )
@@ -84,8 +85,7 @@ def plot_pretraining(workdir: str, out: str) -> str | None:
   ax.set_title("Pretraining loss per source", fontsize=10)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(out, dpi=110)
-  plt.close(fig)
+  files.save_figure(fig, out, dpi=110)
   return out
 
 
@@ -104,8 +104,7 @@ def plot_family_scores(table: dict[str, dict[str, float]], out: str, title: str)
   ax.set_title(title, fontsize=10)
   ax.legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(out, dpi=110)
-  plt.close(fig)
+  files.save_figure(fig, out, dpi=110)
   return out
 
 

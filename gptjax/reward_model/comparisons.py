@@ -18,7 +18,7 @@ import os
 import jax
 import numpy as np
 
-from gptjax import metrics, runs, sampling
+from gptjax import files, metrics, runs, sampling
 from gptjax.evaluation import chat_prompt_ids
 from gptjax.tasks import instructions, labeler, oracle
 from gptjax.tasks.world import World
@@ -91,24 +91,22 @@ class Comparisons:
 
   def save(self, directory: str) -> None:
     os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, "comparisons.tmp.npz")
-    np.savez_compressed(
-      tmp, tokens=self.tokens, token_mask=self.token_mask, ranking=self.ranking, gold=self.gold
-    )
-    with open(os.path.join(directory, "comparisons.jsonl.tmp"), "w") as f:
-      for p, r, fam, rk, g in zip(
-        self.prompts, self.responses, self.families, self.ranking, self.gold
-      ):
-        f.write(
-          json.dumps(
-            {"prompt": p, "family": fam, "responses": r, "ranking": rk.tolist(), "gold": g.tolist()}
-          )
-          + "\n"
+    rows = zip(self.prompts, self.responses, self.families, self.ranking, self.gold)
+    files.write_text(
+      os.path.join(directory, "comparisons.jsonl"),
+      "".join(
+        json.dumps(
+          {"prompt": p, "family": f, "responses": r, "ranking": k.tolist(), "gold": g.tolist()}
         )
-    os.replace(
-      os.path.join(directory, "comparisons.jsonl.tmp"), os.path.join(directory, "comparisons.jsonl")
+        + "\n"
+        for p, r, f, k, g in rows
+      ),
     )
-    os.replace(tmp, os.path.join(directory, "comparisons.npz"))  # last: marks completion
+    # comparisons.npz last: its presence marks a complete save
+    with files.atomic_path(os.path.join(directory, "comparisons.npz")) as tmp:
+      np.savez_compressed(
+        tmp, tokens=self.tokens, token_mask=self.token_mask, ranking=self.ranking, gold=self.gold
+      )
 
   @classmethod
   def load(cls, directory: str) -> "Comparisons":

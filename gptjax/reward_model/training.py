@@ -40,6 +40,7 @@ import numpy as np
 
 from gptjax import (
   config as config_lib,
+  files,
   heads,
   losses,
   metrics as metrics_lib,
@@ -333,7 +334,8 @@ def _comparisons(
   )
   report["recipe"] = recipe
   comps.save(directory)
-  np.savez(os.path.join(directory, LABELS_FILE), rank=comps.rank)
+  with files.atomic_path(os.path.join(directory, LABELS_FILE)) as tmp:
+    np.savez(tmp, rank=comps.rank)
   runs.write_json(report_path, report)
   return comps.trimmed(), report
 
@@ -631,8 +633,7 @@ def plot(result: dict, workdir: str) -> None:
   ax.set_ylabel("gold score (bin mean)")
   ax.set_title("Reward-model calibration (held-out)")
   fig.tight_layout()
-  fig.savefig(os.path.join(workdir, "calibration.png"), dpi=120)
-  plt.close(fig)
+  files.save_figure(fig, os.path.join(workdir, "calibration.png"), dpi=120)
 
   fig, ax = plt.subplots(figsize=(4.5, 3.5))
   curve = result["data_scaling"]
@@ -668,8 +669,7 @@ def plot(result: dict, workdir: str) -> None:
   ax.set_xlabel("training comparisons (pairs)")
   ax.set_ylabel("held-out pairwise accuracy")
   fig.tight_layout()
-  fig.savefig(os.path.join(workdir, "data_scaling.png"), dpi=120)
-  plt.close(fig)
+  files.save_figure(fig, os.path.join(workdir, "data_scaling.png"), dpi=120)
 
 
 def load_reward_model(workdir: str):

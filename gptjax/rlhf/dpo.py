@@ -52,6 +52,7 @@ import optax
 from gptjax import (
   config as config_lib,
   evaluation,
+  files,
   runs,
   sampling,
   sft as sft_lib,
@@ -236,9 +237,8 @@ def reference_logprobs(path: str, key: dict, compute) -> dict[str, np.ndarray]:
     if str(stored["key"]) == stamp:
       return {k: stored[k] for k in stored.files if k != "key"}
   out = compute()
-  tmp = f"{path}.{os.getpid()}.tmp.npz"
-  np.savez(tmp, key=np.array(stamp), **out)
-  os.replace(tmp, path)
+  with files.atomic_path(path) as tmp:
+    np.savez(tmp, key=np.array(stamp), **out)
   return out
 
 

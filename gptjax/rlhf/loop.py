@@ -43,6 +43,7 @@ from gptjax import (
   checkpoint as ckpt_lib,
   config as config_lib,
   evaluation,
+  files,
   heads,
   losses,
   metrics as metrics_lib,
@@ -652,8 +653,7 @@ def plot(workdir: str) -> None:
     ax.set_xlabel("PPO iteration")
     ax.set_ylabel(label)
   fig.tight_layout()
-  fig.savefig(os.path.join(workdir, "curves.png"), dpi=110)
-  plt.close(fig)
+  files.save_figure(fig, os.path.join(workdir, "curves.png"), dpi=110)
 
   fig, ax = plt.subplots(figsize=(4.8, 3.6))
   x = [r["sqrt_kl"] for r in recs]
@@ -673,5 +673,4 @@ def plot(workdir: str) -> None:
   ax.set_title("Reward over-optimisation (Gao et al. 2022)", fontsize=10)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(os.path.join(workdir, "overoptimization.png"), dpi=110)
-  plt.close(fig)
+  files.save_figure(fig, os.path.join(workdir, "overoptimization.png"), dpi=110)

@@ -17,7 +17,7 @@ each turns over.
 import json
 import os
 
-from gptjax import metrics as metrics_lib
+from gptjax import files, metrics as metrics_lib
 from gptjax.rlhf import stats as rlhf_stats
 
 
@@ -117,8 +117,7 @@ def plot(result: dict, out: str) -> str:
     ax.legend(fontsize=8)
   fig.suptitle("Reward over-optimisation across runs (Gao et al. 2022)", fontsize=11)
   fig.tight_layout()
-  fig.savefig(out, dpi=110)
-  plt.close(fig)
+  files.save_figure(fig, out, dpi=110)
   return out
 
 

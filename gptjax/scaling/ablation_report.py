@@ -16,7 +16,7 @@ import os
 import numpy as np
 from scipy import stats
 
-from gptjax import runs
+from gptjax import files, runs
 from gptjax.scaling import grid
 
 # (claim, probe metric, +1 if higher is better, what it measures). The primary
@@ -191,8 +191,7 @@ def plot_vs_fraction(table: dict, path: str) -> None:
   for ax in list(axes.flat)[len(CLAIMS) :]:
     ax.axis("off")
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  files.save_figure(fig, path, dpi=110)
 
 
 def _group_order(g: str) -> float:
@@ -226,8 +225,9 @@ def plot_grouped(table: dict, probes: tuple, xlabel: str, path: str) -> bool:
   axes[0, 0].legend(fontsize=7)
   fig.tight_layout()
   if drawn:
-    fig.savefig(path, dpi=110)
-  plt.close(fig)
+    files.save_figure(fig, path, dpi=110)
+  else:
+    plt.close(fig)
   return drawn
 
 

@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 
+from gptjax import files
 from gptjax.scaling import laws, probes as scaling_probes
 
 
@@ -69,8 +70,7 @@ def plots(rows, fits, curves, workdir) -> list[str]:
     if fig is None:
       continue
     fig.tight_layout()
-    fig.savefig(os.path.join(workdir, name), dpi=110)
-    plt.close(fig)
+    files.save_figure(fig, os.path.join(workdir, name), dpi=110)
     out.append(name)
   return out
 
