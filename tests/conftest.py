@@ -136,3 +136,22 @@ def sft_run(tmp_path_factory, data_cache_dir):
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   return {"pretrain": pretrain, "sft": sft}
+
+
+@pytest.fixture(scope="session")
+def reward_model_run(sft_run, tmp_path_factory):
+  """A small reward model (32 prompts) on the session's tiny SFT run, shared by the
+  DPO, best-of-n and RLHF reliability tests (its quality does not matter there)."""
+  rm = tmp_path_factory.mktemp("reward_model")
+  proc = run_entry_point(
+    "experiments.reward_model",
+    "--config=configs/reward_model.py:tiny",
+    f"--sft={sft_run['sft']}",
+    f"--workdir={rm}",
+    "--config.comparisons.n_prompts=32",
+    "--config.comparisons.n_heldout=16",
+    "--config.rm.epochs=1",
+    "--config.eval.data_fractions=()",
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return rm

@@ -205,23 +205,12 @@ def test_config_presets_validate():
 
 
 @pytest.mark.slow
-def test_dpo_and_best_of_n_end_to_end(sft_run, tmp_path):
-  """SFT -> comparisons + RM (small) -> DPO and best-of-n from the command line:
-  DPO's workdir loads like an SFT run and both write eval.json."""
+def test_dpo_and_best_of_n_end_to_end(sft_run, reward_model_run, tmp_path):
+  """SFT -> comparisons + RM (the session's small one) -> DPO and best-of-n from
+  the command line: DPO's workdir loads like an SFT run and both write eval.json."""
   from tests.conftest import run_entry_point
 
-  sft, rm = str(sft_run["sft"]), str(tmp_path / "rm")
-  proc = run_entry_point(
-    "experiments.reward_model",
-    "--config=configs/reward_model.py:tiny",
-    f"--sft={sft}",
-    f"--workdir={rm}",
-    "--config.comparisons.n_prompts=64",
-    "--config.comparisons.n_heldout=32",
-    "--config.rm.epochs=1",
-    "--config.eval.data_fractions=()",
-  )
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  sft, rm = str(sft_run["sft"]), str(reward_model_run)
   out = str(tmp_path / "dpo")
   proc = run_entry_point(
     "experiments.dpo",

@@ -302,46 +302,6 @@ def test_rlhf_raises_the_reward_while_kl_stays_bounded(pipeline_run, tmp_path, d
 
 
 @pytest.mark.slow
-def test_rlhf_resume_equals_uninterrupted(pipeline_run, tmp_path, data_cache_dir):
-  from gptjax.rlhf import loop as rlhf_loop
-
-  workdir, _, _ = pipeline_run
-  sft_dir, rm_dir = os.path.join(workdir, "sft"), os.path.join(workdir, "reward_model")
-  quiet = lambda _: None
-  straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
-  rlhf_loop.run(
-    _rlhf_config(4, kl_controller="adaptive"),
-    straight,
-    sft_dir,
-    rm_dir,
-    log=quiet,
-    cache_dir=str(data_cache_dir),
-  )
-  rlhf_loop.run(
-    _rlhf_config(2, kl_controller="adaptive"),
-    resumed,
-    sft_dir,
-    rm_dir,
-    log=quiet,
-    cache_dir=str(data_cache_dir),
-  )
-  rlhf_loop.run(
-    _rlhf_config(4, kl_controller="adaptive"),
-    resumed,
-    sft_dir,
-    rm_dir,
-    log=quiet,
-    cache_dir=str(data_cache_dir),
-  )
-  a = metrics.read_metrics(straight, "ppo")
-  b = metrics.read_metrics(resumed, "ppo")
-  assert [r["step"] for r in b] == [1, 2, 3, 4]
-  for ra, rb in zip(a, b):
-    for key in ("rm_score", "kl", "beta", "policy_loss", "value_loss"):
-      assert ra[key] == pytest.approx(rb[key], rel=1e-4, abs=1e-5), (ra["step"], key)
-
-
-@pytest.mark.slow
 def test_colab_notebook_executes(pipeline_run):
   nbformat = pytest.importorskip("nbformat")
   nbclient = pytest.importorskip("nbclient")

@@ -516,24 +516,6 @@ def test_signals_at_random_moments_always_save_and_resume_bit_identically(tmp_pa
   assert_trees_equal(host(b.params), host(a.params))
 
 
-@pytest.fixture(scope="module")
-def reward_model_run(sft_run, tmp_path_factory):
-  """A small reward model on the session's tiny SFT run (its quality does not matter here)."""
-  rm = tmp_path_factory.mktemp("reward_model")
-  proc = run_entry_point(
-    "experiments.reward_model",
-    "--config=configs/reward_model.py:tiny",
-    f"--sft={sft_run['sft']}",
-    f"--workdir={rm}",
-    "--config.comparisons.n_prompts=32",
-    "--config.comparisons.n_heldout=16",
-    "--config.rm.epochs=1",
-    "--config.eval.data_fractions=()",
-  )
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return rm
-
-
 def rlhf_outputs(workdir) -> tuple:
   """What an RLHF run leaves: records, eval.json, the exported policy and the
   final checkpoint's checksums (exact sums of the bits of every array of the
