@@ -98,6 +98,21 @@ def filter_logits(logits, temperature, top_k, top_p):
   return jnp.where(logits < cutoff, -jnp.inf, logits)
 
 
+def first_argmax(x):
+  """jnp.argmax(x, axis=-1) as two plain reductions: the maximum, then the
+  smallest index that holds it (a NaN counts as the maximum, as in argmax).
+  The same index as argmax, ties and NaN included; int32 [...].
+
+  XLA:CPU compiles argmax as one variadic (value, index) reduction that runs
+  far slower than a max: over a 49,152-token vocabulary at batch 32 it took
+  ~3.5 ms of each decode step (SmolLM2).
+  """
+  V = x.shape[-1]
+  m = jnp.max(x, axis=-1, keepdims=True)
+  hit = (x == m) | jnp.isnan(x)
+  return jnp.min(jnp.where(hit, jnp.arange(V, dtype=jnp.int32), V), axis=-1)
+
+
 def sample_token(rng, logits, params_tuple):
   """Chooses one token per row from logits [B, V]. Returns (token [B], logprob [B]).
 
@@ -115,11 +130,10 @@ def sample_token(rng, logits, params_tuple):
       lambda l: l / jnp.maximum(temperature, 1e-6),
       logits,
     )
-    return jax.random.categorical(rng, truncated).astype(jnp.int32)
+    # the Gumbel-max draw of jax.random.categorical (the same noise, the same token)
+    return first_argmax(truncated + jax.random.gumbel(rng, truncated.shape, truncated.dtype))
 
-  token = jax.lax.cond(
-    temperature <= 0.0, lambda _: jnp.argmax(logits, axis=-1).astype(jnp.int32), sampled, None
-  )
+  token = jax.lax.cond(temperature <= 0.0, lambda _: first_argmax(logits), sampled, None)
   return token, jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
 
 

@@ -46,6 +46,38 @@ def test_greedy_is_argmax():
   np.testing.assert_allclose(lp, np.log([0.4, 0.5]), rtol=1e-5)
 
 
+def test_first_argmax_is_argmax_with_ties_nan_and_inf():
+  """The two-reduction argmax picks numpy's index: the first of tied maxima,
+  the first NaN when there is one, index 0 of a row that is all -inf."""
+  rng = np.random.default_rng(0)
+  x = rng.integers(-3, 4, (64, 257)).astype(np.float32)  # many ties
+  x[3, [10, 200]] = np.nan
+  x[4, 7] = np.inf
+  x[5] = -np.inf
+  x[6, :] = np.nan
+  x = np.concatenate([x, rng.standard_normal((8, 257)).astype(np.float32)])
+  got = sampling.first_argmax(jnp.asarray(x))
+  assert got.dtype == jnp.int32
+  np.testing.assert_array_equal(got, np.argmax(x, axis=-1))
+  np.testing.assert_array_equal(jax.jit(sampling.first_argmax)(x.reshape(8, 9, 257)),
+                                np.argmax(x.reshape(8, 9, 257), axis=-1))  # fmt: skip
+
+
+def test_sampling_draws_what_jax_random_categorical_draws():
+  """Sampling's Gumbel-max over `first_argmax` returns categorical's token for
+  the same key, temperature and truncation (so runs sample what they did)."""
+  logits = jax.random.normal(jax.random.PRNGKey(1), (4, 300)) * 3.0
+  for temperature, top_k in ((1.0, 0), (0.7, 0), (1.0, 20)):
+    s = params_tuple(temperature=temperature, top_k=top_k)
+    truncated = (
+      sampling.filter_logits(logits, temperature, top_k, 1.0) if top_k else logits / temperature
+    )
+    for seed in range(20):
+      key = jax.random.PRNGKey(seed)
+      tok, _ = sampling.sample_token(key, logits, s)
+      np.testing.assert_array_equal(tok, jax.random.categorical(key, truncated))
+
+
 @pytest.mark.parametrize("k", [1, 2, 3])
 def test_top_k_never_leaves_the_top_k(k):
   top = np.argsort(-np.asarray(LOGITS), axis=-1)[:, :k]  # [B, k]
