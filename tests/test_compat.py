@@ -44,6 +44,7 @@ def _config(steps: int):
   return config
 
 
+@pytest.mark.slow  # ~10 s: the fast subset stays under 5 minutes
 def test_old_pretraining_workdir_resumes_exactly(tmp_path, data_cache_dir):
   old = tmp_path / "old"
   shutil.copytree(FIXTURE / "pretrain", old)

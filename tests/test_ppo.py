@@ -36,6 +36,7 @@ def _optimizer(lr):
   return train.make_optimizer(t)
 
 
+@pytest.mark.slow  # ~20 s of compilation: the fast subset stays under 5 minutes
 def test_first_minibatch_ratio_is_one_and_sampler_logprobs_match(models):
   policy, critic, p_params, v_params = models
   prompts = [[BOS, 3], [BOS], [BOS, 5, 1]]
