@@ -96,6 +96,29 @@ def test_report_matches_stats_for_concrete_picks():
   _same_win_rate(w, stats.win_rate(picked, g_sft))
 
 
+def test_versus_sft_bootstraps_the_change_of_the_strict_correct_rate():
+  """correct_vs_sft: the method's strict correct rate minus SFT's on the same
+  prompts, with a paired interval that holds it, also for a method correct
+  exactly where SFT is not; the report prints it beside the two rates."""
+  from gptjax.pipeline import report
+
+  rng = np.random.default_rng(2)
+  sft = [_judgement(g) for g in rng.choice([0.0, 0.4, 1.0], 200)]
+  method = [_judgement(g) for g in rng.choice([0.0, 0.4, 1.0], 200, p=[0.2, 0.2, 0.6])]
+  c = dpo.versus_sft("m", sft, method, n_boot=500)["correct_vs_sft"]
+  want = np.mean([j["correct"] for j in method]) - np.mean([j["correct"] for j in sft])
+  assert c["mean_diff"] == pytest.approx(want) and c["n"] == 200
+  assert c["mean_diff_ci95"][0] < want < c["mean_diff_ci95"][1]
+  flipped = [_judgement(0.0 if j["correct"] else 1.0) for j in sft]
+  c = dpo.versus_sft("m", sft, flipped, n_boot=100)["correct_vs_sft"]
+  lost = -np.mean([j["correct"] for j in sft]) + np.mean([not j["correct"] for j in sft])
+  assert c["mean_diff"] == pytest.approx(lost)
+  assert report._change_interval(c) == f" ({lost:+.3f} [{c['mean_diff_ci95'][0]:+.3f}, " + (
+    f"{c['mean_diff_ci95'][1]:+.3f}])"
+  )
+  assert report._change_interval(None) == ""  # an eval.json from before
+
+
 def _same_win_rate(got, want):
   assert got.keys() == want.keys()
   assert got["ci95"] == pytest.approx(want["ci95"])

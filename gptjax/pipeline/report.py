@@ -247,6 +247,15 @@ def _compare_and_plot(workdir: str, config, sft_eval: dict, log) -> tuple[dict, 
   return compared, wins, chats
 
 
+def _change_interval(boot: dict | None) -> str:
+  """' (-0.054 [-0.090, -0.018])': a paired difference and its 95% interval;
+  empty for an eval.json written before it was recorded."""
+  if not boot:
+    return ""
+  lo, hi = boot["mean_diff_ci95"]
+  return f" ({boot['mean_diff']:+.3f} [{lo:+.3f}, {hi:+.3f}])"
+
+
 def _stages_section(stages: dict) -> list[str]:
   """Wall time of each stage, from its stage.json."""
   L = []
@@ -386,8 +395,8 @@ def methods_section(workdir: str) -> list[str]:
     "",
     "Win rate vs SFT with ties counted half and a 95% paired-bootstrap interval over "
     "prompts; KL to SFT in nats per response (T = 1 samples; best-of-n: the analytic "
-    "bound log n - (n-1)/n); strict correct = right, in form, not hedged; "
-    "hallucination = a committed wrong answer.",
+    "bound log n - (n-1)/n); strict correct = right, in form, not hedged, with "
+    "the change's 95% paired-bootstrap interval; hallucination = a committed wrong answer.",
     "",
     "| method | win rate vs SFT | 95% CI | W / T / L | KL | gold (SFT -> method) | "
     "strict correct (SFT -> method) | answer rate | hallucination |",
@@ -399,7 +408,8 @@ def methods_section(workdir: str) -> list[str]:
       f"| {label} | {b['win_rate']:.3f} | [{b['win_rate_ci95'][0]:.3f}, "
       f"{b['win_rate_ci95'][1]:.3f}] | {b['wins']} / {b['ties']} / {b['losses']} | "
       f"{_method_kl(r)} | {_fmt(r['gold_mean']['sft'])} -> {_fmt(r['gold_mean'][m])} | "
-      f"{_fmt(r['sft'].get('correct_rate'))} -> {_fmt(r[m].get('correct_rate'))} | "
+      f"{_fmt(r['sft'].get('correct_rate'))} -> {_fmt(r[m].get('correct_rate'))}"
+      f"{_change_interval(r.get('correct_vs_sft'))} | "
       f"{_fmt(r[m].get('answer_rate'))} | {_fmt(r[m].get('wrong_answer_rate'))} |"
     )
   families = sorted(records[0][1]["win_rate_vs_sft_per_family"])

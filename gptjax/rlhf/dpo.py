@@ -414,6 +414,9 @@ def versus_sft(name: str, sft_judgements, judgements, n_boot: int, seed=0, outco
   Judgements are `oracle.classify` dicts (or their expectations, see
   `best_of_n`); the summaries are `evaluation.summarize`'s. outcome: optional
   [N, 3] win/tie/loss probabilities per prompt (default: from the scores).
+  "correct_vs_sft" is the paired bootstrap of the strict correct rate
+  (method - SFT, the same resampled prompts): whether a win came with more
+  correct answers or despite fewer, beyond the choice of prompts.
   """
   g_sft = np.array([j["score"] for j in sft_judgements])
   g = np.array([j["score"] for j in judgements])
@@ -421,12 +424,17 @@ def versus_sft(name: str, sft_judgements, judgements, n_boot: int, seed=0, outco
   wins = outcome[:, 0] + 0.5 * outcome[:, 1]
   families = np.array([j["family"] for j in sft_judgements])
   boot = stats.paired_bootstrap(g, g_sft, n_boot, seed, wins=wins)
+  correct = stats.paired_bootstrap(
+    [float(j["correct"]) for j in judgements], [float(j["correct"]) for j in sft_judgements],
+    n_boot, seed,
+  )  # fmt: skip
   summaries = {"sft": evaluation.summarize(sft_judgements), name: evaluation.summarize(judgements)}
   win = win_summary(outcome)
   return {
     "method": name,
     "win_rate_vs_sft": win,
     "bootstrap_vs_sft": {**boot, **{k: win[k] for k in _WTL}},
+    "correct_vs_sft": {k: correct[k] for k in ("mean_diff", "mean_diff_ci95", "n", "n_boot")},
     "win_rate_vs_sft_per_family": {
       f: float(wins[families == f].mean()) for f in sorted(set(families))
     },
