@@ -573,10 +573,11 @@ def restore_params(
 ):
   """Params of `model` from the latest (or `step`) checkpoint of a run's workdir.
 
-  A checkpoint holds the whole TrainState, so the optimizer's structure is
-  rebuilt from the run's own `config.train` to restore into; only the params
-  are returned (with the step). Raises FileNotFoundError / CheckpointError
-  naming the directory.
+  A checkpoint holds the whole TrainState; the optimizer's structure is
+  rebuilt from the run's own `config.train` to name its arrays, which are
+  not read (AdamW's two moments would triple the reads and the memory).
+  Returns (params, step). Raises FileNotFoundError / CheckpointError naming
+  the directory.
   """
   ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
   if not os.path.isdir(ckpt_dir) or not any(d.isdigit() for d in os.listdir(ckpt_dir)):
@@ -593,7 +594,11 @@ def restore_params(
   mesh = sharding.make_mesh(config.mesh)
   checkpointer = ckpt_lib.Checkpointer(ckpt_dir, keep=config.train.keep_checkpoints)
   try:
-    state, _ = checkpointer.restore(abstract_state(shell, tx, mesh, config.seed), step)
+    target = abstract_state(shell, tx, mesh, config.seed)
+    target = target.replace(
+      opt_state=jax.tree_util.tree_map(lambda _: ckpt_lib.SKIP, target.opt_state)
+    )
+    state, _ = checkpointer.restore(target, step)
   finally:
     checkpointer.close()
   return state.params, int(state.step)

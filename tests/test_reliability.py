@@ -216,13 +216,62 @@ def test_arrays_that_load_with_other_values_are_refused(reference, tmp_path):
   workdir = tmp_path / "w"
   shutil.copytree(ref_dir, workdir)
   step_dir = workdir / "checkpoints" / str(STEPS)
-  meta = json.loads((step_dir / "meta" / "metadata").read_text())
-  name = next(n for n in meta["checksums"] if "w_qkv" in n)
-  meta["checksums"][name][0] ^= 1 << 7
-  (step_dir / "meta" / "metadata").write_text(json.dumps(meta))
+  flip_checksum(step_dir, "w_qkv")
   with pytest.raises(ckpt_lib.CheckpointError, match="differ from the checksums") as e:
     run(tiny_config(steps=2 * STEPS), workdir)
   assert str(step_dir) in str(e.value) and "w_qkv" in str(e.value)
+
+
+def flip_checksum(step_dir, array: str) -> None:
+  """Changes the stored checksum of the first array whose path contains `array`."""
+  meta = json.loads((step_dir / "meta" / "metadata").read_text())
+  name = next(n for n in meta["checksums"] if array in n)
+  meta["checksums"][name][0] ^= 1 << 7
+  (step_dir / "meta" / "metadata").write_text(json.dumps(meta))
+
+
+def test_restore_params_reads_the_params_alone(reference, tmp_path):
+  """The optimizer's moments are not read (a changed checksum of one of them
+  goes unnoticed, where a full restore refuses it); the params still are."""
+  ref_dir, ref_params, _ = reference
+  config = tiny_config()
+  model, example = make_task(config).model, make_task(config).example_batch
+  params, step = train.restore_params(str(ref_dir), config, model, example)
+  assert step == STEPS
+  assert_trees_equal(host(params), ref_params)
+
+  workdir = tmp_path / "moments"
+  shutil.copytree(ref_dir, workdir)
+  flip_checksum(workdir / "checkpoints" / str(STEPS), "opt_state")
+  params, _ = train.restore_params(str(workdir), config, model, example)
+  assert_trees_equal(host(params), ref_params)
+  with pytest.raises(ckpt_lib.CheckpointError, match="opt_state"):
+    run(tiny_config(steps=2 * STEPS), workdir)
+
+  workdir = tmp_path / "params"
+  shutil.copytree(ref_dir, workdir)
+  flip_checksum(workdir / "checkpoints" / str(STEPS), "params")
+  with pytest.raises(ckpt_lib.CheckpointError, match="differ from the checksums"):
+    train.restore_params(str(workdir), config, model, example)
+
+
+def test_checksums_equal_a_numpy_computation():
+  """Per array: the uint32 sum of its bit patterns and the sum weighted by
+  (i * 2654435761) | 1, both modulo 2**32; skipped leaves are left out."""
+  rng = np.random.default_rng(0)
+  x = {
+    "w": rng.standard_normal((37, 11)).astype(np.float32),
+    "h": rng.standard_normal(9).astype(np.float16),
+    "n": np.arange(-3, 4, dtype=np.int32),
+    "skipped": ckpt_lib.SKIP,
+  }
+  sums, nonfinite = ckpt_lib.summarize(x)
+  assert sorted(sums) == ["['h']", "['n']", "['w']"] and nonfinite == []
+  for name in ("w", "h", "n"):
+    u = x[name].ravel().view({2: np.uint16, 4: np.uint32}[x[name].itemsize]).astype(np.uint64)
+    weights = (np.arange(u.size, dtype=np.uint64) * 2654435761 % 2**32) | 1
+    want = [int(u.sum() % 2**32), int((u * weights % 2**32).sum() % 2**32)]
+    assert sums[f"['{name}']"] == want, name
 
 
 def test_fallback_resumes_from_the_previous_good_checkpoint(reference, tmp_path, monkeypatch):
