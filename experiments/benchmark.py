@@ -54,6 +54,7 @@ from ml_collections import config_flags
 from gptjax import (
   allocator,
   cli,
+  files,
   losses,
   model as model_lib,
   pretraining as pretrain,
@@ -632,8 +633,7 @@ def main(argv):
 
 def write_json(result: dict, path: str, lines: list[str]) -> None:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w") as f:
-    json.dump(result, f, indent=2)
+  files.write_text(path, json.dumps(result, indent=2))
   for line in lines:
     print(line)
   print(f"wrote {path}")

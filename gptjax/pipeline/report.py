@@ -207,8 +207,7 @@ def write(workdir: str, report_dir: str, config, stage_order, log=print) -> str:
   L += _alignment_tax_section(rl_eval, ptx_eval)
   L += _chat_section(chats)
   path = os.path.join(workdir, "report.md")
-  with open(path, "w") as f:
-    f.write("\n".join(L) + "\n")
+  files.write_text(path, "\n".join(L) + "\n")
   runs_lib.write_json(
     os.path.join(report_dir, "summary.json"),
     {"win_rates": wins, "stages": {n: c["summary"] for n, c in compared.items()}},

@@ -125,6 +125,5 @@ def write(result: dict, out_dir: str) -> tuple[str, str]:
   """overoptimization_runs.json and .png into out_dir."""
   os.makedirs(out_dir, exist_ok=True)
   json_path = os.path.join(out_dir, "overoptimization_runs.json")
-  with open(json_path, "w") as f:
-    json.dump(result, f, indent=2)
+  files.write_text(json_path, json.dumps(result, indent=2))
   return json_path, plot(result, os.path.join(out_dir, "overoptimization_runs.png"))

@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from gptjax import metrics as metrics_lib, model as model_lib, runs
+from gptjax import files, metrics as metrics_lib, model as model_lib, runs
 from gptjax.scaling import grid, laws, probes as scaling_probes, report as sweep_report
 
 # ----------------------------------------------------------------------------
@@ -150,7 +150,7 @@ def write_csv(rows: list[dict], path: str) -> list[str]:
     + [f"{p}_{m}" for p in probes for m in ("exact", "logprob")]
     + ["tokens_per_s", "wall_s"]
   )
-  with open(path, "w", newline="") as f:
+  with files.atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
     w = csv.writer(f)
     w.writerow(header)
     for r in rows:
