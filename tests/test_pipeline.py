@@ -179,6 +179,22 @@ def test_stages_share_a_compilation_cache_in_the_workdir(tmp_path):
     jax_cache.reset_cache()
 
 
+def test_the_report_compares_every_model_the_pipeline_trained(tmp_path):
+  """Pretrained, SFT and PPO always; curated SFT, PPO-ptx and DPO when their
+  stage left a checkpoint (a stage directory without one is not a model)."""
+  from gptjax.pipeline import report
+
+  required = {"pretrained", "sft", "rlhf"}
+  assert set(report.stage_runs(str(tmp_path))) == required
+  for d in ("sft_curated", "rlhf_ptx/policy", "dpo"):
+    os.makedirs(tmp_path / d / "checkpoints")
+  os.makedirs(tmp_path / "best_of_n")
+  runs = report.stage_runs(str(tmp_path))
+  assert list(runs) == ["pretrained", "sft", "sft_curated", "rlhf", "rlhf_ptx", "dpo"]
+  assert runs["rlhf_ptx"] == str(tmp_path / "rlhf_ptx" / "policy")
+  assert set(runs) == set(report.STAGE_MODES)
+
+
 def test_presets_are_valid():
   for preset in pipeline_configs.PRESETS:
     c = pipeline_configs.get_config(preset)
@@ -237,6 +253,8 @@ def test_pipeline_runs_every_stage_and_writes_the_report(pipeline_run):
     "Chat transcripts",
   ):
     assert heading in text
+  for stage in report.STAGE_MODES:  # every trained model judged side by side
+    assert f"| {stage} | " in text and f"  - {stage}: " in text, stage
   # the stages' compiled programs were cached in the workdir
   assert os.listdir(os.path.join(workdir, pipeline_lib.XLA_CACHE))
   # pretraining loss fell

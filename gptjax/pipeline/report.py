@@ -28,7 +28,14 @@ from gptjax.tasks import instructions  # noqa: E402
 # Which evaluation mode suits each stage: a pretrained model never saw the chat
 # template, so it answers plain-text 'Q: ... A:' prompts; an imported instruct
 # model (`converted`) has its own template and answers in chat.
-STAGE_MODES = {"pretrained": "zero_shot", "sft": "chat", "rlhf": "chat", "rlhf_ptx": "chat"}
+STAGE_MODES = {
+  "pretrained": "zero_shot",
+  "sft": "chat",
+  "sft_curated": "chat",
+  "rlhf": "chat",
+  "rlhf_ptx": "chat",
+  "dpo": "chat",
+}
 
 
 def converted(config) -> bool:
@@ -46,15 +53,20 @@ def _load_json(path: str):
 
 
 def stage_runs(workdir: str) -> dict[str, str]:
-  """Stage name -> a workdir loadable with `runs.load_run`."""
+  """Stage name -> a workdir loadable with `runs.load_run`: every model the
+  pipeline trained (the optional stages when they ran)."""
   out = {
     "pretrained": os.path.join(workdir, "pretrain"),
     "sft": os.path.join(workdir, "sft"),
+    "sft_curated": os.path.join(workdir, "sft_curated"),
     "rlhf": os.path.join(workdir, "rlhf", "policy"),
+    "rlhf_ptx": os.path.join(workdir, "rlhf_ptx", "policy"),
+    "dpo": os.path.join(workdir, "dpo"),
   }
-  if os.path.exists(os.path.join(workdir, "rlhf_ptx", "policy")):
-    out["rlhf_ptx"] = os.path.join(workdir, "rlhf_ptx", "policy")
-  return out
+  required = ("pretrained", "sft", "rlhf")
+  return {
+    n: d for n, d in out.items() if n in required or os.path.isdir(os.path.join(d, "checkpoints"))
+  }
 
 
 # ----------------------------------------------------------------------------
@@ -90,9 +102,10 @@ def plot_pretraining(workdir: str, out: str) -> str | None:
 
 
 def plot_family_scores(table: dict[str, dict[str, float]], out: str, title: str) -> str:
-  """Grouped bars: gold score per task family for each model/column."""
+  """Grouped bars: gold score per task family for each model/column, the
+  columns in the order they first appear (the stages in pipeline order)."""
   families = [f for f in instructions.FAMILIES if f in table]
-  columns = sorted({c for row in table.values() for c in row})
+  columns = list(dict.fromkeys(c for row in table.values() for c in row))
   fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(families)), 3.6))
   width = 0.8 / max(len(columns), 1)
   x = np.arange(len(families))
