@@ -217,33 +217,62 @@ def _transposed_equations(eq: str) -> tuple[str, str]:
   return f"{out},{rhs}->{lhs}", f"{lhs},{out}->{rhs}"
 
 
+def _weight_gradient(eq: str, a, g, dtype):
+  """The weight's cotangent of `einsum(eq, a, w)` given the output's `g`,
+  accumulated in float32 and returned in `dtype`.
+
+  It contracts a [B, T, ...] with g [B, T, ...] over the tokens. XLA:CPU's
+  GEMMs (YNNPACK) take their left operand as [M, K] with K minor, so the
+  left one is copied transposed: here always the narrower of the two (for
+  w_proj the [T, D] output gradient, not the [T, 4D] hidden activation; for
+  the tied head the [T, D] activation, not the [T, V] logits' gradient), and
+  the weight-sized result is transposed instead, behind an optimisation
+  barrier so that XLA does not fold that transpose back into the product.
+  Same sums; the rounding of the summation order may differ from autodiff's.
+  """
+  (lhs, rhs), out = eq.split("->")[0].split(","), eq.split("->")[1]
+  a_side = "".join(c for c in rhs if c in lhs)  # the weight's input axes
+  g_side = "".join(c for c in rhs if c in out)  # its output axes
+  size = lambda spec, x, axes: math.prod(x.shape[spec.index(c)] for c in axes)
+  if size(lhs, a, a_side) <= size(out, g, g_side):
+    order = a_side + g_side
+    dw = jnp.einsum(f"{lhs},{out}->{order}", a, g, preferred_element_type=jnp.float32)
+  else:
+    order = g_side + a_side
+    dw = jnp.einsum(f"{out},{lhs}->{order}", g, a, preferred_element_type=jnp.float32)
+  if order != rhs:
+    dw = jnp.transpose(jax.lax.optimization_barrier(dw), [order.index(c) for c in rhs])
+  return dw.astype(dtype)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
-def _low_precision_einsum(eq: str, a, b, out_dtype):
-  return jnp.einsum(eq, a, b, preferred_element_type=jnp.float32).astype(out_dtype)
+def _weight_einsum(eq: str, a, w, out_dtype):
+  return jnp.einsum(eq, a, w, preferred_element_type=jnp.float32).astype(out_dtype)
 
 
-def _low_precision_einsum_fwd(eq, a, b, out_dtype):
-  return _low_precision_einsum(eq, a, b, out_dtype), (a, b)
+def _weight_einsum_fwd(eq, a, w, out_dtype):
+  return _weight_einsum(eq, a, w, out_dtype), (a, w)
 
 
-def _low_precision_einsum_bwd(eq, out_dtype, res, g):
-  a, b = res
-  eq_a, eq_b = _transposed_equations(eq)
+def _weight_einsum_bwd(eq, out_dtype, res, g):
+  a, w = res
+  eq_a, _ = _transposed_equations(eq)
   g = g.astype(a.dtype)  # the cotangent in the operands' dtype, as autocast keeps it
-  da = jnp.einsum(eq_a, g, b, preferred_element_type=jnp.float32).astype(a.dtype)
-  db = jnp.einsum(eq_b, a, g, preferred_element_type=jnp.float32).astype(b.dtype)
-  return da, db
+  da = jnp.einsum(eq_a, g, w, preferred_element_type=jnp.float32).astype(a.dtype)
+  return da, _weight_gradient(eq, a, g, w.dtype)
 
 
-_low_precision_einsum.defvjp(_low_precision_einsum_fwd, _low_precision_einsum_bwd)
+_weight_einsum.defvjp(_weight_einsum_fwd, _weight_einsum_bwd)
 
 
 def einsum(eq: str, a, b, out_dtype=None):
-  """`jnp.einsum` of an activation and a weight; the result in `out_dtype` (default: theirs).
+  """`jnp.einsum` of an activation `a` and a weight `b`; the result in
+  `out_dtype` (default: theirs). A custom VJP (`_weight_gradient`) chooses
+  the weight gradient's GEMM operand order.
 
-  float32 operands: exactly `jnp.einsum`. Lower-precision (bfloat16)
-  operands: the products are accumulated in float32 and rounded once, in the
-  forward and in both backward contractions (a custom VJP), as
+  float32 operands: the forward is exactly `jnp.einsum`. Lower-precision
+  (bfloat16) operands: the products are accumulated in float32 and rounded
+  once, in the forward and in both backward contractions, as
   `torch.autocast` does. Asking for float32 results is what reaches
   XLA:CPU's bf16 GEMM kernels (YNNPACK, `avx512_bf16`, 2x the float32 rate
   here); a bf16 -> bf16 product is converted to float32 before its dot.
@@ -255,11 +284,9 @@ def einsum(eq: str, a, b, out_dtype=None):
   DotThunk::Execute: BF16 x BF16 = F32") when YNNPACK declines its layout.
   """
   out_dtype = a.dtype if out_dtype is None else out_dtype
-  if a.dtype == jnp.float32 and b.dtype == jnp.float32:
-    return jnp.einsum(eq, a, b).astype(out_dtype)
   if a.dtype != b.dtype:
     raise ValueError(f"einsum {eq!r}: operand dtypes differ ({a.dtype} and {b.dtype})")
-  return _low_precision_einsum(eq, a, b, jnp.dtype(out_dtype))
+  return _weight_einsum(eq, a, b, jnp.dtype(out_dtype))
 
 
 def fused_projection(x, w, b, decode: bool) -> list:

@@ -5,7 +5,8 @@ package, before the subpackages): a 4-step pretraining workdir on one CPU
 device (1 layer, d_model 16, checkpoint at step 4) and the pipeline's stage
 configs and fingerprints for the test, tiny and small presets. A pipeline workdir skips a
 finished stage only when its fingerprint is unchanged, and a pretraining
-workdir resumes only if its checkpoint restores into today's state.
+workdir resumes only if its checkpoint restores into today's state (and then
+trains on as a fresh run of today's code would, to float32 rounding).
 """
 
 import json
@@ -38,14 +39,14 @@ def test_pipeline_fingerprints_of_old_stage_configs_are_unchanged(preset):
 
 def _config(steps: int):
   config = config_lib.load(str(FIXTURE / "pretrain" / "config.json"))
-  config.mesh.num_devices = 1  # as written: one device, so resume is bit-identical
+  config.mesh.num_devices = 1  # as written: one device
   config.train.steps = steps
   config.train.eval_every = steps
   return config
 
 
 @pytest.mark.slow  # ~10 s: the fast subset stays under 5 minutes
-def test_old_pretraining_workdir_resumes_exactly(tmp_path, data_cache_dir):
+def test_old_pretraining_workdir_resumes(tmp_path, data_cache_dir):
   old = tmp_path / "old"
   shutil.copytree(FIXTURE / "pretrain", old)
   lines = []
@@ -58,7 +59,14 @@ def test_old_pretraining_workdir_resumes_exactly(tmp_path, data_cache_dir):
   fresh.mkdir()
   shutil.copy(FIXTURE / "pretrain" / "tokenizer.model", fresh / "tokenizer.model")
   straight, _, _, _ = pretraining.run(_config(6), str(fresh), str(data_cache_dir), lambda _: None)
+  # Equal to float32 rounding, not bit for bit: the old run's first 4 steps
+  # summed the weight gradients in autodiff's operand order, today's code in
+  # model._weight_gradient's (session 13; same sums, other rounding, which
+  # Adam's normalised steps carry to ~7e-8 in the parameters near zero). An
+  # update here is ~5e-4 (lr 6e-4 in the warmup), so a wrong data position or
+  # state would fail this by far. A resume with unchanged code is bit-identical
+  # (test_reliability).
   for a, b in zip(
     jax.tree_util.tree_leaves(resumed.params), jax.tree_util.tree_leaves(straight.params)
   ):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)

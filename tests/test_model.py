@@ -349,14 +349,55 @@ def _operands(eq, seed, dtype):
   return [jnp.asarray(rng.normal(size=[sizes[c] for c in s]), dtype) for s in (lhs, rhs)]
 
 
+def _loop_cotangents(eq, a, b, g):
+  """Both input cotangents of einsum(eq, a, b) for the output cotangent g, in
+  float64, as a plain loop over every index combination."""
+  lhs, rhs = eq.split("->")[0].split(",")
+  out_idx = eq.split("->")[1]
+  A, B, G = (np.asarray(x, np.float64) for x in (a, b, g))
+  ref_a, ref_b = np.zeros(A.shape), np.zeros(B.shape)
+  letters = sorted(set(lhs + rhs))
+  sizes = {c: n for s, x in ((lhs, A), (rhs, B)) for c, n in zip(s, x.shape)}
+  for idx in np.ndindex(*[sizes[c] for c in letters]):
+    at = dict(zip(letters, idx))
+    ia, ib, io = (tuple(at[c] for c in s) for s in (lhs, rhs, out_idx))
+    ref_a[ia] += G[io] * B[ib]
+    ref_b[ib] += A[ia] * G[io]
+  return ref_a, ref_b
+
+
 @pytest.mark.parametrize("eq", EINSUMS)
-def test_einsum_float32_is_exactly_jnp_einsum(eq):
+def test_einsum_float32_forward_is_jnp_einsum_and_its_gradients_a_plain_loop(eq):
   a, b = _operands(eq, 0, jnp.float32)
-  np.testing.assert_array_equal(model_lib.einsum(eq, a, b), jnp.einsum(eq, a, b))
-  ga = jax.grad(lambda a, b: jnp.sum(jnp.sin(model_lib.einsum(eq, a, b))), (0, 1))(a, b)
-  gb = jax.grad(lambda a, b: jnp.sum(jnp.sin(jnp.einsum(eq, a, b))), (0, 1))(a, b)
-  for x, y in zip(ga, gb):
-    np.testing.assert_array_equal(x, y)
+  out = model_lib.einsum(eq, a, b)
+  np.testing.assert_array_equal(out, jnp.einsum(eq, a, b))
+  g = jnp.asarray(np.random.default_rng(2).normal(size=out.shape), jnp.float32)
+  _, vjp = jax.vjp(lambda a, b: model_lib.einsum(eq, a, b), a, b)
+  for got, ref in zip(vjp(g), _loop_cotangents(eq, a, b, g)):
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+  "eq, shapes",
+  [
+    ("btf,fd->btd", [(2, 8, 12), (12, 3)]),  # input wider than output: w_proj's case
+    ("btd,vd->btv", [(2, 8, 3), (12, 3)]),  # output wider, weight [out, in]: the tied head
+    ("btd,df->btf", [(2, 8, 3), (3, 12)]),  # output wider, weight [in, out]: w_fc
+    ("btd,dchk->cbthk", [(2, 8, 3), (3, 3, 2, 2)]),  # fused qkv, training's order
+  ],
+)
+def test_weight_gradient_in_either_operand_order_is_the_loop(eq, shapes):
+  """Whichever of the activation and the output gradient the GEMM takes as its
+  left operand, the weight's cotangent (transposed back) is the same sum."""
+  rng = np.random.default_rng(3)
+  a, b = (jnp.asarray(rng.normal(size=s), jnp.float32) for s in shapes)
+  out = jnp.einsum(eq, a, b)
+  g = jnp.asarray(rng.normal(size=out.shape), jnp.float32)
+  _, ref_b = _loop_cotangents(eq, a, b, g)
+  got = jax.jit(model_lib._weight_gradient, static_argnums=(0, 3))(eq, a, g, jnp.float32)
+  assert got.shape == b.shape
+  np.testing.assert_allclose(np.asarray(got), ref_b, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("eq", EINSUMS)
@@ -376,18 +417,8 @@ def test_einsum_bfloat16_accumulates_in_float32_forward_and_backward(eq):
   _, vjp = jax.vjp(lambda a, b: model_lib.einsum(eq, a, b, jnp.float32), a, b)
   da, db = vjp(g)
   assert da.dtype == db.dtype == jnp.bfloat16
-  lhs, rhs = eq.split("->")[0].split(",")
-  out_idx = eq.split("->")[1]
-  g16 = np.asarray(g.astype(jnp.bfloat16).astype(jnp.float32))
-  ref_a, ref_b = np.zeros(a.shape, np.float64), np.zeros(b.shape, np.float64)
-  A, B = np.asarray(a32, np.float64), np.asarray(b32, np.float64)
-  letters = sorted(set(lhs + rhs))
-  sizes = {c: n for s, x in ((lhs, A), (rhs, B)) for c, n in zip(s, x.shape)}
-  for idx in np.ndindex(*[sizes[c] for c in letters]):
-    at = dict(zip(letters, idx))
-    ia, ib, io = (tuple(at[c] for c in s) for s in (lhs, rhs, out_idx))
-    ref_a[ia] += g16[io] * B[ib]
-    ref_b[ib] += A[ia] * g16[io]
+  g16 = g.astype(jnp.bfloat16).astype(jnp.float32)
+  ref_a, ref_b = _loop_cotangents(eq, a32, b32, g16)
   for got, ref in ((da, ref_a), (db, ref_b)):
     np.testing.assert_allclose(np.asarray(got, np.float32), ref, rtol=2**-8, atol=1e-6)
 
