@@ -45,9 +45,9 @@ activations are constrained with (`batch`, `length`, `embed`).
 
 Decoding: with `decode=True` the module keeps a KV cache in the `cache`
 collection (`init_cache`: max_len slots, or fewer when the generation's
-length is known). Tokens are written at slots [index, index + T) of the
-cache, so the same call handles a whole prompt (prefill) and then one token
-at a time.
+length is known; `grow_cache` adds empty slots to a cache in use). Tokens
+are written at slots [index, index + T) of the cache, so the same call
+handles a whole prompt (prefill) and then one token at a time.
 Rows of a batch may be left-padded: `token_mask` marks real tokens and
 `positions` gives each token's position id (the learned embedding's index,
 or RoPE's angle), so a padded row computes exactly what it would alone.
@@ -765,7 +765,44 @@ def init_cache(model: nn.Module, batch_size: int, length: int | None = None):
   length = cfg.max_len if length is None else length
   if not 1 <= length <= cfg.max_len:
     raise ValueError(f"KV cache length={length} must be in [1, max_len={cfg.max_len}]")
-  sized = model.clone(cfg=dataclasses.replace(cfg, max_len=length))
+  return jax.tree_util.tree_map(
+    lambda s: jnp.zeros(s.shape, s.dtype), _cache_shapes(model, batch_size, length)
+  )
+
+
+def _cache_shapes(model: nn.Module, batch_size: int, length: int):
+  """The cache's ShapeDtypeStructs at `length` slots (`init` runs a forward pass)."""
+  sized = model.clone(cfg=dataclasses.replace(model.cfg, max_len=length))
   tokens = jnp.zeros((batch_size, 1), jnp.int32)
-  shapes = jax.eval_shape(lambda: sized.init(jax.random.PRNGKey(0), tokens, decode=True)["cache"])
-  return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  return jax.eval_shape(lambda: sized.init(jax.random.PRNGKey(0), tokens, decode=True)["cache"])
+
+
+def grow_cache(model: nn.Module, cache, length: int):
+  """`cache` with `length` slots: its slots kept in place, the new ones empty
+  (zeros, not valid) after them; its index unchanged.
+
+  Lets a generation read only the slots it has reached: `sampling` decodes
+  in phases, each over a cache just long enough for it. Each leaf grows
+  along the axis on which its shape at `length` differs (keys [B, G, K, S],
+  values [B, G, S, K], valid [B, S]).
+  """
+  batch, current = _cache_valid(cache).shape  # [B, S]
+  if not current <= length <= model.cfg.max_len:
+    raise ValueError(
+      f"KV cache length={length} must be in [{current}, max_len={model.cfg.max_len}]"
+    )
+  pad = lambda x, s: (
+    x if x.shape == s.shape else jnp.pad(x, [(0, n - m) for m, n in zip(x.shape, s.shape)])
+  )
+  return jax.tree_util.tree_map(pad, cache, _cache_shapes(model, batch, length))
+
+
+def cache_length(cache) -> int:
+  """How many slots a cache has (the length `init_cache` or `grow_cache` gave it)."""
+  return _cache_valid(cache).shape[1]
+
+
+def _cache_valid(cache):
+  """The first layer's `valid` [B, S] (every layer's has the same shape)."""
+  flat = jax.tree_util.tree_flatten_with_path(cache)[0]
+  return next(x for path, x in flat if getattr(path[-1], "key", None) == "valid")

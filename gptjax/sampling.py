@@ -4,9 +4,11 @@ Chat, evaluation and PPO rollouts all call `generate`. Prompts of different
 lengths are left-padded into one batch; each row gets its own position ids
 and a mask, so a row computes exactly what it would compute alone.
 
-`generate` is one jitted program: prefill the prompt into the cache, then a
-`lax.while_loop` that samples one token per step and stops when every row has
-emitted EOS or `max_new_tokens` is reached. `stream` runs the same two
+`generate` is one jitted program: prefill the prompt into the cache, then
+`lax.while_loop`s that sample one token per step and stop when every row has
+emitted EOS or `max_new_tokens` is reached. The loops run in phases of
+DECODE_PHASE tokens over a cache grown between them (`model.grow_cache`), so
+that each step reads only the slots its phase can reach. `stream` runs the same two
 functions step by step from Python, for a chat that prints as it goes.
 `generate_batched` serves any number of prompts in fixed-size batches (one
 compilation), and `Generation.texts` reads answers back without the stop token.
@@ -26,6 +28,7 @@ import numpy as np
 from gptjax import model as model_lib
 
 PROMPT_BUCKET = 16  # prompt lengths are padded up to a multiple: fewer compilations
+DECODE_PHASE = 64  # new tokens per decode phase (`_generate`): each reads a cache that long
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,14 +189,19 @@ class SamplingState(NamedTuple):
   mask: jax.Array  # [B, N] bool: True for generated tokens
 
 
+def decode_phases(max_new_tokens: int, phase: int | None = None) -> list[int]:
+  """The steps at which `_generate`'s decode phases end: every `phase` new
+  tokens (default DECODE_PHASE), and at `max_new_tokens`. [N] for N <= phase."""
+  phase = phase or DECODE_PHASE
+  return [*range(phase, max_new_tokens, phase), max_new_tokens]
+
+
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens"))
 def _generate(model, params, tokens, mask, rng, sampling, eos_id, pad_id, max_new_tokens):
-  B = tokens.shape[0]
-  cache = model_lib.init_cache(model, B, tokens.shape[1] + max_new_tokens)  # no unused slots
+  B, P = tokens.shape
+  ends = decode_phases(max_new_tokens)
+  cache = model_lib.init_cache(model, B, P + ends[0])
   logits, cache, pos = _prefill(model, params, tokens, mask, cache)
-
-  def cond(s: SamplingState):
-    return (s.step < max_new_tokens) & ~s.done.all()
 
   def body(s: SamplingState) -> SamplingState:
     tok, lp = sample_token(jax.random.fold_in(rng, s.step), s.logits, sampling)
@@ -220,8 +228,16 @@ def _generate(model, params, tokens, mask, rng, sampling, eos_id, pad_id, max_ne
     logprobs=jnp.zeros((B, max_new_tokens), jnp.float32),
     mask=jnp.zeros((B, max_new_tokens), jnp.bool_),
   )
-  final = jax.lax.while_loop(cond, body, init)
-  return final.tokens, final.logprobs, final.mask
+  # Each decode step reads every slot of the cache, so the loop runs in
+  # phases of DECODE_PHASE steps over a cache that grows between them: a
+  # phase reads the slots up to its own end, not up to the generation's.
+  # One loop per phase (each compiled); the same tokens as one loop over the
+  # full cache (the slots not yet written are masked out either way).
+  state = init
+  for end in ends:
+    state = state._replace(cache=model_lib.grow_cache(model, state.cache, P + end))
+    state = jax.lax.while_loop(lambda s, end=end: (s.step < end) & ~s.done.all(), body, state)
+  return state.tokens, state.logprobs, state.mask
 
 
 def prepare_prompts(

@@ -160,6 +160,38 @@ def test_a_shorter_cache_decodes_the_same_logits(lm, decode_fns):
       model_lib.init_cache(model, 2, bad)
 
 
+def test_grow_cache_keeps_the_slots_and_adds_empty_ones(lm, decode_fns):
+  """After 5 tokens in a 6-slot cache, growing it to max_len keeps every
+  array's first 6 slots bit for bit, the new slots are zeros and not valid,
+  the index stays 5; shrinking or exceeding max_len is refused."""
+  model, params, _ = lm
+  tokens = random_tokens(9, (2, 5))
+  pos, valid = jnp.arange(5)[None].repeat(2, 0), jnp.ones((2, 5), bool)
+  _, cache = decode_fns(params, model_lib.init_cache(model, 2, 6), tokens, pos, valid)
+  grown = model_lib.grow_cache(model, cache, CFG.max_len)
+  assert model_lib.cache_length(cache) == 6 and model_lib.cache_length(grown) == CFG.max_len
+  old = {
+    jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(cache)
+  }
+  new = {
+    jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(grown)
+  }
+  assert old.keys() == new.keys() and len(old) == 4 * CFG.n_layer
+  for key, a in old.items():
+    b = new[key]
+    if key.endswith("['index']"):
+      assert a == b == 5
+      continue
+    axis = {"['k']": 3, "['v']": 2, "['valid']": 1}[key[key.rindex("[") :]]
+    assert b.shape[axis] == CFG.max_len and a.shape[axis] == 6
+    np.testing.assert_array_equal(np.take(b, range(6), axis), a)
+    assert not np.take(b, range(6, CFG.max_len), axis).any()
+  assert np.take(new[next(k for k in new if k.endswith("['valid']"))], range(5), 1).all()
+  for bad in (5, CFG.max_len + 1):
+    with pytest.raises(ValueError, match="KV cache length"):
+      model_lib.grow_cache(model, cache, bad)
+
+
 def test_left_padded_rows_match_unpadded_rows(lm):
   model, params, forward = lm
   T = CFG.max_len

@@ -210,9 +210,12 @@ def test_rope_rotates_pairs_half_apart_by_position():
 # Decoding, left padding, packing
 
 
-def test_kv_cache_decoding_matches_full_forward(family):
+@pytest.mark.parametrize("grown", [False, True])
+def test_kv_cache_decoding_matches_full_forward(family, grown):
   """Prefill 4 tokens, then one per call (as `sampling` drives it); row 1 is
-  left-padded by 3 with its own position ids, so RoPE must use them."""
+  left-padded by 3 with its own position ids, so RoPE must use them. `grown`:
+  the cache starts with 6 slots and `grow_cache` extends it to max_len after
+  the sixth token (as `sampling`'s decode phases do)."""
   cfg, model, params, forward = family
 
   @jit
@@ -236,12 +239,19 @@ def test_kv_cache_decoding_matches_full_forward(family):
   mask[1, :pad] = False
   positions = np.maximum(np.cumsum(mask, axis=-1) - 1, 0)  # as sampling._prefill
 
-  cache = model_lib.init_cache(model, 2)
-  k_shapes = [v.shape for p, v in jax.tree_util.tree_leaves_with_path(cache) if p[-1].key == "k"]
-  assert k_shapes and all(s == (2, cfg.kv_heads, cfg.head_dim, T) for s in k_shapes)  # [B, G, K, S]
+  k_shapes = lambda cache: [
+    v.shape for p, v in jax.tree_util.tree_leaves_with_path(cache) if p[-1].key == "k"
+  ]
+  cache = model_lib.init_cache(model, 2, P + 2 if grown else None)
+  assert k_shapes(cache) and all(
+    s == (2, cfg.kv_heads, cfg.head_dim, P + 2 if grown else T) for s in k_shapes(cache)
+  )  # [B, G, K, S]
   logits, cache = step(params, cache, tokens[:, :P], positions[:, :P], mask[:, :P])
   steps = [np.asarray(logits)]
   for i in range(P, T):
+    if grown and i == P + 2:
+      cache = model_lib.grow_cache(model, cache, T)
+      assert all(s == (2, cfg.kv_heads, cfg.head_dim, T) for s in k_shapes(cache))
     sl = slice(i, i + 1)
     logits, cache = step(params, cache, tokens[:, sl], positions[:, sl], mask[:, sl])
     steps.append(np.asarray(logits))

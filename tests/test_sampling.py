@@ -171,6 +171,36 @@ def test_generate_matches_recomputing_the_prefix(lm):
   np.testing.assert_array_equal(gen(lm, [PROMPTS[0]], sampling=sampling.GREEDY).tokens, slow)
 
 
+def test_decode_phases():
+  assert sampling.decode_phases(10, 4) == [4, 8, 10]
+  assert sampling.decode_phases(8, 4) == [4, 8]
+  assert sampling.decode_phases(3, 4) == [3]
+  assert sampling.decode_phases(200) == [64, 128, 192, 200]
+
+
+@pytest.mark.parametrize("params", [sampling.GREEDY, sampling.SamplingParams(top_k=5)])
+def test_decoding_in_phases_equals_one_phase(lm, monkeypatch, params):
+  """Phases of 3 tokens (a cache grown four times, an EOS in a middle phase)
+  give the tokens and log-probs of one loop over the whole cache."""
+  free = gen(lm, PROMPTS, n=11, sampling=sampling.GREEDY)
+  eos = int(free.tokens[0, 4])
+  outs, lengths = [], []
+  grow = model_lib.grow_cache
+  spy = lambda model, cache, length: lengths.append(length) or grow(model, cache, length)
+  monkeypatch.setattr(model_lib, "grow_cache", spy)
+  for phase in (3, 100):
+    monkeypatch.setattr(sampling, "DECODE_PHASE", phase)
+    sampling._generate.clear_cache()
+    outs.append(gen(lm, PROMPTS, n=11, eos=eos, sampling=params))
+  sampling._generate.clear_cache()  # the module's default again
+  P = sampling.PROMPT_BUCKET  # the prompts' padded length
+  assert lengths == [P + 3, P + 6, P + 9, P + 11, P + 11]  # four phases, then one
+  np.testing.assert_array_equal(outs[0].tokens, outs[1].tokens)
+  np.testing.assert_array_equal(outs[0].mask, outs[1].mask)
+  np.testing.assert_allclose(outs[0].logprobs, outs[1].logprobs, atol=1e-5)
+  assert outs[0].mask[0].sum() <= 5 and outs[0].mask.sum(1).max() == 11
+
+
 def test_eos_stops_a_row_and_masks_the_rest(lm):
   free = gen(lm, PROMPTS, sampling=sampling.GREEDY)
   eos = int(free.tokens[0, 3])  # row 0 emits this at step 3 (maybe earlier)
