@@ -206,15 +206,16 @@ def _architecture(c: ml_collections.ConfigDict) -> dict:
   )
 
 
-def _transposed_equations(eq: str) -> tuple[str, str]:
-  """'ab,bc->ac' -> ('ac,bc->ab', 'ab,ac->bc'): the einsums of the two input cotangents.
+def _input_gradient_equation(eq: str) -> str:
+  """'ab,bc->ac' -> 'ac,bc->ab': the einsum of the first operand's cotangent
+  from the output's and the second operand (`_weight_gradient` orders the
+  second's).
 
   Valid when every index occurs in exactly two of the three terms (no index
   summed within one operand), as in all of this module's contractions.
   """
   inputs, out = eq.split("->")
-  lhs, rhs = inputs.split(",")
-  return f"{out},{rhs}->{lhs}", f"{lhs},{out}->{rhs}"
+  return f"{out},{inputs.split(',')[1]}->{inputs.split(',')[0]}"
 
 
 def _weight_gradient(eq: str, a, g, dtype):
@@ -256,9 +257,10 @@ def _weight_einsum_fwd(eq, a, w, out_dtype):
 
 def _weight_einsum_bwd(eq, out_dtype, res, g):
   a, w = res
-  eq_a, _ = _transposed_equations(eq)
   g = g.astype(a.dtype)  # the cotangent in the operands' dtype, as autocast keeps it
-  da = jnp.einsum(eq_a, g, w, preferred_element_type=jnp.float32).astype(a.dtype)
+  da = jnp.einsum(_input_gradient_equation(eq), g, w, preferred_element_type=jnp.float32).astype(
+    a.dtype
+  )
   return da, _weight_gradient(eq, a, g, w.dtype)
 
 

@@ -368,9 +368,9 @@ def test_bfloat16_runs_and_returns_float32_logits(lm):
 EINSUMS = ["btd,dchk->cbthk", "bthk,hkd->btd", "btd,df->btf", "btd,vd->btv"]
 
 
-def test_transposed_equations_by_hand():
-  assert model_lib._transposed_equations("ab,bc->ac") == ("ac,bc->ab", "ab,ac->bc")
-  assert model_lib._transposed_equations("btd,vd->btv") == ("btv,vd->btd", "btd,btv->vd")
+def test_input_gradient_equation_by_hand():
+  assert model_lib._input_gradient_equation("ab,bc->ac") == "ac,bc->ab"
+  assert model_lib._input_gradient_equation("btd,vd->btv") == "btv,vd->btd"
 
 
 def _operands(eq, seed, dtype):
