@@ -215,7 +215,8 @@ def _input_gradient_equation(eq: str) -> str:
   summed within one operand), as in all of this module's contractions.
   """
   inputs, out = eq.split("->")
-  return f"{out},{inputs.split(',')[1]}->{inputs.split(',')[0]}"
+  lhs, rhs = inputs.split(",")
+  return f"{out},{rhs}->{lhs}"
 
 
 def _weight_gradient(eq: str, a, g, dtype):
@@ -258,9 +259,8 @@ def _weight_einsum_fwd(eq, a, w, out_dtype):
 def _weight_einsum_bwd(eq, out_dtype, res, g):
   a, w = res
   g = g.astype(a.dtype)  # the cotangent in the operands' dtype, as autocast keeps it
-  da = jnp.einsum(_input_gradient_equation(eq), g, w, preferred_element_type=jnp.float32).astype(
-    a.dtype
-  )
+  eq_a = _input_gradient_equation(eq)
+  da = jnp.einsum(eq_a, g, w, preferred_element_type=jnp.float32).astype(a.dtype)
   return da, _weight_gradient(eq, a, g, w.dtype)
 
 
