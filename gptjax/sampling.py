@@ -28,6 +28,15 @@ import numpy as np
 from gptjax import model as model_lib
 
 PROMPT_BUCKET = 16  # prompt lengths are padded up to a multiple: fewer compilations
+RESPONSE_BUCKET = 16  # `Generation.trimmed` keeps response columns up to a multiple of this
+
+
+def bucketed(length: int, multiple: int, limit: int) -> int:
+  """`length` rounded up to a multiple of `multiple` (at least one multiple),
+  never beyond `limit`: the padded widths a few compiled programs serve."""
+  return min(limit, -(-max(length, 1) // multiple) * multiple)
+
+
 DECODE_PHASE = 64  # new tokens per decode phase (`_generate`): each reads a cache that long
 
 
@@ -65,6 +74,21 @@ class Generation:
     """Each row's text without its stop token (see `response_texts`); ids in
     `cut_at` end a response too (e.g. the document's EOS when the stop is a newline)."""
     return response_texts(tokenizer, self.tokens, self.mask, (self.stop_id, *cut_at))
+
+  def trimmed(self, multiple: int = RESPONSE_BUCKET) -> "Generation":
+    """The same generation with the response axis cut after the longest
+    response, rounded up to `multiple` (`bucketed`): the columns cut are
+    padding in every row. Sampling stops once every row has stopped, but its
+    output keeps max_new_tokens columns; programs that read a rollout (PPO's
+    scoring and updates) then compute on the responses' real width, in a few
+    compiled shapes.
+    """
+    N = self.tokens.shape[1]
+    keep = bucketed(int(self.mask.sum(-1).max(initial=0)), multiple, N)
+    cut = lambda a: a[:, :keep]
+    return dataclasses.replace(
+      self, tokens=cut(self.tokens), logprobs=cut(self.logprobs), mask=cut(self.mask)
+    )
 
 
 def response_texts(tokenizer, tokens, mask, stop_ids: Sequence[int]) -> list[str]:
@@ -275,7 +299,7 @@ def prepare_prompts(
     else:
       raise ValueError(f"truncate={truncate!r}; allowed: 'error', 'left'")
   longest = max(max(len(p) for p in prompts), 1)
-  length = min(-(-longest // PROMPT_BUCKET) * PROMPT_BUCKET, budget)
+  length = bucketed(longest, PROMPT_BUCKET, budget)
   return left_pad(prompts, pad_id, length)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from gptjax import heads, model as model_lib, train
+from gptjax import heads, model as model_lib, sampling, train
 from gptjax.rlhf import ppo
 
 V = 8  # vocabulary = the bandit's arms
@@ -222,3 +222,61 @@ def test_collect_compiles_once_across_iterations(models):
   sizes = (ppo.score_rollout._cache_size(), ppo.advantages._cache_size())
   _pinned_rollout(models, beta=0.3)
   assert (ppo.score_rollout._cache_size(), ppo.advantages._cache_size()) == sizes
+
+
+@pytest.mark.slow  # ~28 s of compilation (two widths): the fast subset stays under 5 minutes
+def test_rollout_trimmed_to_its_responses_equals_the_full_width(monkeypatch):
+  """collect cuts the response columns after the longest response (rounded
+  up to 16): scores, rewards, advantages and both updates equal those of the
+  full max_new_tokens width, which is all padding past the cut."""
+  cfg = model_lib.TransformerConfig(
+    vocab_size=V, max_len=48, n_layer=1, n_head=2, d_model=16, d_ff=32
+  )
+  policy, critic = model_lib.Transformer(cfg), heads.ScalarHeadModel(cfg)
+  x = jnp.zeros((1, 2), jnp.int32)
+  init = lambda m, k: nn.meta.unbox(m.init(jax.random.PRNGKey(k), x)["params"])
+  p_params, v_params, rm_params = init(policy, 0), init(critic, 1), init(critic, 2)
+  nets = ppo.Networks(
+    policy,
+    critic,
+    critic,
+    p_params,
+    jax.tree_util.tree_map(lambda a: a * 1.5, p_params),
+    v_params,
+    rm_params,
+  )
+  settings = ppo.RolloutSettings(  # stop id 4 of 8: every response ends well before 40 tokens
+    max_new_tokens=40, stop_id=4, pad_id=0, shaping=ppo.RewardShaping(gamma=0.99, lam=0.9)
+  )
+  prompts = [[0, 3], [0], [0, 5, 1], [0, 2], [0, 6]] * 2
+  run = lambda: ppo.collect(nets, prompts, settings, rng=jax.random.PRNGKey(3), beta=0.1)[0]
+  cut = run()
+  monkeypatch.setattr(sampling.Generation, "trimmed", lambda self, multiple=16: self)
+  full = run()
+  n = cut.mask.shape[1]
+  assert n % 16 == 0 and n < full.mask.shape[1] == 40  # a cut width, 40 generated
+  assert not full.mask[:, n:].any()
+  for f in ("mask", "old_logp", "ref_logp", "values", "rewards", "advantages", "returns"):
+    np.testing.assert_allclose(getattr(cut, f), getattr(full, f)[:, :n], atol=2e-6, err_msg=f)
+  for f in ("score", "kl"):
+    np.testing.assert_allclose(getattr(cut, f), getattr(full, f), atol=2e-6, err_msg=f)
+  np.testing.assert_array_equal(cut.tokens, full.tokens[:, : cut.tokens.shape[1]])
+
+  tx = _optimizer(1e-2)
+  start = lambda params: train.TrainState(
+    jnp.array(0), params, tx.init(params), jax.random.PRNGKey(0)
+  )
+  mb = lambda r: next(ppo.minibatches(r, np.random.default_rng(0), 1))
+  update_p = functools.partial(ppo.policy_update, policy=policy, tx=tx, clip_eps=0.2, ptx_coef=0.0)
+  update_v = functools.partial(ppo.value_update, value_model=critic, tx=tx, clip_eps=0.2)
+  (sp_cut, st_cut), (sp_full, st_full) = (
+    update_p(start(p_params), mb(r), None) for r in (cut, full)
+  )
+  (sv_cut, sv_st_cut), (sv_full, sv_st_full) = (
+    update_v(start(v_params), mb(r)) for r in (cut, full)
+  )
+  for a, b in ((st_cut, st_full), (sv_st_cut, sv_st_full)):
+    for k in a:
+      np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
+  for a, b in ((sp_cut.params, sp_full.params), (sv_cut.params, sv_full.params)):
+    jax.tree_util.tree_map(lambda u, w: np.testing.assert_allclose(u, w, atol=1e-6), a, b)

@@ -1,5 +1,7 @@
 """The sampler: filters against hand-made logits, and generate/stream on a tiny model."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -309,6 +311,36 @@ def test_texts_drop_the_stop_token_and_cut_at_extra_stops():
   assert gen.texts(_Chars()) == ["de", "d", "fghi"]  # the stop token (9) and what follows go
   assert gen.texts(_Chars(), cut_at=(6,)) == ["de", "d", "f"]
   assert gen.response_ids() == [[3, 4, 9], [3, 9, 4], [5, 6, 7, 8]]
+
+
+def test_bucketed_rounds_up_within_the_limit():
+  assert [sampling.bucketed(n, 16, 96) for n in (0, 1, 16, 17, 90, 96, 200)] == [
+    16,
+    16,
+    16,
+    32,
+    96,
+    96,
+    96,
+  ]
+  assert sampling.bucketed(5, 16, 8) == 8  # never beyond the limit
+
+
+def test_trimmed_generation_cuts_only_padding_columns():
+  rng = np.random.default_rng(0)
+  lengths = np.array([3, 17, 0, 9])  # the longest response: 17 tokens -> 32 columns kept
+  mask = np.arange(40)[None] < lengths[:, None]  # [4, 40]
+  tokens = np.where(mask, rng.integers(1, 50, mask.shape), 0).astype(np.int32)
+  logprobs = np.where(mask, -rng.random(mask.shape), 0.0).astype(np.float32)
+  gen = sampling.Generation(tokens, logprobs, mask, tokens[:, :2], mask[:, :2], 7)
+  cut = gen.trimmed(16)
+  assert cut.tokens.shape == cut.logprobs.shape == cut.mask.shape == (4, 32)
+  np.testing.assert_array_equal(cut.tokens, tokens[:, :32])
+  np.testing.assert_array_equal(cut.logprobs, logprobs[:, :32])
+  assert cut.response_ids() == gen.response_ids()
+  assert gen.trimmed(64).tokens.shape == (4, 40)  # never wider than generated
+  empty = dataclasses.replace(gen, mask=np.zeros_like(mask))
+  assert empty.trimmed(16).tokens.shape == (4, 16)  # no response at all: one bucket
 
 
 def test_padded_batches_cover_every_row_once_in_one_shape():

@@ -82,9 +82,8 @@ class Comparisons:
     real token, so scores are unchanged; the saving is large because samples
     are much shorter than the context (small preset: 74 of 256 tokens).
     """
-    T = self.tokens.shape[-1]
     longest = int(self.token_mask.sum(-1).max(initial=1))
-    keep = min(T, -(-longest // multiple) * multiple)
+    keep = sampling.bucketed(longest, multiple, self.tokens.shape[-1])
     return dataclasses.replace(
       self, tokens=self.tokens[..., :keep], token_mask=self.token_mask[..., :keep]
     )

@@ -14,7 +14,10 @@ One iteration (InstructGPT / Ziegler et al. 2019):
 
 Sequences are [left-padded prompt P | response N]; logits at index i predict
 token i + 1, so response token j (at P + j) is scored by logits at P + j - 1,
-and its value estimate is the critic's output at P + j - 1.
+and its value estimate is the critic's output at P + j - 1. N is the longest
+response of the rollout rounded up to 16 (`Generation.trimmed`), not
+max_new_tokens: every loss and statistic is a masked mean over the batch's
+response tokens, so the all-padding columns cut are invisible.
 
 A rollout is `collect(Networks, prompts, RolloutSettings, rng=, beta=)`:
 `Networks` holds the four networks (modules static, params traced), so the
@@ -262,7 +265,7 @@ def collect(
     pad_id=settings.pad_id,
     sampling=sampling.SamplingParams(),
     truncate="left",
-  )
+  ).trimmed()  # scoring and updates run on the responses' real width (bucketed), not N
   t_gen = time.perf_counter() - t0
   tokens, token_mask, positions = join(gen.prompt_tokens, gen.prompt_mask, gen.tokens, gen.mask)
   scores = score_rollout(nets, tokens, token_mask, positions, gen.tokens.shape[1])
