@@ -132,6 +132,18 @@ def test_trimmed_comparisons_score_the_same(rm):
   )
 
 
+def test_pack_sequences_pads_to_the_longest_row_bucketed():
+  prompt_ids, responses = [[1, 2], [4]], [[[5, 6, 7], [8]], [[9] * 9, []]]
+  tokens, mask = comp_lib.pack_sequences(prompt_ids, responses, 64, pad_id=0, multiple=4)
+  assert tokens.shape == mask.shape == (2, 2, 12)  # longest 1 + 9 = 10 -> 12, not 64
+  np.testing.assert_array_equal(tokens[0, 0], [1, 2, 5, 6, 7] + [0] * 7)
+  np.testing.assert_array_equal(mask.sum(-1), [[5, 3], [10, 1]])
+  assert comp_lib.pack_sequences(prompt_ids, responses, 64, pad_id=0)[0].shape[-1] == 16
+  tokens, mask = comp_lib.pack_sequences(prompt_ids, responses, 8, pad_id=0)  # cut from the left
+  assert tokens.shape[-1] == 8 and mask[1, 0].all()
+  np.testing.assert_array_equal(tokens[1, 0], [9] * 8)  # the prompt and one 9 cut
+
+
 def test_final_index_is_the_last_true_entry():
   rng = np.random.default_rng(0)
   mask = rng.random((6, 9)) < 0.4

@@ -170,15 +170,19 @@ def sample_responses(
   return prompt_ids, group(gen.response_ids()), group(gen.texts(tok))
 
 
-def pack_sequences(prompt_ids, responses, max_len: int, pad_id: int):
-  """prompt + response per (prompt, k), right-padded to max_len (prompt cut from the left
-  if needed). Returns tokens [P, K, T], mask [P, K, T]."""
+def pack_sequences(prompt_ids, responses, max_len: int, pad_id: int, multiple: int = 16):
+  """prompt + response per (prompt, k), right-padded to the longest sequence
+  rounded up to `multiple`, at most max_len (a prompt cut from the left if
+  needed): right padding is causally invisible, so the programs that score
+  these rows compute on their real width. Returns tokens [P, K, T], mask [P, K, T]."""
   P, K = len(responses), len(responses[0])
-  tokens = np.full((P, K, max_len), pad_id, np.int32)
-  mask = np.zeros((P, K, max_len), bool)
+  seqs = [[(list(prompt_ids[i]) + list(r))[-max_len:] for r in responses[i]] for i in range(P)]
+  T = sampling.bucketed(max(len(q) for row in seqs for q in row), multiple, max_len)
+  tokens = np.full((P, K, T), pad_id, np.int32)
+  mask = np.zeros((P, K, T), bool)
   for i in range(P):
     for j in range(K):
-      seq = (list(prompt_ids[i]) + list(responses[i][j]))[-max_len:]
+      seq = seqs[i][j]
       tokens[i, j, : len(seq)] = seq
       mask[i, j, : len(seq)] = True
   return tokens, mask

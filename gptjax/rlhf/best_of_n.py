@@ -121,8 +121,7 @@ def sample_and_score(
   tokens, mask = comp_lib.pack_sequences(
     prompt_ids, resp, rm_model.cfg.max_len, sft.tokenizer.pad_id
   )  # [P, n, T]
-  T = max(1, int(mask.sum(-1).max()))  # right padding is invisible: cut it
-  flat = lambda x: x[..., :T].reshape(-1, T)
+  flat = lambda x: x.reshape(-1, x.shape[-1])
   scores = heads.score_batched(rm_model, rm_params, flat(tokens), flat(mask), cfg.batch_size)
   return judgements, scores.reshape(len(prompts), n), texts
 
