@@ -144,6 +144,47 @@ def test_pack_sequences_pads_to_the_longest_row_bucketed():
   np.testing.assert_array_equal(tokens[1, 0], [9] * 8)  # the prompt and one 9 cut
 
 
+def test_prompt_batches_cut_each_batch_to_its_width_and_keep_the_losses(rm):
+  """Batch `step` is sft.batch_rows' prompts, its [B, K, T] arrays cut after the
+  batch's longest sequence (bucketed); the ranking and DPO losses equal the
+  full width's, and local rows agree with the whole batch's width."""
+  from gptjax import losses, sft as sft_lib
+  from gptjax.rlhf import dpo
+
+  model, params = rm
+  lm = model_lib.Transformer(model.cfg)
+  lm_params = nn.meta.unbox(lm.init(jax.random.PRNGKey(1), jnp.zeros((1, 4), jnp.int32))["params"])
+  rng = np.random.default_rng(1)
+  P, K, T = 6, 3, 16
+  lengths = rng.integers(2, 7, (P, K))
+  lengths[4, 1] = 13  # one long sequence: the batches holding prompt 4 are wider
+  mask = np.arange(T) < lengths[..., None]  # [P, K, T]
+  arrays = {
+    "tokens": np.where(mask, rng.integers(5, 50, (P, K, T)), 0).astype(np.int32),
+    "token_mask": mask,
+    "response_mask": mask & (np.arange(T) >= 1),
+    "ranking": np.tile(np.arange(K, dtype=np.int32), (P, 1)),
+    "rank": np.tile(np.arange(K, dtype=np.int32), (P, 1)),
+    "ref_logp": -rng.random((P, K)).astype(np.float32),
+  }
+  train_batch, local_batch, width = comp_lib.prompt_batches(arrays, 2, seed=0, multiple=4)
+  widths = []
+  for step in range(3):
+    index = sft_lib.batch_rows(step, 2, P, 0)
+    batch, full = train_batch(step), {k: v[index] for k, v in arrays.items()}
+    w = batch["tokens"].shape[-1]
+    widths.append(w)
+    assert w == min(T, -(-int(lengths[index].max()) // 4) * 4)
+    assert batch["ref_logp"].shape == (2, K) and batch["response_mask"].shape == (2, K, w)
+    np.testing.assert_array_equal(local_batch(step, np.array([1]))["tokens"], batch["tokens"][1:])
+    rm_loss = lambda b: losses.reward_loss_fn(model)(params, b, None, False)[0]
+    np.testing.assert_allclose(rm_loss(batch), rm_loss(full), rtol=1e-5)
+    dpo_loss = lambda b: dpo.dpo_loss_fn(lm, 0.1)(lm_params, b, None, False)[0]
+    np.testing.assert_allclose(dpo_loss(batch), dpo_loss(full), rtol=1e-5)
+  assert sorted(set(widths)) == [8, 16]  # narrow batches, and the one with prompt 4
+  assert width == np.mean(widths)
+
+
 def test_final_index_is_the_last_true_entry():
   rng = np.random.default_rng(0)
   mask = rng.random((6, 9)) < 0.4

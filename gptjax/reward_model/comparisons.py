@@ -18,7 +18,7 @@ import os
 import jax
 import numpy as np
 
-from gptjax import files, metrics, runs, sampling
+from gptjax import files, metrics, runs, sampling, sft as sft_lib
 from gptjax.evaluation import chat_prompt_ids
 from gptjax.tasks import instructions, labeler, oracle
 from gptjax.tasks.world import World
@@ -168,6 +168,37 @@ def sample_responses(
   )
   group = lambda xs: [xs[i * k : (i + 1) * k] for i in range(len(prompts))]
   return prompt_ids, group(gen.response_ids()), group(gen.texts(tok))
+
+
+def prompt_batches(arrays: dict, batch_size: int, seed: int, multiple: int = 16):
+  """A Task's batches of prompts (x K responses) from per-prompt arrays ([P, K, T]
+  sequences, [P, K] labels): batch `step` holds prompts `sft.batch_rows(step)`.
+
+  Its [B, K, T] arrays are cut after the batch's longest sequence, rounded up
+  to `multiple` (`sampling.bucketed`): right padding is causally invisible and
+  the losses read real positions only (the score at the last real token, DPO's
+  masked sums), so the loss is the full width's while the step computes on the
+  batch's real width (small preset: mean sequence 33 tokens, stored 112,
+  batches of 16 prompts x 8 ~73 wide), in a few compiled shapes. The width
+  comes from the whole batch, so every process's rows of it agree.
+
+  Returns (train_batch(step), local_batch(step, rows), mean width over an
+  epoch's batches: the tokens a step computes on, for tokens/s).
+  """
+  tokens, mask = arrays["tokens"], arrays["token_mask"]
+  P, T = tokens.shape[0], tokens.shape[-1]
+  order = lambda step: sft_lib.batch_rows(step, batch_size, P, seed)  # [B]
+  width = lambda index: sampling.bucketed(int(mask[index].sum(-1).max(initial=1)), multiple, T)
+
+  def take(index, keep: int) -> dict:
+    return {k: v[index][..., :keep] if v.ndim == 3 else v[index] for k, v in arrays.items()}
+
+  epoch = range(max(1, P // batch_size))
+  return (
+    lambda step: take(order(step), width(order(step))),
+    lambda step, rows: take(order(step)[rows], width(order(step))),
+    float(np.mean([width(order(s)) for s in epoch])),
+  )
 
 
 def pack_sequences(prompt_ids, responses, max_len: int, pad_id: int, multiple: int = 16):

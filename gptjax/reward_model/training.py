@@ -46,7 +46,6 @@ from gptjax import (
   metrics as metrics_lib,
   model as model_lib,
   runs,
-  sft as sft_lib,
   train,
 )
 from gptjax.reward_model import comparisons as comp_lib
@@ -181,34 +180,30 @@ def build_task(
 ):
   """Ranking loss over the K responses of each prompt, warm-started from the trunk."""
   t = config.train
-  B, (P, K, T) = t.batch_size, train_comps.tokens.shape
+  B, K = t.batch_size, train_comps.tokens.shape[1]
 
-  def as_batch(c: comp_lib.Comparisons, index) -> dict:
-    out = {
-      "tokens": c.tokens[index],
-      "token_mask": c.token_mask[index],
-      "ranking": c.ranking[index],
-    }
+  def as_batch(c: comp_lib.Comparisons) -> dict:  # per-prompt arrays
+    out = {"tokens": c.tokens, "token_mask": c.token_mask, "ranking": c.ranking}
     if getattr(c, "rank", None) is not None:
-      out["rank"] = c.rank[index]  # ties masked in the loss
+      out["rank"] = c.rank  # ties masked in the loss
     return out
 
-  def order(step):  # [B] prompt indices of batch `step`
-    return sft_lib.batch_rows(step, B, P, config.seed)
+  train_batch, local_batch, width = comp_lib.prompt_batches(as_batch(train_comps), B, config.seed)
 
   def heldout_batches():
     n = max(1, len(heldout) // B) * B  # whole batches only (sharding needs equal splits)
+    whole = as_batch(heldout)
     for start in range(0, n, B):
-      yield as_batch(heldout, np.arange(start, start + B) % len(heldout))
+      yield {k: v[np.arange(start, start + B) % len(heldout)] for k, v in whole.items()}
 
   return train.Task(
     name=name,
     model=model,
     loss_fn=losses.reward_loss_fn(model),
-    train_batch=lambda step: as_batch(train_comps, order(step)),
-    local_batch=lambda step, r: as_batch(train_comps, order(step)[r]),  # this process's rows
+    train_batch=train_batch,
+    local_batch=local_batch,  # this process's rows
     example_batch={"tokens": train_comps.tokens[:1, 0]},
-    tokens_per_step=B * K * T,
+    tokens_per_step=round(B * K * width),
     eval_sets={} if heldout is None else {"validation": heldout_batches},
     init_params=lambda rng: init_params,
   )

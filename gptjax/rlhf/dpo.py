@@ -55,7 +55,6 @@ from gptjax import (
   files,
   runs,
   sampling,
-  sft as sft_lib,
   sharding,
   tokenizer as tokenizer_lib,
   train,
@@ -289,8 +288,9 @@ def load_comparisons(rm_dir: str, log=print):
 def build_task(config, model, train_arrays: dict, heldout_arrays: dict, init_params) -> train.Task:
   """The DPO loss over prompts (x K responses), warm-started from the SFT params."""
   t, d = config.train, config.dpo
-  B, (P, K, T) = t.batch_size, train_arrays["tokens"].shape
+  B, K = t.batch_size, train_arrays["tokens"].shape[1]
   take = lambda arrays, index: {k: v[index] for k, v in arrays.items()}
+  train_batch, local_batch, width = comp_lib.prompt_batches(train_arrays, B, config.seed)
 
   def heldout_batches():
     n = (len(heldout_arrays["tokens"]) // B) * B  # whole batches (equal shards)
@@ -301,10 +301,10 @@ def build_task(config, model, train_arrays: dict, heldout_arrays: dict, init_par
     name="dpo",
     model=model,
     loss_fn=dpo_loss_fn(model, d.beta, d.loss, d.label_smoothing),
-    train_batch=lambda step: take(train_arrays, sft_lib.batch_rows(step, B, P, config.seed)),
-    local_batch=lambda step, r: take(train_arrays, sft_lib.batch_rows(step, B, P, config.seed)[r]),
+    train_batch=train_batch,
+    local_batch=local_batch,
     example_batch={"tokens": train_arrays["tokens"][:1, 0]},
-    tokens_per_step=B * K * T,
+    tokens_per_step=round(B * K * width),
     eval_sets={"heldout": heldout_batches},
     init_params=lambda rng: init_params,
   )
