@@ -144,6 +144,7 @@ def test_pack_sequences_pads_to_the_longest_row_bucketed():
   np.testing.assert_array_equal(tokens[1, 0], [9] * 8)  # the prompt and one 9 cut
 
 
+@pytest.mark.slow  # ~13 s of compilation: the fast subset stays under 5 minutes
 def test_prompt_batches_cut_each_batch_to_its_width_and_keep_the_losses(rm):
   """Batch `step` is sft.batch_rows' prompts, its [B, K, T] arrays cut after the
   batch's longest sequence (bucketed); the ranking and DPO losses equal the
