@@ -34,6 +34,20 @@ What it measures, all in one process so the numbers are comparable:
   --decode_batches times, exactly --decode_tokens new tokens each (no early
   stop), interleaved for --rounds rounds; medians, the per-round ratios
   (gptjax / transformers) and how many greedy tokens the two agree on.
+
+--compare=rm_batches times a reward-model run's own train step (ranking loss,
+AdamW, from its trained params) on its training comparisons in three layouts
+of the same batches (the same prompts at each step), interleaved:
+  python -m experiments.benchmark --compare=rm_batches \
+      --workdir=runs/pipeline_small/reward_model --out=runs/rm_batches.json
+  stored  each batch [B, K, T] at the comparisons' stored width
+  cut     cut after the batch's longest sequence (`comparisons.prompt_batches`)
+  packed  the B * K sequences packed into rows (`comparisons.packed_prompt_batches`,
+          what the reward-model stage trains on)
+  Each layout first steps once through --rm_batches batches (compiling its
+  shapes), then --rounds rounds of them; step times are medians over rounds,
+  the ratios per round against `stored`; real tokens/s count prompt and
+  answer tokens, padding not.
 """
 
 import copy
@@ -81,11 +95,16 @@ _RECOMPUTE_TOKENS = flags.DEFINE_integer(
 _COMPARE = flags.DEFINE_enum(
   "compare",
   "none",
-  ["none", "torch", "hf_decode"],
+  ["none", "torch", "hf_decode", "rm_batches"],
   "torch: also time the PyTorch-eager peer, interleaved; hf_decode: only decoding of "
-  "--workdir against transformers on --hf_dir.",
+  "--workdir against transformers on --hf_dir; rm_batches: only the reward-model train "
+  "step of --workdir on its batch layouts.",
 )
-_WORKDIR = flags.DEFINE_string("workdir", "", "hf_decode: the gptjax run whose decoding is timed.")
+_WORKDIR = flags.DEFINE_string(
+  "workdir",
+  "",
+  "hf_decode: the gptjax run whose decoding is timed; rm_batches: a reward-model run.",
+)
 _HF_DIR = flags.DEFINE_string(
   "hf_dir", "", "hf_decode: its Hugging Face export (experiments.convert --src=<workdir>)."
 )
@@ -94,6 +113,9 @@ _TRAIN_DTYPES = flags.DEFINE_list(
 )
 _ROUNDS = flags.DEFINE_integer("rounds", 5, "Interleaved rounds of the comparison.")
 _STEPS_PER_ROUND = flags.DEFINE_integer("steps_per_round", 2, "Steps per contestant per round.")
+_RM_BATCHES = flags.DEFINE_integer(
+  "rm_batches", 8, "rm_batches: the batches (steps 0..n-1) each layout cycles through."
+)
 _DECODE = flags.DEFINE_bool("decode", True, "Also time decoding.")
 _PEAK_SIZE = flags.DEFINE_integer("peak_size", 2048, "n of the n x n matmuls timed for the peaks.")
 _PROMPT_LEN = 16
@@ -537,6 +559,121 @@ def hf_decode_report(result: dict) -> list[str]:
   return lines
 
 
+# ----------------------------------------------------------------------------
+# The reward model's batch layouts (--compare=rm_batches)
+
+RM_LAYOUTS = ("stored", "cut", "packed")
+
+
+class RewardModelStepper:
+  """The reward-model stage's jitted train step on one layout of its batches
+  (see the module docstring); `step()` runs the next of `batches`."""
+
+  def __init__(self, config, model, params, batches: list[dict]):
+    mesh = sharding.make_mesh(config.mesh)
+    task = train.Task(
+      name="rm_benchmark",
+      model=model,
+      loss_fn=losses.reward_loss_fn(model),
+      train_batch=None,
+      example_batch={"tokens": np.zeros((1, config.model.max_len), np.int32)},
+      tokens_per_step=0,
+      init_params=lambda rng: params,
+    )
+    tx = train.make_optimizer(config.train)
+    self.mesh = mesh
+    self.state, shardings = train.create_state(task, tx, mesh, config.seed)
+    self._step = jax.jit(
+      lambda s, b: train.train_step(s, b, loss_fn=task.loss_fn, tx=tx),
+      out_shardings=(shardings, None),
+      donate_argnums=(0,),
+    )
+    self.batches = [sharding.shard_batch(b, mesh) for b in batches]
+    self.i, self.losses = 0, []
+
+  def step(self) -> None:
+    with jax.set_mesh(self.mesh):
+      self.state, m = self._step(self.state, self.batches[self.i % len(self.batches)])
+      self.losses.append(float(m["loss"]))  # blocks until the step is done
+    self.i += 1
+
+
+def rm_layout_batches(workdir: str, n: int) -> tuple[Any, Any, Any, dict]:
+  """(config, model, params, {layout: [batch 0..n-1]}) of a reward-model run:
+  its training comparisons as the stage trains on them (tied prompts left out
+  per rm.skip_tied_prompts, the validation prompts held back)."""
+  from gptjax.reward_model import comparisons as comp_lib, training as rm_training
+
+  model, params, config = rm_training.load_reward_model(workdir)
+  directory = os.path.join(workdir, "comparisons", "train")
+  comps = rm_training.with_ranks(comp_lib.Comparisons.load(directory), directory).trimmed()
+  comps = rm_training.training_prompts(config, comps, log=lambda _: None)
+  comps, _ = rm_training.split_validation(comps, config.rm.get("validation_fraction", 0.0))
+  arrays, B = rm_training.batch_arrays(comps), config.train.batch_size
+  T = arrays["tokens"].shape[-1]
+  layouts = {
+    "stored": comp_lib.prompt_batches(arrays, B, config.seed, multiple=T)[0],
+    "cut": comp_lib.prompt_batches(arrays, B, config.seed)[0],
+    "packed": rm_training.build_task(config, model, comps, None, params).train_batch,
+  }
+  return config, model, params, {k: [f(s) for s in range(n)] for k, f in layouts.items()}
+
+
+def bench_rm_batches(workdir: str, n: int, rounds: int) -> dict:
+  """Step times of the reward model's train step per batch layout (module docstring)."""
+  config, model, params, batches = rm_layout_batches(workdir, n)
+  real = [int(np.asarray(b["token_mask"]).sum()) for b in batches["stored"]]
+  out = {
+    "mode": "rm_batches",
+    "workdir": os.path.abspath(workdir),
+    "batch_prompts": config.train.batch_size,
+    "k": int(batches["stored"][0]["tokens"].shape[1]),
+    "batches": n,
+    "rounds": rounds,
+    "real_tokens_per_step": float(np.mean(real)),
+    "jax": jax.__version__,
+    "cpus": os.cpu_count(),
+    "layouts": {},
+  }
+  contestants = {}
+  for name in RM_LAYOUTS:
+    contestants[name] = RewardModelStepper(config, model, params, batches[name])
+    out["layouts"][name] = {
+      "computed_tokens_per_step": float(np.mean([b["tokens"].size for b in batches[name]])),
+      "shapes": sorted({tuple(b["tokens"].shape) for b in batches[name]}),
+    }
+  times, faults = interleaved(contestants, rounds, steps=n, warmup=n)
+  for name in RM_LAYOUTS:
+    # The same params and batches: the first steps' losses agree up to rounding.
+    out["layouts"][name]["first_losses"] = contestants[name].losses[:n]
+    out["layouts"][name].update(
+      summarize(times[name], round(out["real_tokens_per_step"]), n, faults[name])
+    )
+  stored = out["layouts"]["stored"]["step_s_rounds"]
+  for name in RM_LAYOUTS:
+    ratios = [a / b for a, b in zip(out["layouts"][name]["step_s_rounds"], stored)]
+    out["layouts"][name]["time_vs_stored"] = statistics.median(ratios)
+    out["layouts"][name]["time_vs_stored_rounds"] = ratios
+  return out
+
+
+def rm_batches_report(result: dict) -> list[str]:
+  lines = [
+    f"reward-model train step, {result['batch_prompts']} prompts x {result['k']} answers, "
+    f"{result['real_tokens_per_step']:,.0f} real tokens a step ({result['batches']} batches "
+    f"x {result['rounds']} rounds):"
+  ]
+  for name, d in result["layouts"].items():
+    r = d["time_vs_stored_rounds"]
+    lines.append(
+      f"  {name:7s} {d['step_s']:.2f} s/step, {d['tokens_per_s']:,.0f} real tok/s, "
+      f"{d['computed_tokens_per_step']:,.0f} tokens computed; time vs stored "
+      f"{d['time_vs_stored']:.2f}x (rounds {min(r):.2f}-{max(r):.2f})"
+    )
+  lines.append(f"load average (1 min) before / after: {result['load_average']}")
+  return lines
+
+
 def run(config) -> dict:
   pretrain.validate(config)
   mesh = sharding.make_mesh(config.mesh)
@@ -626,6 +763,14 @@ def main(argv):
     )
     result["load_average"] = [load_before[0], os.getloadavg()[0]]
     write_json(result, _OUT.value, hf_decode_report(result))
+    return
+  if _COMPARE.value == "rm_batches":
+    if not _WORKDIR.value:
+      raise ValueError("--compare=rm_batches needs --workdir (a reward-model run)")
+    load_before = os.getloadavg()
+    result = bench_rm_batches(_WORKDIR.value, _RM_BATCHES.value, _ROUNDS.value)
+    result["load_average"] = [load_before[0], os.getloadavg()[0]]
+    write_json(result, _OUT.value, rm_batches_report(result))
     return
   result = run(_CONFIG.value)
   write_json(result, _OUT.value, report(result))

@@ -105,9 +105,18 @@ def reward_loss_fn(model):
   and optionally 'rank' [B, K] (ranks with ties: tied pairs are masked, see
   `ranking_loss`). The K responses of one prompt form one batch element: K
   forward passes (one [B*K, T] call) give all C(K, 2) comparisons.
+
+  Or packed (`heads.pack_rows`, what the reward-model stage trains on): the
+  B*K sequences in rows {'tokens', 'token_mask', 'positions', 'segment_ids'}
+  [R, W] and 'last' [B, K], where each is read. The same rewards (up to
+  float rounding) from the real tokens only.
   """
 
   def loss_fn(params, batch, rng, train: bool):
+    if "last" in batch:
+      values = heads.packed_values(model, params, batch, train=train, rng=rng)  # [R, W]
+      rewards = heads.read_packed(values, batch["last"])  # [B, K]
+      return ranking_loss(rewards, batch["ranking"], batch.get("rank"))
     B, K, T = batch["tokens"].shape
     tokens = batch["tokens"].reshape(B * K, T)
     mask = batch["token_mask"].reshape(B * K, T)

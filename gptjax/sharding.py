@@ -316,20 +316,22 @@ def shard_batch(batch: dict, mesh: Mesh, global_batch: int | None = None) -> dic
   """Host numpy batch -> global jax arrays on the mesh.
 
   global_batch=None: `batch` is the whole global batch; in a multi-process
-  run each process keeps its own rows of it. global_batch=B: `batch` holds
-  only this process's rows, `batch[k] = global[process_rows(mesh, B)[k]]`
-  (how a pipeline that reads only its own shard feeds the mesh). Either way
+  run each process keeps its own rows of each array (arrays may differ in
+  length: a packed reward-model batch has R rows of sequences, B of labels).
+  global_batch=B: `batch` holds only this process's rows,
+  `batch[k] = global[process_rows(mesh, B)[k]]` (how a pipeline that reads
+  only its own shard feeds the mesh). Either way
   `make_array_from_process_local_data` stitches the processes' rows together.
   """
   if not batch:
     return {}
-  size = global_batch or len(next(iter(batch.values())))
-  rows = process_rows(mesh, size)
 
   def put(name, x):
     x = np.asarray(x)
     if jax.process_count() == 1:
       return jax.device_put(x, batch_sharding(mesh, x.ndim))
+    size = global_batch or len(x)  # whole: each array's own rows (packed rows and labels differ)
+    rows = process_rows(mesh, size)
     if global_batch is None:
       x = x[rows] if len(rows) < len(x) else x
     elif len(x) != len(rows):

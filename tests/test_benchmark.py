@@ -125,3 +125,26 @@ def test_benchmark_writes_the_fields_the_readme_quotes(tmp_path):
   assert r["decode"][0]["batch"] == 1 and r["decode"][0]["kv_cache_tokens_per_s"] > 0
   assert len(r["load_average"]) == 2
   assert "train float32: gptjax" in p.stdout and "ratio" in p.stdout
+
+
+@pytest.mark.slow  # the session's tiny reward model, then ~30 s
+def test_rm_batches_times_the_three_layouts_of_the_same_batches(reward_model_run, tmp_path):
+  out = tmp_path / "rm.json"
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  env.pop("XLA_FLAGS", None)
+  cmd = [
+    sys.executable, "-m", "experiments.benchmark", "--compare=rm_batches",
+    f"--workdir={reward_model_run}", "--rm_batches=2", "--rounds=1", f"--out={out}",
+  ]  # fmt: skip
+  p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+  assert p.returncode == 0, p.stderr[-3000:]
+  r = json.loads(out.read_text())
+  layouts = r["layouts"]
+  assert list(layouts) == ["stored", "cut", "packed"]
+  stored, cut, packed = (layouts[k] for k in layouts)
+  assert stored["time_vs_stored"] == 1.0 and packed["tokens_per_s"] > 0
+  assert cut["computed_tokens_per_step"] <= stored["computed_tokens_per_step"]
+  assert r["real_tokens_per_step"] <= min(d["computed_tokens_per_step"] for d in layouts.values())
+  for d in (cut, packed):  # the same first steps from the same params
+    np.testing.assert_allclose(d["first_losses"], stored["first_losses"], rtol=1e-4)
+  assert "packed" in p.stdout and "time vs stored" in p.stdout

@@ -574,16 +574,23 @@ def _assert_local_rows_match(task, rows=np.array([2, 3])):
       np.testing.assert_array_equal(local[k], whole[k][rows], err_msg=k)
 
 
-def test_sft_rm_dpo_tasks_build_only_the_requested_rows():
-  """SFT, reward-model and DPO Tasks define local_batch: rows r of batch `step`
-  are exactly rows r of the global batch (so a multi-host run sees the data
-  order of a single-host one) without building the whole batch."""
+def test_sft_builds_its_rows_rm_and_dpo_pack_whole_batches():
+  """The SFT Task defines local_batch: rows r of batch `step` are exactly
+  rows r of the global batch (so a multi-host run sees the data order of a
+  single-host one) without building the whole batch. The reward model's and
+  DPO's packed batches are built whole by every process (rows of sequences
+  and labels differ in length; `shard_batch` keeps each array's own rows),
+  their rows split evenly over the batch shards."""
+  from configs import common
   from gptjax import sft
   from gptjax.reward_model import comparisons as comp_lib, training as rm_training
   from gptjax.rlhf import dpo
 
   rng = np.random.default_rng(0)
-  config = ml_collections.ConfigDict({"seed": 3, "train": {"batch_size": 4, "eval_batches": 1}})
+  config = ml_collections.ConfigDict(
+    {"seed": 3, "train": {"batch_size": 4, "eval_batches": 1, "grad_accum": 1}}
+  )
+  config.mesh = common.mesh_config()
   n, P, K = 6, 7, 3
   ids = rng.integers(0, V, (n, T + 1)).astype(np.int32)
   rows = sft.PackedRows(
@@ -597,11 +604,17 @@ def test_sft_rm_dpo_tasks_build_only_the_requested_rows():
     np.tile(np.arange(K, dtype=np.int32), (P, 1)), np.zeros((P, K), np.float32),
     ["p"] * P, [["r"] * K] * P, ["f"] * P,
   )  # fmt: skip
-  _assert_local_rows_match(rm_training.build_task(config, None, comps, None, None))
-
   config.dpo = {"beta": 0.1, "loss": "sigmoid", "label_smoothing": 0.0}
   arrays = {"tokens": comps.tokens, "token_mask": comps.token_mask, "ranking": comps.ranking}
-  _assert_local_rows_match(dpo.build_task(config, None, arrays, arrays, None))
+  for task in (
+    rm_training.build_task(config, None, comps, None, None),
+    dpo.build_task(config, None, arrays, arrays, None),
+  ):
+    assert task.local_batch is None
+    for step in (0, 5):
+      batch = task.train_batch(step)
+      assert batch["last"].shape == batch["ranking"].shape == (4, K)
+      assert len(batch["tokens"]) % 8 == 0  # lcm(8, data x fsdp = 8 test devices)
 
 
 def test_other_processes_are_quiet_unless_asked(monkeypatch):

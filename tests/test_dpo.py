@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import scipy.special
 
-from gptjax import model as model_lib, runs
+from gptjax import heads, model as model_lib, runs
 from gptjax.rlhf import dpo
 
 ASSISTANT = 6  # the tokenizer's <|assistant|> id
@@ -183,6 +183,26 @@ def test_gradient_raises_the_winner_and_lowers_the_loser(lm):
   lp = dpo.logprobs_of(model, stepped, *(batch[k] for k in dpo._ROW_KEYS), batch=4)
   r = lp - batch["ref_logp"]
   assert r[1, 2] > 0 > r[1, 1]  # prompt 1's best response rose, its worst fell
+
+
+def test_logprobs_of_packs_rows_and_equals_each_row_alone(lm):
+  """logprobs_of packs the rows, several to a packed row, and each sum equals
+  `sequence_logprobs` of that row alone; one compilation for ragged batches."""
+  model, params = lm
+  batch = _batch(model, params)
+  widen = lambda x: np.pad(x, ((0, 0), (0, 0), (0, 4)))  # stored as wide as the context
+  tokens, mask, resp = (widen(batch[k]) for k in dpo._ROW_KEYS)  # [B, K, 16]
+  before = dpo._token_logprobs_jit._cache_size()
+  got = dpo.logprobs_of(model, params, tokens, mask, resp, batch=1)  # R batches of one row
+  assert dpo._token_logprobs_jit._cache_size() - before == 1
+  T = tokens.shape[-1]
+  packed_rows = len(heads.pack_rows(tokens.reshape(-1, T), mask.reshape(-1, T), T)["tokens"])
+  assert packed_rows < mask.size // T  # several rows to a packed row
+  for b, k in itertools.product(*map(range, tokens.shape[:2])):
+    row = lambda x: jnp.asarray(x[b, k : k + 1])
+    logits = model.apply({"params": params}, row(tokens), None, row(mask))
+    alone = dpo.sequence_logprobs(logits, row(tokens), row(resp).astype(jnp.float32))[0]
+    np.testing.assert_allclose(got[b, k], alone, rtol=1e-5, atol=1e-5)
 
 
 def test_invalid_loss_name():

@@ -186,6 +186,148 @@ def test_prompt_batches_cut_each_batch_to_its_width_and_keep_the_losses(rm):
   assert width == np.mean(widths)
 
 
+def test_pack_rows_best_fit_by_hand():
+  # lengths 5, 3, 4, 2, 1 into rows of 6, longest first, each into the fullest
+  # row it fits: 5 -> row 0; 4 -> row 1; 3 fits none (1, 2 free) -> row 2;
+  # 2 -> row 1 (2 free); 1 -> row 0 (1 free). Three rows: 15 tokens need >= 3.
+  lengths = np.array([5, 3, 4, 2, 1])
+  mask = np.arange(6) < lengths[:, None]
+  tokens = np.where(mask, np.arange(1, 6)[:, None] * 10 + np.arange(6), 0)  # seq i: i*10 + t
+  packed = heads.pack_rows(tokens, mask, 6)
+  np.testing.assert_array_equal(
+    packed["tokens"], [[10, 11, 12, 13, 14, 50], [30, 31, 32, 33, 40, 41], [20, 21, 22, 0, 0, 0]]
+  )
+  np.testing.assert_array_equal(
+    packed["positions"], [[0, 1, 2, 3, 4, 0], [0, 1, 2, 3, 0, 1], [0, 1, 2, 0, 0, 0]]
+  )
+  np.testing.assert_array_equal(packed["segment_ids"][2], [1, 1, 1, 0, 0, 0])
+  assert len(set(packed["segment_ids"][1])) == 2 and len(set(packed["segment_ids"][0])) == 2
+  np.testing.assert_array_equal(packed["token_mask"].sum(-1), [6, 6, 3])
+  np.testing.assert_array_equal(packed["last"], [4, 14, 9, 11, 5])  # row * 6 + end
+  # rows rounded up to a multiple; two groups packed apart, in the same row count
+  assert heads.pack_rows(tokens, mask, 6, row_multiple=4)["tokens"].shape == (4, 6)
+  two = heads.pack_rows(tokens[:4], mask[:4], 6, groups=2)
+  assert two["tokens"].shape == (4, 6)  # group 0 (5, 3): 2 rows; group 1 (4, 2): 1, padded to 2
+  np.testing.assert_array_equal(two["last"], [4, 8, 3, 5])  # indices within each group's rows
+  np.testing.assert_array_equal(two["tokens"][2], [30, 31, 32, 33, 40, 41])
+  assert not two["token_mask"][3].any()
+
+
+@pytest.mark.parametrize(
+  "case, pattern",
+  [
+    ("left", "right-padded"),
+    ("long", "do not fit"),
+    ("empty", "do not fit"),
+    ("groups", "equal groups"),
+  ],
+)
+def test_pack_rows_refuses_what_it_cannot_pack(case, pattern):
+  mask = np.array([[1, 1, 0, 0], [1, 1, 1, 0], [1, 0, 0, 0]], bool)
+  width, groups = 4, 1
+  if case == "left":
+    mask = mask[:, ::-1]
+  elif case == "long":
+    width = 2
+  elif case == "empty":
+    mask[1] = False
+  else:
+    groups = 2
+  with pytest.raises(ValueError, match=pattern):
+    heads.pack_rows(np.zeros(mask.shape, np.int32), mask, width, groups=groups)
+
+
+def test_packed_batches_give_the_unpacked_losses_and_gradients(rm):
+  """packed_prompt_batches' batch `step` holds prompt_batches' prompts; the
+  ranking loss and its gradient on the packed rows equal the unpadded ones,
+  and with two groups (gradient accumulation) the micro-batches the train
+  step splits off sum to the same."""
+  from gptjax import losses, train
+
+  model, params = rm
+  rng = np.random.default_rng(2)
+  P, K, T = 8, 3, 16
+  lengths = rng.integers(2, 12, (P, K))
+  mask = np.arange(T) < lengths[..., None]
+  arrays = {
+    "tokens": np.where(mask, rng.integers(5, 50, (P, K, T)), 0).astype(np.int32),
+    "token_mask": mask,
+    "ranking": np.stack([rng.permutation(K) for _ in range(P)]).astype(np.int32),
+    "rank": rng.integers(0, 2, (P, K)).astype(np.int32),  # ties
+  }
+  loss_fn = losses.reward_loss_fn(model)
+  value_and_grad = jax.value_and_grad(lambda p, b: loss_fn(p, b, None, False)[0])
+  packed_batch, mean_tokens = comp_lib.packed_prompt_batches(arrays, 4, seed=0, row_multiple=2)
+  plain_batch, _, _ = comp_lib.prompt_batches(arrays, 4, seed=0)
+  rows = []
+  for step in range(2):
+    packed, plain = packed_batch(step), plain_batch(step)
+    rows.append(packed["tokens"].size)
+    assert packed["tokens"].shape[1] == T and len(packed["tokens"]) % 2 == 0
+    assert packed["token_mask"].sum() == plain["token_mask"].sum()  # real tokens only
+    np.testing.assert_array_equal(packed["rank"], plain["rank"])
+    (got, got_grad), (want, want_grad) = (
+      value_and_grad(params, packed),
+      value_and_grad(params, plain),
+    )
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    jax.tree_util.tree_map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), got_grad, want_grad
+    )
+    two, _ = comp_lib.packed_prompt_batches(arrays, 4, seed=0, groups=2)
+    micro = train._split_microbatches(two(step), 2)
+    halves = [
+      loss_fn(params, jax.tree_util.tree_map(lambda x: x[a], micro), None, False) for a in (0, 1)
+    ]
+    halves_plain = [
+      loss_fn(params, {k: v[a * 2 : a * 2 + 2] for k, v in plain.items()}, None, False)
+      for a in (0, 1)
+    ]
+    for (t, w, _), (tp, wp, _) in zip(halves, halves_plain):
+      np.testing.assert_allclose([t, w], [tp, wp], rtol=1e-5)
+  assert mean_tokens == np.mean(rows)  # an epoch is P / B = 2 batches
+  with pytest.raises(ValueError, match="are neither"):
+    comp_lib.packed_prompt_batches({**arrays, "family": np.zeros(P)}, 4, seed=0)
+
+
+def test_packed_dpo_logprobs_equal_the_unpacked_sums(rm):
+  """DPO's response log-probs summed per sequence over packed rows (with
+  response_mask packed alike) equal `sequence_logprobs` of each padded
+  sequence, and so do the loss and its gradient."""
+  from gptjax.rlhf import dpo
+
+  model, _ = rm
+  lm = model_lib.Transformer(model.cfg)
+  params = nn.meta.unbox(lm.init(jax.random.PRNGKey(1), jnp.zeros((1, 4), jnp.int32))["params"])
+  rng = np.random.default_rng(4)
+  P, K, T = 4, 3, 16
+  lengths = rng.integers(3, 13, (P, K))
+  mask = np.arange(T) < lengths[..., None]
+  arrays = {
+    "tokens": np.where(mask, rng.integers(5, 50, (P, K, T)), 0).astype(np.int32),
+    "token_mask": mask,
+    "response_mask": mask & (np.arange(T) >= 2),  # a two-token prompt
+    "ref_logp": -rng.random((P, K)).astype(np.float32),
+    "rank": rng.integers(0, 3, (P, K)).astype(np.int32),
+  }
+  packed = comp_lib.packed_prompt_batches(arrays, 4, seed=0, row_multiple=1)[0](0)
+  plain = comp_lib.prompt_batches(arrays, 4, seed=0)[0](0)
+  assert len(packed["tokens"]) < P * K  # several sequences share a row
+  got = dpo.packed_logprobs(lm, params, packed)
+  logits = lm.apply({"params": params}, plain["tokens"].reshape(P * K, -1))
+  want = dpo.sequence_logprobs(
+    logits, plain["tokens"].reshape(P * K, -1), plain["response_mask"].reshape(P * K, -1)
+  ).reshape(P, K)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  loss_fn = dpo.dpo_loss_fn(lm, 0.1)
+  value_and_grad = jax.value_and_grad(lambda p, b: loss_fn(p, b, None, False)[0])
+  (a, ga), (b, gb) = value_and_grad(params, packed), value_and_grad(params, plain)
+  np.testing.assert_allclose(a, b, rtol=1e-5)
+  jax.tree_util.tree_map(
+    lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6), ga, gb
+  )
+
+
 def test_final_index_is_the_last_true_entry():
   rng = np.random.default_rng(0)
   mask = rng.random((6, 9)) < 0.4
@@ -208,9 +350,9 @@ def test_score_batched_equals_each_row_alone_and_compiles_once(rm):
   rng = np.random.default_rng(5)
   tokens = rng.integers(1, 50, (7, 10)).astype(np.int32)
   mask = np.arange(10)[None, :] < rng.integers(2, 11, (7, 1))  # right-padded rows
-  before = heads._score_jit._cache_size()
+  before = heads._values_jit._cache_size()
   got = heads.score_batched(model, params, tokens, mask, batch_size=3)  # 3 + 3 + 1 rows
-  assert heads._score_jit._cache_size() - before == 1  # the ragged last batch is padded
+  assert heads._values_jit._cache_size() - before == 1  # the ragged last batch is padded
   alone = [
     float(heads.score(model, params, tokens[i : i + 1], mask[i : i + 1])[0]) for i in range(7)
   ]

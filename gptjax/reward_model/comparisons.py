@@ -13,12 +13,13 @@ Stored as `comparisons.npz` (token arrays, rankings, gold scores) and
 
 import dataclasses
 import json
+import math
 import os
 
 import jax
 import numpy as np
 
-from gptjax import files, metrics, runs, sampling, sft as sft_lib
+from gptjax import files, heads, metrics, runs, sampling, sft as sft_lib, sharding
 from gptjax.evaluation import chat_prompt_ids
 from gptjax.tasks import instructions, labeler, oracle
 from gptjax.tasks.world import World
@@ -198,6 +199,62 @@ def prompt_batches(arrays: dict, batch_size: int, seed: int, multiple: int = 16)
     lambda step: take(order(step), width(order(step))),
     lambda step, rows: take(order(step)[rows], width(order(step))),
     float(np.mean([width(order(s)) for s in epoch])),
+  )
+
+
+def packed_prompt_batches(
+  arrays: dict, batch_size: int, seed: int, *, groups: int = 1, row_multiple: int = 8
+):
+  """`prompt_batches`' batches (the same prompts step by step) with their B x K
+  sequences packed into rows of the stored width (`heads.pack_rows`, in
+  `groups` equal groups: the train step's micro-batches), which the losses
+  read back per sequence ('last': the reward model's score; 'sequence': DPO's
+  sums). A batch then computes on about its real tokens: the small preset's
+  16 prompts x 8 answers are 128 x 33 real tokens, 73 columns wide cut to the
+  batch's longest (`prompt_batches`), ~38 rows of 112 packed.
+
+  arrays: [P, K, T] 'tokens', 'token_mask' and any other per-token arrays
+  (packed alike), and [P, K] labels. Every array a batch returns is the
+  whole global batch (rows [groups * R, T], labels [B, K]: no `local_batch`;
+  `sharding.shard_batch` keeps each process's rows of each). Returns
+  (train_batch(step), the mean tokens a step computes on over an epoch,
+  padding included: for tokens/s).
+  """
+  P, K, T = arrays["tokens"].shape
+  flat = lambda v, index: v[index].reshape(-1, T)
+  other = [k for k, v in arrays.items() if v.shape[:2] != (P, K) or v.ndim not in (2, 3)]
+  if other:
+    raise ValueError(f"packed batches take [P, K, T] and [P, K] arrays; {other} are neither")
+
+  def batch(step: int) -> dict:
+    index = sft_lib.batch_rows(step, batch_size, P, seed)  # [B]
+    per_token = {k: flat(v, index) for k, v in arrays.items() if v.ndim == 3}
+    packed = heads.pack_rows(
+      per_token.pop("tokens"),
+      per_token.pop("token_mask"),
+      T,
+      groups=groups,
+      row_multiple=row_multiple,
+      **per_token,
+    )
+    labels = {k: v[index] for k, v in arrays.items() if v.ndim == 2}
+    return {**packed, "last": packed["last"].reshape(batch_size, K), **labels}
+
+  epoch = range(max(1, P // batch_size))
+  return batch, float(np.mean([batch(s)["tokens"].size for s in epoch]))
+
+
+def task_batches(config, arrays: dict):
+  """`packed_prompt_batches` for a train Task of `config`: groups = its
+  micro-batches (train.grad_accum), rows a multiple of 8 and of the batch
+  shards (data x fsdp of config.mesh)."""
+  data, fsdp, _ = sharding.mesh_shape(config.mesh, len(sharding.mesh_devices(config.mesh)))
+  return packed_prompt_batches(
+    arrays,
+    config.train.batch_size,
+    config.seed,
+    groups=config.train.grad_accum,
+    row_multiple=math.lcm(8, data * fsdp),
   )
 
 

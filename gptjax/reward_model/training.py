@@ -170,6 +170,15 @@ def steps_for(n_prompts: int, batch_size: int, epochs: float) -> int:
   return max(1, math.ceil(epochs * n_prompts / batch_size))
 
 
+def batch_arrays(comps: comp_lib.Comparisons) -> dict:
+  """The per-prompt arrays the ranking loss reads: tokens, token_mask [P, K, T],
+  ranking [P, K] and (labels with ties) rank [P, K]."""
+  out = {"tokens": comps.tokens, "token_mask": comps.token_mask, "ranking": comps.ranking}
+  if getattr(comps, "rank", None) is not None:
+    out["rank"] = comps.rank  # ties masked in the loss
+  return out
+
+
 def build_task(
   config,
   model,
@@ -178,21 +187,17 @@ def build_task(
   init_params,
   name: str = "reward_model",
 ):
-  """Ranking loss over the K responses of each prompt, warm-started from the trunk."""
+  """Ranking loss over the K responses of each prompt, warm-started from the
+  trunk, trained on packed rows (`comparisons.packed_prompt_batches`); the
+  validation batches are scored as stored."""
   t = config.train
-  B, K = t.batch_size, train_comps.tokens.shape[1]
+  B = t.batch_size
 
-  def as_batch(c: comp_lib.Comparisons) -> dict:  # per-prompt arrays
-    out = {"tokens": c.tokens, "token_mask": c.token_mask, "ranking": c.ranking}
-    if getattr(c, "rank", None) is not None:
-      out["rank"] = c.rank  # ties masked in the loss
-    return out
-
-  train_batch, local_batch, width = comp_lib.prompt_batches(as_batch(train_comps), B, config.seed)
+  train_batch, tokens_per_step = comp_lib.task_batches(config, batch_arrays(train_comps))
 
   def heldout_batches():
     n = max(1, len(heldout) // B) * B  # whole batches only (sharding needs equal splits)
-    whole = as_batch(heldout)
+    whole = batch_arrays(heldout)
     for start in range(0, n, B):
       yield {k: v[np.arange(start, start + B) % len(heldout)] for k, v in whole.items()}
 
@@ -201,9 +206,8 @@ def build_task(
     model=model,
     loss_fn=losses.reward_loss_fn(model),
     train_batch=train_batch,
-    local_batch=local_batch,  # this process's rows
     example_batch={"tokens": train_comps.tokens[:1, 0]},
-    tokens_per_step=round(B * K * width),
+    tokens_per_step=round(tokens_per_step),
     eval_sets={} if heldout is None else {"validation": heldout_batches},
     init_params=lambda rng: init_params,
   )

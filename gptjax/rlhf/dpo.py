@@ -53,6 +53,7 @@ from gptjax import (
   config as config_lib,
   evaluation,
   files,
+  heads,
   runs,
   sampling,
   sharding,
@@ -148,14 +149,59 @@ def dpo_loss(logp, ref_logp, prefer, beta: float, loss: str = "sigmoid", label_s
   )
 
 
+def packed_token_logprobs(model, params, rows: dict, train: bool = False, rng=None) -> jax.Array:
+  """log p of each response token of packed rows (`heads.pack_rows` with
+  response_mask packed alike): [R, W] -> [R, W-1], 0 off the responses. Row
+  t's logits predict token t + 1; a target whose response_mask is set lies in
+  its predecessor's sequence (a response follows its prompt), so no
+  prediction crosses a boundary."""
+  tokens = rows["tokens"]  # [R, W]
+  logits = model.apply(
+    {"params": params},
+    tokens,
+    rows["positions"],
+    rows["token_mask"],
+    rows["segment_ids"],
+    deterministic=not train,
+    rngs={"dropout": rng} if train else None,
+  )  # [R, W, V]
+  nll = optax.softmax_cross_entropy_with_integer_labels(
+    logits[:, :-1].astype(jnp.float32), tokens[:, 1:]
+  )  # [R, W-1]
+  return -nll * rows["response_mask"][:, 1:].astype(jnp.float32)
+
+
+def packed_logprobs(model, params, batch: dict, train: bool = False, rng=None) -> jax.Array:
+  """`sequence_logprobs` of a packed batch: response log-probs summed per
+  sequence ('sequence') -> [B, K] (B, K from batch['rank'])."""
+  B, K = batch["rank"].shape
+  per_token = packed_token_logprobs(model, params, batch, train, rng)  # [R, W-1]
+  sums = jax.ops.segment_sum(
+    per_token.reshape(-1), batch["sequence"][:, 1:].reshape(-1), num_segments=B * K
+  )
+  return sums.reshape(B, K)
+
+
 def dpo_loss_fn(model, beta: float, loss: str = "sigmoid", label_smoothing: float = 0.0):
   """The DPO loss for the shared train loop.
 
   batch: {'tokens', 'token_mask', 'response_mask' [B, K, T], 'ref_logp' [B, K],
   'rank' [B, K]}. The K responses of a prompt are one batch element.
+  Or packed (`comparisons.packed_prompt_batches`, what the stage trains on):
+  the B*K sequences in rows [R, W] with 'positions', 'segment_ids' and
+  'sequence' (which of the B*K each token belongs to).
   """
 
   def loss_fn(params, batch, rng, train: bool):
+    if "sequence" in batch:
+      return dpo_loss(
+        packed_logprobs(model, params, batch, train, rng),
+        batch["ref_logp"],
+        preference_pairs(batch["rank"]),
+        beta,
+        loss,
+        label_smoothing,
+      )
     B, K, T = batch["tokens"].shape
     tokens = batch["tokens"].reshape(B * K, T)
     logits = model.apply(
@@ -179,9 +225,8 @@ def dpo_loss_fn(model, beta: float, loss: str = "sigmoid", label_smoothing: floa
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
-def _logprobs_jit(model, params, tokens, token_mask, resp_mask):
-  logits = model.apply({"params": params}, tokens, None, token_mask)
-  return sequence_logprobs(logits, tokens, resp_mask.astype(jnp.float32))
+def _token_logprobs_jit(model, params, rows):
+  return packed_token_logprobs(model, params, rows)
 
 
 LOGITS_BUDGET = 256 * 2**20  # bytes of float32 logits [rows, T, V] per batch of `logprobs_of`
@@ -197,18 +242,28 @@ def logprobs_batch(seq_len: int, vocab_size: int, most: int = 64) -> int:
 def logprobs_of(
   model, params, tokens, token_mask, resp_mask, batch: int | None = None
 ) -> np.ndarray:
-  """Summed response log-probs of every row: [..., T] arrays -> [...] float32, in
-  batches padded to one shape (`sampling.padded_batches`): one compilation.
-  batch: rows per batch (default `logprobs_batch`)."""
+  """Summed response log-probs of every right-padded row: [..., T] arrays ->
+  [...] float32. The rows are packed (`heads.pack_rows`: the small preset's
+  comparisons fill ~30% of their width) and scored `batch` packed rows at a
+  time (default `logprobs_batch`), the last batch padded
+  (`sampling.padded_batches`): one compilation."""
   shape, T = tokens.shape[:-1], tokens.shape[-1]
   batch = batch or logprobs_batch(T, model.cfg.vocab_size)
   flat = [x.reshape(-1, T) for x in (tokens, token_mask, resp_mask)]
   n = len(flat[0])
-  out = np.zeros(n, np.float32)
-  for start, index in sampling.padded_batches(n, batch):
-    k = min(batch, n - start)
-    out[start : start + k] = np.asarray(_logprobs_jit(model, params, *(a[index] for a in flat)))[:k]
-  return out.reshape(shape)
+  if not n:
+    return np.zeros(shape, np.float32)
+  packed = heads.pack_rows(flat[0], flat[1], T, response_mask=flat[2])
+  keys = ("tokens", "token_mask", "positions", "segment_ids", "response_mask")
+  R = len(packed["tokens"])
+  per_token = np.zeros((R, T - 1), np.float32)
+  for start, index in sampling.padded_batches(R, batch):
+    k = min(batch, R - start)
+    rows = {key: packed[key][index] for key in keys}
+    per_token[start : start + k] = np.asarray(_token_logprobs_jit(model, params, rows))[:k]
+  out = np.zeros(n, np.float64)
+  np.add.at(out, packed["sequence"][:, 1:].ravel(), per_token.ravel())  # 0 off the responses
+  return out.astype(np.float32).reshape(shape)
 
 
 def dpo_arrays(
@@ -286,11 +341,13 @@ def load_comparisons(rm_dir: str, log=print):
 
 
 def build_task(config, model, train_arrays: dict, heldout_arrays: dict, init_params) -> train.Task:
-  """The DPO loss over prompts (x K responses), warm-started from the SFT params."""
+  """The DPO loss over prompts (x K responses), warm-started from the SFT
+  params, trained on packed rows (`comparisons.task_batches`); the held-out
+  batches are scored as stored."""
   t, d = config.train, config.dpo
-  B, K = t.batch_size, train_arrays["tokens"].shape[1]
+  B = t.batch_size
   take = lambda arrays, index: {k: v[index] for k, v in arrays.items()}
-  train_batch, local_batch, width = comp_lib.prompt_batches(train_arrays, B, config.seed)
+  train_batch, tokens_per_step = comp_lib.task_batches(config, train_arrays)
 
   def heldout_batches():
     n = (len(heldout_arrays["tokens"]) // B) * B  # whole batches (equal shards)
@@ -302,9 +359,8 @@ def build_task(config, model, train_arrays: dict, heldout_arrays: dict, init_par
     model=model,
     loss_fn=dpo_loss_fn(model, d.beta, d.loss, d.label_smoothing),
     train_batch=train_batch,
-    local_batch=local_batch,
     example_batch={"tokens": train_arrays["tokens"][:1, 0]},
-    tokens_per_step=round(B * K * width),
+    tokens_per_step=round(tokens_per_step),
     eval_sets={"heldout": heldout_batches},
     init_params=lambda rng: init_params,
   )
