@@ -144,6 +144,12 @@ def test_pack_sequences_pads_to_the_longest_row_bucketed():
   np.testing.assert_array_equal(tokens[1, 0], [9] * 8)  # the prompt and one 9 cut
 
 
+def _right_padded(rng, lengths, T: int):
+  """Random tokens [P, K, T] of the given lengths [P, K], right-padded with 0, and their mask."""
+  mask = np.arange(T) < lengths[..., None]  # [P, K, T]
+  return np.where(mask, rng.integers(5, 50, mask.shape), 0).astype(np.int32), mask
+
+
 @pytest.mark.slow  # ~13 s of compilation: the fast subset stays under 5 minutes
 def test_prompt_batches_cut_each_batch_to_its_width_and_keep_the_losses(rm):
   """Batch `step` is sft.batch_rows' prompts, its [B, K, T] arrays cut after the
@@ -159,9 +165,9 @@ def test_prompt_batches_cut_each_batch_to_its_width_and_keep_the_losses(rm):
   P, K, T = 6, 3, 16
   lengths = rng.integers(2, 7, (P, K))
   lengths[4, 1] = 13  # one long sequence: the batches holding prompt 4 are wider
-  mask = np.arange(T) < lengths[..., None]  # [P, K, T]
+  tokens, mask = _right_padded(rng, lengths, T)
   arrays = {
-    "tokens": np.where(mask, rng.integers(5, 50, (P, K, T)), 0).astype(np.int32),
+    "tokens": tokens,
     "token_mask": mask,
     "response_mask": mask & (np.arange(T) >= 1),
     "ranking": np.tile(np.arange(K, dtype=np.int32), (P, 1)),
@@ -248,9 +254,9 @@ def test_packed_batches_give_the_unpacked_losses_and_gradients(rm):
   rng = np.random.default_rng(2)
   P, K, T = 8, 3, 16
   lengths = rng.integers(2, 12, (P, K))
-  mask = np.arange(T) < lengths[..., None]
+  tokens, mask = _right_padded(rng, lengths, T)
   arrays = {
-    "tokens": np.where(mask, rng.integers(5, 50, (P, K, T)), 0).astype(np.int32),
+    "tokens": tokens,
     "token_mask": mask,
     "ranking": np.stack([rng.permutation(K) for _ in range(P)]).astype(np.int32),
     "rank": rng.integers(0, 2, (P, K)).astype(np.int32),  # ties
@@ -302,9 +308,9 @@ def test_packed_dpo_logprobs_equal_the_unpacked_sums(rm):
   rng = np.random.default_rng(4)
   P, K, T = 4, 3, 16
   lengths = rng.integers(3, 13, (P, K))
-  mask = np.arange(T) < lengths[..., None]
+  tokens, mask = _right_padded(rng, lengths, T)
   arrays = {
-    "tokens": np.where(mask, rng.integers(5, 50, (P, K, T)), 0).astype(np.int32),
+    "tokens": tokens,
     "token_mask": mask,
     "response_mask": mask & (np.arange(T) >= 2),  # a two-token prompt
     "ref_logp": -rng.random((P, K)).astype(np.float32),
