@@ -54,6 +54,10 @@ def rm_config(preset: str) -> ml_collections.ConfigDict:
   # the labeler on it is kept.
   r.validation_fraction = 0.1
   r.eval_every = {"tiny": 20, "small": 50, "base": 200}[preset]
+  # Training ends once this many evaluations in a row bring no better
+  # agreement (0: all rm.epochs). The kept checkpoint is the same as without
+  # it unless a later evaluation would have beaten the best one so far.
+  r.patience = {"tiny": 0, "small": 2, "base": 2}[preset]
   return r
 
 

@@ -43,6 +43,10 @@ class Task:
   init_params(rng) -> params (unboxed); default: model.init on `example_batch`.
   eval_sets: name -> zero-arg callable yielding evaluation batches.
   on_eval(params, step) -> dict of extra scalars to log (e.g. samples printed).
+  done(evals) -> bool, asked after each evaluation with every evaluation so far
+  ([{'step': s, name: value, ...}], oldest first): True ends training at that
+  step, before train.steps (early stopping). The checkpoint saved there says
+  so, and a rerun of a finished run trains no further.
   """
 
   name: str
@@ -59,6 +63,7 @@ class Task:
   # batch `step`. With it, each process of a multi-process run builds only its own rows
   # (sharding.process_rows); without, each builds train_batch(step) and keeps its rows.
   local_batch: Callable[[int, np.ndarray], dict] | None = None
+  done: Callable[[list[dict]], bool] | None = None
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -268,7 +273,8 @@ class Resumable:
     before saving would otherwise leave them twice).
   - `run(start, total, body, snapshot)`: body(i) takes step i -> i+1; after it,
     a checkpoint every `every` steps and at `total`, and, if a stop was
-    requested, a checkpoint and GracefulStop. A stop requested before step
+    requested, a checkpoint and GracefulStop. A body that returns True ends
+    the loop there, after a checkpoint (the run is finished early). A stop requested before step
     start+1 saves nothing new and says which checkpoint exists.
   - A non-finite state is never saved (NonFiniteLossError naming the last good
     checkpoint). Used as a context manager: the checkpointer (saves in flight
@@ -327,10 +333,12 @@ class Resumable:
     try:
       self._stop_if_requested(step, start, snapshot)
       while step < total:
-        body(step)
+        finished = body(step)
         step += 1
-        if step % self.every == 0 or step == total:
+        if step % self.every == 0 or step == total or finished:
           self.save(step, *snapshot(step))
+        if finished:
+          break
         self._stop_if_requested(step, start, snapshot)
     except GracefulStop:
       raise
@@ -401,6 +409,7 @@ def run(
   tx = make_optimizer(t)
   with Resumable(task.name, workdir, keep=t.keep_checkpoints, every=t.ckpt_every, log=log) as loop:
     restored = loop.restore(abstract_state(task, tx, mesh, config.seed))
+    meta = {} if restored is None else restored[1]
     if restored is not None:
       state, shardings = restored[0], state_shardings(task, tx, mesh, config.seed)
       log(f"[{task.name}] resumed from {loop.checkpointer.directory} at step {int(state.step)}")
@@ -408,10 +417,12 @@ def run(
       state, shardings = create_state(task, tx, mesh, config.seed)
       n = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
       log(f"[{task.name}] new run: {n:,} parameters, mesh {dict(mesh.shape)}")
-    training = _Training(config, task, tx, mesh, shardings, state, loop, log)
+    training = _Training(config, task, tx, mesh, shardings, state, loop, log, meta)
+    # A run that ended early (Task.done) stays ended: it trains no further.
+    total = int(state.step) if training.finished else t.steps
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
-      step = loop.run(int(state.step), t.steps, training.step, training.snapshot, training.intact)
-  training.summary["steps"] = step
+      step = loop.run(int(state.step), total, training.step, training.snapshot, training.intact)
+  training.summary.update(steps=step, early_stopped=training.finished)
   return training.state, training.summary
 
 
@@ -429,7 +440,9 @@ class _Training:
   """What `run` carries from step to step: the state, the jitted step and
   evaluation, the progress clock and the summary; `step` is the loop's body."""
 
-  def __init__(self, config, task: Task, tx, mesh, shardings, state, loop: Resumable, log):
+  def __init__(
+    self, config, task: Task, tx, mesh, shardings, state, loop: Resumable, log, meta: dict
+  ):
     t = self.t = config.train
     self.task, self.state, self.loop, self.log = task, state, loop, log
     self.shard = lambda b: sharding.shard_batch(b, mesh)
@@ -452,9 +465,15 @@ class _Training:
     fpt = task_flops_per_token(task, state.params)
     self.progress = metrics_lib.Progress(t.steps, int(state.step), task.tokens_per_step, fpt, peak)
     self.summary: dict = {"peak_flops": peak}
+    # Task.done's view: the evaluations so far, carried through checkpoints
+    self.evals: list[dict] = list(meta.get("evals", []))
+    self.finished = bool(meta.get("finished", False))
 
   def snapshot(self, step: int) -> tuple[TrainState, dict]:
-    return self.state, {"data_position": step}
+    meta = {"data_position": step}
+    if self.task.done is not None:
+      meta.update(evals=self.evals, finished=self.finished)
+    return self.state, meta
 
   def intact(self, step: int) -> bool:
     """The state is whole (no donated buffer) and is the result of `step` steps."""
@@ -468,8 +487,9 @@ class _Training:
     local = self.task.local_batch(i, self.rows)
     return sharding.shard_batch(local, self.mesh, self.t.batch_size)
 
-  def step(self, i: int) -> None:
-    """Step i -> i + 1 on batch i; logs, checks the loss, evaluates on schedule."""
+  def step(self, i: int) -> bool:
+    """Step i -> i + 1 on batch i; logs, checks the loss, evaluates on schedule.
+    Returns whether training is finished early (Task.done after an evaluation)."""
     t = self.t
     self.state, m = self.step_fn(self.state, self.batch(i))
     step, is_last = i + 1, i + 1 == t.steps
@@ -485,6 +505,7 @@ class _Training:
         self.summary["last_train"] = m
     if (step % t.eval_every == 0 or is_last) and self.task.eval_sets:
       self._evaluate(step, is_last)
+    return self.finished
 
   def _evaluate(self, step: int, is_last: bool) -> None:
     if self.progress.peak and not is_last:
@@ -503,6 +524,11 @@ class _Training:
     self.loop.writer.write(step, "eval", **ev)
     scalars = "  ".join(f"{k} {v:.4f}" for k, v in ev.items() if isinstance(v, float))
     self.log(f"[{self.task.name}] eval @ {step}: {scalars}")
+    if self.task.done is not None:
+      self.evals.append({"step": step, **{k: v for k, v in ev.items() if isinstance(v, float)}})
+      self.finished = not is_last and bool(self.task.done(self.evals))
+      if self.finished:
+        self.log(f"[{self.task.name}] finished early at step {step} of {self.t.steps} (Task.done)")
     self.progress.rates(step)  # restart the clock: tokens/s and MFU count training only
 
 

@@ -7,7 +7,9 @@ import types
 import numpy as np
 import pytest
 
+from configs import reward_model as reward_model_configs
 from gptjax import evaluation, train
+from gptjax.pipeline import report
 from gptjax.reward_model import training as rm_training
 from gptjax.rlhf import loop as rlhf_loop, ppo_math
 from gptjax.tasks import instructions, labeler, world as world_lib
@@ -79,6 +81,32 @@ def test_split_validation_and_best_step():
   ]
   assert rm_training.best_step(records) == (40, 0.7)
   assert rm_training.best_step([{"step": 1}]) is None
+
+
+def test_patience_counts_evaluations_after_the_best():
+  acc = lambda *values: [
+    {"step": 10 * (i + 1), "validation/accuracy": v} for i, v in enumerate(values)
+  ]
+  spent = rm_training.patience_spent
+  assert not spent(acc(0.6, 0.5), 2)  # one evaluation after the best (step 10)
+  assert spent(acc(0.6, 0.5, 0.6), 2)  # a tie is no improvement: two after step 10
+  assert not spent(acc(0.6, 0.5, 0.7), 2)  # step 30 is the new best
+  assert spent(acc(0.6, 0.5, 0.7, 0.6, 0.65), 2)
+  assert not spent(acc(0.6, 0.5, 0.5, 0.5), 0)  # patience 0: never
+  assert not spent([{"step": 10}, {"step": 20}], 1)  # no accuracy recorded: no best
+  # the report says when training ended early, and not otherwise
+  assert report._trained_of({"steps": 150, "planned_steps": 296}) == (
+    " trained (rm.patience ended it; 296 planned)"
+  )
+  assert report._trained_of({"steps": 296, "planned_steps": 296}) == ""
+  assert report._trained_of({"steps": 296}) == ""  # eval.json before rm.patience
+
+
+def test_rm_patience_must_be_a_non_negative_integer():
+  config = reward_model_configs.get_config("tiny")
+  config.rm.patience = -1
+  with pytest.raises(ValueError, match=r"config.rm.patience=-1 is invalid"):
+    rm_training.validate(config)
 
 
 # ---------------------------------------------------------------- hard KL stop

@@ -285,6 +285,45 @@ def test_keyboard_interrupt_saves_a_checkpoint_and_resume_is_exact(uninterrupted
   assert_trees_equal(host(state.params), ref_params, "after interrupt: ")
 
 
+def test_task_done_ends_training_early_and_a_resumed_run_ends_there_too(uninterrupted, tmp_path):
+  """Task.done sees every evaluation so far, across an interruption (they ride
+  in the checkpoint): done after the second (steps 2, 4 of 8) ends training at
+  step 4 with the uninterrupted run's records, and a rerun trains no further."""
+  ref_dir, _, _ = uninterrupted
+  config = tiny_config(eval_every=2)
+  plain = make_task(config).train_batch
+  seen = []
+
+  def done(evals):
+    seen.append([e["step"] for e in evals])
+    return len(evals) == 2
+
+  def interrupted_batch(step):
+    if step == 3:
+      raise KeyboardInterrupt
+    return plain(step)
+
+  task = make_task(config, interrupted_batch)
+  task.done = done
+  with pytest.raises(KeyboardInterrupt):
+    train.run(config, str(tmp_path), task, log=lambda line: None)
+  task = make_task(config)
+  task.done = done
+  state, summary, lines = run(config, tmp_path, task)
+  assert seen == [[2], [2, 4]]
+  assert summary["steps"] == 4 and summary["early_stopped"] and int(state.step) == 4
+  assert any("finished early at step 4 of 8" in line for line in lines), lines
+  ref_steps, ref_losses = train_losses(ref_dir)
+  assert train_losses(tmp_path) == (ref_steps[:4], ref_losses[:4])
+  assert [r["step"] for r in metrics.read_metrics(str(tmp_path), "eval")] == [2, 4]
+  checkpointer = ckpt_lib.Checkpointer(os.path.join(tmp_path, "checkpoints"))
+  assert checkpointer.latest_step() == 4
+  checkpointer.close()
+  _, summary, _ = run(config, tmp_path, task)  # a finished run stays finished
+  assert summary["steps"] == 4 and summary["early_stopped"] and seen == [[2], [2, 4]]
+  assert train_losses(tmp_path) == (ref_steps[:4], ref_losses[:4])
+
+
 def poisoned_task(config, bad_step):
   """The toy task whose batch `bad_step` has a NaN loss mask (so a NaN loss)."""
   plain = make_task(config).train_batch

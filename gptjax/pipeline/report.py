@@ -183,6 +183,14 @@ def _fmt(x, digits=3):
   return "n/a" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.{digits}f}"
 
 
+def _trained_of(rm_eval: dict) -> str:
+  """' trained (rm.patience ended it; N planned)' when training ended early."""
+  planned = rm_eval.get("planned_steps", rm_eval["steps"])
+  return (
+    "" if planned == rm_eval["steps"] else f" trained (rm.patience ended it; {planned} planned)"
+  )
+
+
 def write(workdir: str, report_dir: str, config, stage_order, log=print) -> str:
   """Evaluates the stages side by side and writes workdir/report.md. Returns its path.
 
@@ -351,8 +359,8 @@ def _reward_model_section(rm_eval: dict) -> list[str]:
     f"ties. Informative (untied) pairs: {rm_eval.get('informative_train_pairs', 'n/a')} for "
     f"training, {rm_eval.get('informative_heldout_pairs', 'n/a')} held out. Early stopping "
     f"on {rm_eval.get('n_validation_prompts', 'n/a')} validation prompts chose step "
-    f"{rm_eval.get('best_step', 'n/a')} of {rm_eval['steps']}. Scores are normalised to "
-    f"mean 0, std 1 on the SFT samples (raw std {_fmt(rm_eval['sft_score_std'])}).",
+    f"{rm_eval.get('best_step', 'n/a')} of {rm_eval['steps']}{_trained_of(rm_eval)}. Scores are "
+    f"normalised to mean 0, std 1 on the SFT samples (raw std {_fmt(rm_eval['sft_score_std'])}).",
     "",
     "![calibration](reward_model/calibration.png) ![data scaling](reward_model/data_scaling.png)",
     "",

@@ -22,7 +22,10 @@ Design (issue 15):
 - Early stopping: the last `rm.validation_fraction` of the training prompts
   is a validation set (never trained on); the checkpoint with the best
   agreement with the labeler on it (evaluated every rm.eval_every steps, the
-  earliest on a tie) is the reward model. The held-out comparisons (another
+  earliest on a tie) is the reward model. With rm.patience = n, training
+  ends once n evaluations in a row bring no better agreement (train.Task.done):
+  the kept checkpoint is the one the full run would keep unless a later
+  evaluation would have beaten it. The held-out comparisons (another
   seed, held-out split) are only ever used for the final report.
 - Scores are normalised to mean 0, std 1 on the SFT policy's samples (the
   training responses): beta and the truncation penalty are then in units of
@@ -160,6 +163,10 @@ def validate(config) -> None:
     "(0.5, 1)",
   )
   config_lib.require(config.rm.epochs > 0, "rm.epochs", config.rm.epochs, "> 0")
+  patience = config.rm.get("patience", 0)
+  config_lib.require(
+    isinstance(patience, int) and patience >= 0, "rm.patience", patience, "an integer >= 0"
+  )
   for f in config.eval.data_fractions:
     config_lib.require(
       0 < f < 1, "eval.data_fractions", list(config.eval.data_fractions), "fractions in (0, 1)"
@@ -377,6 +384,13 @@ def best_step(records: list[dict], key: str = "validation/accuracy") -> tuple[in
   return -neg_step, value
 
 
+def patience_spent(evals: list[dict], patience: int, key: str = "validation/accuracy") -> bool:
+  """Whether the last `patience` evaluations all came after the best one
+  (`best_step`: a later tie is no improvement); patience 0 never stops."""
+  best = best_step(evals, key)
+  return patience > 0 and best is not None and sum(e["step"] > best[0] for e in evals) >= patience
+
+
 def train_rm(config, workdir: str, model, init_params, train_comps, validation, log):
   """Trains one reward model with the shared loop, evaluating agreement with
   the labeler on `validation` every rm.eval_every steps (a checkpoint each
@@ -389,6 +403,8 @@ def train_rm(config, workdir: str, model, init_params, train_comps, validation, 
   t.eval_every = t.ckpt_every = every
   t.keep_checkpoints = t.steps // every + 2  # every candidate stays on disk
   task = build_task(cfg, model, train_comps, validation, init_params)
+  if validation is not None:
+    task.done = lambda evals: patience_spent(evals, cfg.rm.get("patience", 0))
   state, summary = train.run(cfg, workdir, task, log=log)
   best = best_step(metrics_lib.read_metrics(workdir, "eval"))
   if best is None or best[0] == summary["steps"]:
@@ -396,11 +412,19 @@ def train_rm(config, workdir: str, model, init_params, train_comps, validation, 
     best = best or (summary["steps"], float("nan"))
   else:
     params, _ = train.restore_params(workdir, cfg, model, task.example_batch, step=best[0])
+  ended = f", training ended by rm.patience at step {summary['steps']} of {t.steps}"
   log(
     f"[reward_model] early stopping: step {best[0]} of {summary['steps']} "
-    f"(validation agreement with the labeler {best[1]:.3f})"
+    f"(validation agreement with the labeler {best[1]:.3f}"
+    + (ended if summary["early_stopped"] else "")
+    + ")"
   )
-  return params, {**summary, "best_step": best[0], "best_validation_accuracy": best[1]}
+  return params, {
+    **summary,
+    "planned_steps": t.steps,
+    "best_step": best[0],
+    "best_validation_accuracy": best[1],
+  }
 
 
 def normalize(params, mean: float, std: float) -> dict:
@@ -447,6 +471,7 @@ def run(config, workdir: str, sft_dir: str | None = None, log=print) -> dict:
       "calibration": calibration(main["scores"], heldout.gold, config.eval.calibration_bins),
       "data_scaling": curve,
       "steps": summary["steps"],
+      "planned_steps": summary["planned_steps"],
       "best_step": summary["best_step"],
       "best_validation_accuracy": summary["best_validation_accuracy"],
       "validation_loss": summary.get("last_eval", {}).get("validation/loss"),
