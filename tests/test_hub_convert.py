@@ -155,6 +155,7 @@ def test_reads_what_transformers_saves_also_in_bfloat16(name, tmp_path):
   assert_same_tree(back.params, rounded)
 
 
+@pytest.mark.slow  # ~4 s: the fast subset stays under 5 minutes
 def test_workdir_is_a_run_that_load_run_and_chat_read(tmp_path):
   m = families.with_max_len(random_model(LLAMA), 128)  # room for the chat template
   files = workdir.write(m, str(tmp_path / "run"))

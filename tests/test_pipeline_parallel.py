@@ -97,6 +97,7 @@ def _runs(workdir, name):
   return (workdir / name / "runs.txt").read_text().count("run")
 
 
+@pytest.mark.slow  # ~8 s: stage processes: the fast subset stays under 5 minutes
 def test_independent_stages_run_side_by_side_after_their_upstream(recipe):
   run, workdir, lines = recipe
   records = run({"b": {"sleep": 1.5}, "c": {"sleep": 1.5}})

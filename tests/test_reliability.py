@@ -640,6 +640,7 @@ def test_non_utf8_files_in_a_corpus_directory_are_counted(tmp_path, capsys):
   assert "skipped 2 of 3 files that are not UTF-8" in out and "b.txt" in out
 
 
+@pytest.mark.slow  # ~4 s of compilation: the fast subset stays under 5 minutes
 def test_a_stop_during_an_evaluation_takes_effect_within_a_batch(tiny_tokenizer, tmp_path):
   """An evaluator with a stop check raises GracefulStop after the batch in
   progress (not after the whole evaluation); training-time samples are never

@@ -243,6 +243,7 @@ def test_pack_rows_refuses_what_it_cannot_pack(case, pattern):
     heads.pack_rows(np.zeros(mask.shape, np.int32), mask, width, groups=groups)
 
 
+@pytest.mark.slow  # ~16 s of compilation: the fast subset stays under 5 minutes
 def test_packed_batches_give_the_unpacked_losses_and_gradients(rm):
   """packed_prompt_batches' batch `step` holds prompt_batches' prompts; the
   ranking loss and its gradient on the packed rows equal the unpadded ones,
@@ -296,6 +297,7 @@ def test_packed_batches_give_the_unpacked_losses_and_gradients(rm):
     comp_lib.packed_prompt_batches({**arrays, "family": np.zeros(P)}, 4, seed=0)
 
 
+@pytest.mark.slow  # ~11 s of compilation: the fast subset stays under 5 minutes
 def test_packed_dpo_logprobs_equal_the_unpacked_sums(rm):
   """DPO's response log-probs summed per sequence over packed rows (with
   response_mask packed alike) equal `sequence_logprobs` of each padded
@@ -383,6 +385,7 @@ def test_informative_prompts_drop_only_all_tied_groups():
   np.testing.assert_array_equal(kept.gold, gold[[1, 3]])
 
 
+@pytest.mark.slow  # ~6 s of compilation: the fast subset stays under 5 minutes
 def test_reward_loss_fn_groups_k_responses(rm):
   model, params = rm
   rng = np.random.default_rng(0)

@@ -180,7 +180,10 @@ def test_decode_phases():
   assert sampling.decode_phases(200) == [64, 128, 192, 200]
 
 
-@pytest.mark.parametrize("params", [sampling.GREEDY, sampling.SamplingParams(top_k=5)])
+@pytest.mark.parametrize(
+  "params",
+  [sampling.GREEDY, pytest.param(sampling.SamplingParams(top_k=5), marks=pytest.mark.slow)],
+)  # top-k in the slow set (~5 s): the fast subset stays under 5 minutes
 def test_decoding_in_phases_equals_one_phase(lm, monkeypatch, params):
   """Phases of 3 tokens (a cache grown four times, an EOS in a middle phase)
   give the tokens and log-probs of one loop over the whole cache."""
