@@ -274,8 +274,9 @@ class Resumable:
   - `run(start, total, body, snapshot)`: body(i) takes step i -> i+1; after it,
     a checkpoint every `every` steps and at `total`, and, if a stop was
     requested, a checkpoint and GracefulStop. A body that returns True ends
-    the loop there, after a checkpoint (the run is finished early). A stop requested before step
-    start+1 saves nothing new and says which checkpoint exists.
+    the loop there, after a checkpoint (the run is finished early). A stop
+    requested before step start+1 saves nothing new and says which checkpoint
+    exists.
   - A non-finite state is never saved (NonFiniteLossError naming the last good
     checkpoint). Used as a context manager: the checkpointer (saves in flight
     finish) and the metrics writer are closed in any case.
@@ -522,10 +523,12 @@ class _Training:
         ev.update(self.task.on_eval(params, step) or {})
     self.summary["last_eval"] = ev
     self.loop.writer.write(step, "eval", **ev)
-    scalars = "  ".join(f"{k} {v:.4f}" for k, v in ev.items() if isinstance(v, float))
-    self.log(f"[{self.task.name}] eval @ {step}: {scalars}")
+    scalars = {k: v for k, v in ev.items() if isinstance(v, float)}
+    self.log(
+      f"[{self.task.name}] eval @ {step}: " + "  ".join(f"{k} {v:.4f}" for k, v in scalars.items())
+    )
     if self.task.done is not None:
-      self.evals.append({"step": step, **{k: v for k, v in ev.items() if isinstance(v, float)}})
+      self.evals.append({"step": step, **scalars})
       self.finished = not is_last and bool(self.task.done(self.evals))
       if self.finished:
         self.log(f"[{self.task.name}] finished early at step {step} of {self.t.steps} (Task.done)")
